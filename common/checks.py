@@ -1,0 +1,24 @@
+"""Input checks shared by the three frameworks, so that bad input reads the same everywhere."""
+from __future__ import annotations
+
+from typing import Sequence
+
+
+class InputError(ValueError):
+    """An input batch has the wrong rank, channel count or dtype."""
+
+
+def check_batch(shape: Sequence[int | None], dtype: str, is_float: bool, channels: int,
+                layout: str = "NCHW") -> None:
+    """Raise InputError unless `shape` is a 4-d `layout` batch of `channels` float channels."""
+    shape = tuple(shape)
+    example = "(" + ", ".join(str(channels) if axis == "C" else axis for axis in layout) + ")"
+    if len(shape) != 4:
+        raise InputError(f"input: expected a 4-d batch in {layout} layout ({example}), "
+                         f"got {len(shape)}-d shape {shape}")
+    given = shape[layout.index("C")]
+    if given is not None and given != channels:
+        raise InputError(f"input: expected {channels} channel(s) on axis {layout.index('C')} "
+                         f"({layout}), got {given} in shape {shape}")
+    if not is_float:
+        raise InputError(f"input: expected a floating-point dtype (float32), got {dtype}")

@@ -1,0 +1,38 @@
+"""Seeded initialisation in NumPy, loaded into every framework.
+
+The same seed gives bit-identical starting weights in PyTorch, Keras and Gluon. Rules:
+- convolutions: Kaiming normal, fan_out, ReLU gain: N(0, 2 / (out_channels * kh * kw)),
+  as torchvision's ResNet; conv biases zero;
+- BatchNorm: gamma 1, beta 0, running mean 0, running variance 1;
+- dense: PyTorch's nn.Linear default, U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
+Arrays are drawn in canonical order from one `numpy.random.Generator(PCG64(seed))`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from common.spec import ResNetSpec
+from common.weights import Weights, canonical_layout
+
+INIT_CHOICES = ("common", "framework")
+
+
+def init_weights(spec: ResNetSpec, seed: int = 0) -> Weights:
+    """Canonical starting weights for `spec`, a pure function of (spec, seed)."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    out: Weights = {}
+    for name, shape in canonical_layout(spec).items():
+        layer, param = name.rsplit(".", 1)
+        if param == "weight" and len(shape) == 4:
+            std = np.sqrt(2.0 / (shape[0] * shape[2] * shape[3]))
+            value = rng.normal(0.0, std, size=shape)
+        elif layer.startswith("head.") and param in ("weight", "bias"):
+            bound = 1.0 / np.sqrt(spec.stages[-1].channels)  # fan_in of the dense head
+            value = rng.uniform(-bound, bound, size=shape)
+        elif param in ("gamma", "running_var"):
+            value = np.ones(shape)
+        else:  # conv bias, beta, running_mean
+            value = np.zeros(shape)
+        out[name] = value.astype(np.float32)
+    return out
+

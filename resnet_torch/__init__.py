@@ -1,0 +1,7 @@
+"""d2l's ResNet in PyTorch, built from the shared spec in `common`."""
+from resnet_torch.blocks import Residual, resnet_block
+from resnet_torch.model import ResNet, build, param_counts, part_param_counts, part_shapes, resnet18
+from resnet_torch.weights import from_canonical, to_canonical
+
+__all__ = ["Residual", "resnet_block", "ResNet", "build", "resnet18", "param_counts",
+           "part_param_counts", "part_shapes", "to_canonical", "from_canonical"]

@@ -1,0 +1,102 @@
+"""ResNet built from a `common` spec in PyTorch, with parameter counts read from torch itself."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.checks import check_batch
+from common.init import INIT_CHOICES, init_weights
+from common.oracle import ParamCounts
+from common.spec import ResNetSpec, SpecError, get_spec
+from resnet_torch.blocks import Residual
+
+
+class ResNet(nn.Sequential):
+    """stem (d2l's b1), stage1..stageN (b2..b5), head: named parts, so that parameter names
+    read `stage2.0.conv1.weight` and not `3.0.conv1.weight`."""
+
+    def __init__(self, spec: ResNetSpec):
+        bn = dict(eps=spec.bn.eps, momentum=spec.bn.momentum)
+        st = spec.stem
+        stem = OrderedDict(
+            conv=nn.Conv2d(spec.in_channels, st.channels, kernel_size=st.kernel_size,
+                           stride=st.stride, padding=st.padding, bias=spec.conv_bias),
+            bn=nn.BatchNorm2d(st.channels, **bn),
+            relu=nn.ReLU())
+        if st.pool:
+            stem["pool"] = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        parts = OrderedDict(stem=nn.Sequential(stem))
+        channels = st.channels
+        for i, stage in enumerate(spec.stages, start=1):
+            blocks = []
+            for j in range(stage.blocks):
+                first = j == 0
+                blocks.append(Residual(channels, stage.channels,
+                                       use_1x1conv=first and stage.project,
+                                       strides=stage.stride if first else 1,
+                                       use_bias=spec.conv_bias, bn_eps=spec.bn.eps,
+                                       bn_momentum=spec.bn.momentum))
+                channels = stage.channels
+            parts[f"stage{i}"] = nn.Sequential(*blocks)
+        parts["head"] = nn.Sequential(OrderedDict(
+            pool=nn.AdaptiveAvgPool2d((1, 1)), flatten=nn.Flatten(),
+            fc=nn.Linear(channels, spec.num_classes)))
+        super().__init__(parts)
+        self.spec = spec
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        check_batch(tuple(X.shape), str(X.dtype).replace("torch.", ""),
+                    X.is_floating_point(), self.spec.in_channels, "NCHW")
+        return super().forward(X)
+
+
+def build(name_or_spec: str | ResNetSpec = "d2l_resnet18", *, init: str = "common",
+          seed: int = 0, **overrides) -> ResNet:
+    """The network of a preset name or spec. `init="common"` loads the seeded NumPy
+    initialisation shared by all three frameworks; `init="framework"` keeps PyTorch's own."""
+    spec = get_spec(name_or_spec, **overrides)
+    if init not in INIT_CHOICES:
+        raise SpecError(f"init: expected one of {INIT_CHOICES}, got {init!r}")
+    model = ResNet(spec)
+    if init == "common":
+        from resnet_torch.weights import from_canonical
+        from_canonical(model, init_weights(spec, seed))
+    return model
+
+
+def resnet18(num_classes: int = 10, in_channels: int = 1, **kwargs) -> ResNet:
+    """d2l's ResNet-18 (conv biases on; 1 channel and 10 classes by default)."""
+    return build("d2l_resnet18", num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+def param_counts(module: nn.Module) -> ParamCounts:
+    """Trainable parameters and BatchNorm running statistics, read from torch.
+    `num_batches_tracked` is bookkeeping, not a parameter."""
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    stats = sum(b.numel() for name, b in module.named_buffers()
+                if not name.endswith("num_batches_tracked"))
+    return ParamCounts(trainable, stats)
+
+
+def part_param_counts(model: ResNet) -> dict[str, ParamCounts]:
+    """Parameter counts per part: stem, stage1..stageN, head."""
+    return {name: param_counts(part) for name, part in model.named_children()}
+
+
+def part_shapes(model: ResNet, X: np.ndarray | torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Output shape (NCHW) after each part for the batch X, in eval mode (BatchNorm statistics
+    are not touched)."""
+    X = torch.as_tensor(X)
+    check_batch(tuple(X.shape), str(X.dtype), X.is_floating_point(), model.spec.in_channels)
+    was_training = model.training
+    model.eval()
+    shapes = {}
+    with torch.no_grad():
+        for name, part in model.named_children():
+            X = part(X)
+            shapes[name] = tuple(X.shape)
+    model.train(was_training)
+    return shapes
