@@ -60,7 +60,7 @@ def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
 
 
 def _input_hw(input_size: int | tuple[int, int]) -> tuple[int, int]:
-    hw = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    hw = (input_size, input_size) if isinstance(input_size, (int, float)) else tuple(input_size)
     if len(hw) != 2 or not all(isinstance(d, int) and d > 0 for d in hw):
         raise SpecError(f"input_size: expected a positive int or (height, width), "
                         f"got {input_size!r}")
@@ -73,53 +73,57 @@ def layers(spec: ResNetSpec, input_size: int | tuple[int, int] = 224,
     return list(_walk(spec, *_input_hw(input_size), batch))
 
 
+def _conv(path: str, shape: tuple[int, ...], c_out: int, k: int, s: int, p: int,
+          bias: bool) -> Layer:
+    n, c_in, h, w = shape
+    oh, ow = conv_out(h, k, s, p), conv_out(w, k, s, p)
+    if oh < 1 or ow < 1:
+        raise SpecError(f"input_size: expected enough pixels to reach {path}, got {h}x{w} "
+                        f"there, which a {k}x{k}/{s} convolution shrinks to {oh}x{ow}")
+    params = {"weight": (c_out, c_in, k, k)}
+    if bias:
+        params["bias"] = (c_out,)
+    return Layer(path, "conv", params, (n, c_out, oh, ow))
+
+
+def _bn(path: str, shape: tuple[int, ...]) -> Layer:
+    return Layer(path, "bn", {name: (shape[1],) for name in ("gamma", "beta", *BN_STATS)}, shape)
+
+
+def block_layers(path: str, in_shape: tuple[int, ...], channels: int, stride: int = 1,
+                 project: bool = False, conv_bias: bool = True) -> list[Layer]:
+    """The layers of one basic residual block (d2l's `Residual`) for an NCHW input shape."""
+    conv1 = _conv(f"{path}.conv1", in_shape, channels, 3, stride, 1, conv_bias)
+    out = [conv1, _bn(f"{path}.bn1", conv1.out_shape)]
+    conv2 = _conv(f"{path}.conv2", conv1.out_shape, channels, 3, 1, 1, conv_bias)
+    out += [conv2, _bn(f"{path}.bn2", conv2.out_shape)]
+    if project:
+        out.append(_conv(f"{path}.conv3", in_shape, channels, 1, stride, 0, conv_bias))
+    elif (in_shape[1], stride) != (channels, 1):
+        raise SpecError(f"{path}: expected use_1x1conv=True to change {in_shape[1]} channels "
+                        f"to {channels} or stride by {stride}, got use_1x1conv=False")
+    return out
+
+
 def _walk(spec: ResNetSpec, h: int, w: int, n: int) -> Iterator[Layer]:
-    c = spec.in_channels
-    shape = (n, c, h, w)
-
-    def conv(path: str, c_in: int, c_out: int, k: int, s: int, p: int) -> Layer:
-        nonlocal shape
-        oh, ow = conv_out(shape[2], k, s, p), conv_out(shape[3], k, s, p)
-        if oh < 1 or ow < 1:
-            raise SpecError(f"input_size: expected at least enough pixels to reach {path}, "
-                            f"got an input of {h}x{w} that shrinks to {oh}x{ow} there")
-        params = {"weight": (c_out, c_in, k, k)}
-        if spec.conv_bias:
-            params["bias"] = (c_out,)
-        shape = (n, c_out, oh, ow)
-        return Layer(path, "conv", params, shape)
-
-    def bn(path: str, ch: int) -> Layer:
-        names = ("gamma", "beta", *BN_STATS)
-        return Layer(path, "bn", {name: (ch,) for name in names}, shape)
-
-    st = spec.stem
-    yield conv("stem.conv", c, st.channels, st.kernel_size, st.stride, st.padding)
-    yield bn("stem.bn", st.channels)
-    yield Layer("stem.relu", "relu", {}, shape)
+    st, bias = spec.stem, spec.conv_bias
+    conv = _conv("stem.conv", (n, spec.in_channels, h, w), st.channels, st.kernel_size,
+                 st.stride, st.padding, bias)
+    shape = conv.out_shape
+    yield from (conv, _bn("stem.bn", shape), Layer("stem.relu", "relu", {}, shape))
     if st.pool:
-        shape = (n, st.channels, conv_out(shape[2], 3, 2, 1), conv_out(shape[3], 3, 2, 1))
+        shape = shape[:2] + (conv_out(shape[2], 3, 2, 1), conv_out(shape[3], 3, 2, 1))
         yield Layer("stem.pool", "maxpool", {}, shape)
-    c = st.channels
     for i, stage in enumerate(spec.stages, start=1):
         for j in range(stage.blocks):
             first = j == 0
-            stride = stage.stride if first else 1
-            block_in, path = shape, f"stage{i}.{j}"
-            yield conv(f"{path}.conv1", c, stage.channels, 3, stride, 1)
-            yield bn(f"{path}.bn1", stage.channels)
-            yield conv(f"{path}.conv2", stage.channels, stage.channels, 3, 1, 1)
-            yield bn(f"{path}.bn2", stage.channels)
-            if first and stage.project:
-                out = shape
-                shape = block_in
-                yield conv(f"{path}.conv3", c, stage.channels, 1, stride, 0)
-                assert shape == out, (shape, out)
-            c = stage.channels
-    shape = (n, c)
-    yield Layer("head.pool", "avgpool", {}, shape)
-    yield Layer("head.fc", "dense", {"weight": (spec.num_classes, c), "bias": (spec.num_classes,)},
-                (n, spec.num_classes))
+            block = block_layers(f"stage{i}.{j}", shape, stage.channels,
+                                 stage.stride if first else 1, first and stage.project, bias)
+            yield from block
+            shape = block[3].out_shape  # bn2: the block's output shape
+    yield Layer("head.pool", "avgpool", {}, shape[:2])
+    yield Layer("head.fc", "dense", {"weight": (spec.num_classes, shape[1]),
+                                     "bias": (spec.num_classes,)}, (n, spec.num_classes))
 
 
 class PartRow(NamedTuple):

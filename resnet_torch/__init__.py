@@ -3,5 +3,7 @@ from resnet_torch.blocks import Residual, resnet_block
 from resnet_torch.model import ResNet, build, param_counts, part_param_counts, part_shapes, resnet18
 from resnet_torch.weights import from_canonical, to_canonical
 
-__all__ = ["Residual", "resnet_block", "ResNet", "build", "resnet18", "param_counts",
+LAYOUT = "NCHW"
+
+__all__ = ["LAYOUT", "Residual", "resnet_block", "ResNet", "build", "resnet18", "param_counts",
            "part_param_counts", "part_shapes", "to_canonical", "from_canonical"]

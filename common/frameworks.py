@@ -1,0 +1,36 @@
+"""The three framework packages by name, and the one place that converts between layouts.
+
+This module imports no framework itself: `load("tf")` imports `resnet_tf` when asked.
+Every package declares `LAYOUT` ("NCHW" or "NHWC"); data and shapes in `common` are NCHW.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import numpy as np
+
+FRAMEWORKS = ("torch", "tf", "mx")
+NAMES = {"torch": "PyTorch", "tf": "TensorFlow/Keras", "mx": "MXNet Gluon"}
+
+
+def load(framework: str) -> ModuleType:
+    """The package `resnet_<framework>`; a failed import is an error, never a skip."""
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"framework: expected one of {FRAMEWORKS}, got {framework!r}")
+    return importlib.import_module(f"resnet_{framework}")
+
+
+def to_layout(x: np.ndarray, layout: str) -> np.ndarray:
+    """An NCHW batch in `layout` (NHWC for TensorFlow); other ranks pass unchanged."""
+    if layout == "NHWC" and np.ndim(x) == 4:
+        return np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1)))
+    return x
+
+
+def shape_as_nchw(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+    """A shape in `layout` written as NCHW, so shapes from all frameworks compare directly."""
+    shape = tuple(int(d) for d in shape)
+    if layout == "NHWC" and len(shape) == 4:
+        return (shape[0], shape[3], shape[1], shape[2])
+    return shape

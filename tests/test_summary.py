@@ -1,0 +1,32 @@
+"""The side-by-side summary command: agreement is reported, and disagreement is caught."""
+from common import summary
+from common.oracle import ParamCounts
+from tests.conftest import MODULES
+
+
+def test_summary_reports_agreement_for_all_frameworks(capsys):
+    assert summary.main(["--input-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "all agree: yes" in out
+    assert out.count("11,178,378") == 4  # oracle + three frameworks, totals row
+    assert "1x512x2x2" in out  # stage4 at 64x64
+
+
+def test_summary_catches_a_framework_that_disagrees(capsys, monkeypatch):
+    real = MODULES["mx"].part_param_counts
+
+    def off_by_one(model):
+        counts = real(model)
+        counts["stage3"] = counts["stage3"] + ParamCounts(1, 0)
+        return counts
+
+    monkeypatch.setattr(MODULES["mx"], "part_param_counts", off_by_one)
+    assert summary.main(["--input-size", "32", "--frameworks", "torch,mx"]) == 1
+    assert "all agree: NO" in capsys.readouterr().out
+
+
+def test_summary_rejects_unknown_framework(capsys):
+    import pytest
+    with pytest.raises(SystemExit):
+        summary.main(["--frameworks", "torch,jax"])
+    assert "expected names from torch,tf,mx, got 'torch,jax'" in capsys.readouterr().err
