@@ -33,3 +33,14 @@ def from_canonical(model: ResNet, weights: Weights) -> ResNet:
         for name, tensor in canonical_tensors(model).items():
             tensor.copy_(torch.from_numpy(np.asarray(weights[name], dtype=np.float32)))
     return model
+
+
+def save_native(model: ResNet, path: str) -> None:
+    """PyTorch's own format: the state_dict in a `.pt` file."""
+    torch.save(model.state_dict(), path)
+
+
+def load_native(model: ResNet, path: str) -> ResNet:
+    """Load a `.pt` state_dict; `weights_only=True`, so the file cannot run code."""
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model

@@ -1,0 +1,96 @@
+"""Load one weights file into all three frameworks, run the same input, and print the largest
+differences of logits (eval and train mode), losses and gradients, for every pair.
+
+    python -m common.crosscheck --weights model.safetensors --input-size 96
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+
+import numpy as np
+
+from common.frameworks import FRAMEWORKS, NAMES, load
+from common.init import init_weights
+from common.spec import PRESETS, ResNetSpec, get_spec
+from common.tables import render
+from common.weights import Weights
+
+TOLERANCES = {"eval logits": 1e-5, "train logits": 1e-5, "loss": 1e-5, "gradients": 1e-4}
+
+
+def measure(spec: ResNetSpec, weights: Weights, x: np.ndarray, y: np.ndarray) -> dict:
+    """Per framework: eval logits, train-mode logits, loss and gradients for one batch."""
+    out = {}
+    for fw in FRAMEWORKS:
+        adapter = load(fw).Adapter
+        loss, grads = adapter(spec, weights).loss_and_grads(x, y)
+        out[fw] = {"eval logits": adapter(spec, weights).logits(x, training=False),
+                   "train logits": adapter(spec, weights).logits(x, training=True),
+                   "loss": np.float32(loss), "gradients": grads}
+    return out
+
+
+def worst_gradient(ga: Weights, gb: Weights) -> tuple[float, str]:
+    """Largest relative error ||a - b|| / ||b|| over parameters, and which parameter."""
+    return max((float(np.linalg.norm(ga[n] - gb[n]) / max(np.linalg.norm(gb[n]), 1e-12)), n)
+               for n in gb)
+
+
+def crosscheck(spec: ResNetSpec, weights: Weights, input_size: int, batch: int = 4,
+               seed: int = 0) -> tuple[str, bool]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batch, spec.in_channels, input_size, input_size)).astype(np.float32)
+    y = rng.integers(0, spec.num_classes, batch)
+    res = measure(spec, weights, x, y)
+    rows, ok = [], True
+    for a, b in itertools.combinations(FRAMEWORKS, 2):
+        row: list[object] = [f"{a} vs {b}"]
+        for key, tol in TOLERANCES.items():
+            if key == "gradients":
+                err, where = worst_gradient(res[a][key], res[b][key])
+                row += [f"{err:.2e} ({where})"]
+            else:
+                err = float(np.abs(res[a][key] - res[b][key]).max())
+                row += [f"{err:.2e}"]
+            ok &= err <= tol
+        rows.append(row)
+    header = ["pair", "max |eval logits diff|", "max |train logits diff|", "|loss diff|",
+              "max relative gradient error"]
+    scale = float(np.abs(res["torch"]["eval logits"]).max())
+    text = (render(header, rows) + f"\nlogit scale: max |logit| = {scale:.3f}; tolerances "
+            + ", ".join(f"{k} {v:g}" for k, v in TOLERANCES.items())
+            + f"\nwithin tolerance: {'yes' if ok else 'NO'} ({', '.join(NAMES.values())})")
+    return text, ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="resnet-crosscheck", description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", help="weights file (.safetensors, .npz, .pt, .weights.h5, "
+                        ".params); default: the shared seeded initialisation")
+    parser.add_argument("--arch", default="d2l_resnet18", choices=sorted(PRESETS))
+    parser.add_argument("--input-size", type=int, default=96)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for flag in ("input_size", "batch"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')}: expected a positive integer, "
+                         f"got {getattr(args, flag)}")
+    spec = get_spec(args.arch)
+    if args.weights:
+        from common.convert import read
+        try:
+            weights = read(args.weights, spec)
+        except (ValueError, FileNotFoundError) as err:
+            parser.error(str(err))
+    else:
+        weights = init_weights(spec, args.seed)
+    text, ok = crosscheck(spec, weights, args.input_size, args.batch, args.seed)
+    print(text)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
