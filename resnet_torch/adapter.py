@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from common.optim import OptimizerConfig
 from common.spec import ResNetSpec
 from common.weights import Weights
 from resnet_torch.model import ResNet
@@ -18,11 +19,18 @@ from resnet_torch.weights import canonical_tensors, from_canonical, to_canonical
 class Adapter:
     framework = "torch"
 
-    def __init__(self, spec: ResNetSpec, weights: Weights, lr: float = 0.05):
-        self.model = from_canonical(ResNet(spec), weights)
+    def __init__(self, spec: ResNetSpec, weights: Weights, lr: float = 0.05,
+                 optimizer: OptimizerConfig | None = None):
         self.spec = spec
-        self.lr = lr
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr)
+        self.model = from_canonical(ResNet(spec), weights)
+        self.opt = optimizer or OptimizerConfig(lr=lr)
+        params = [t for t in canonical_tensors(self.model).values() if t.requires_grad]
+        if self.opt.name == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=self.opt.lr, momentum=self.opt.momentum,
+                                             weight_decay=self.opt.weight_decay)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=self.opt.lr, betas=self.opt.betas,
+                                              eps=self.opt.eps, weight_decay=self.opt.weight_decay)
 
     def logits(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Forward pass. training=True normalises with batch statistics and updates the running
@@ -31,26 +39,50 @@ class Adapter:
         with torch.no_grad():
             return self.model(torch.from_numpy(x)).numpy()
 
+    eval_step = logits
+
+    def _loss(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        self.model.train()
+        logits = self.model(torch.from_numpy(x))
+        return F.cross_entropy(logits, torch.from_numpy(y).long()), logits
+
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Weights]:
         """Mean cross-entropy in train mode and its gradient for every trainable canonical name."""
-        self.model.train()
-        self.model.zero_grad()
-        loss = F.cross_entropy(self.model(torch.from_numpy(x)), torch.from_numpy(y).long())
+        self.optimizer.zero_grad()
+        loss, _ = self._loss(x, y)
         loss.backward()
         return float(loss.detach()), {n: t.grad.numpy().copy()
-                             for n, t in canonical_tensors(self.model).items() if t.grad is not None}
+                                      for n, t in canonical_tensors(self.model).items()
+                                      if t.grad is not None}
 
-    def train_step(self, x: np.ndarray, y: np.ndarray) -> float:
-        """One optimiser step on a batch; returns the batch's mean loss before the step."""
-        self.model.train()
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        """One optimiser step; returns the batch's mean loss and correct predictions, both
+        from the forward pass before the step (as d2l's train_ch6 counts them)."""
         self.optimizer.zero_grad()
-        loss = F.cross_entropy(self.model(torch.from_numpy(x)), torch.from_numpy(y).long())
+        loss, logits = self._loss(x, y)
         loss.backward()
         self.optimizer.step()
-        return float(loss.detach())
+        return float(loss.detach()), int((logits.argmax(1).numpy() == y).sum())
 
     def get_weights(self) -> Weights:
         return to_canonical(self.model)
 
     def set_weights(self, weights: Weights) -> None:
         from_canonical(self.model, weights)
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """The optimiser's slots keyed `<canonical name>.<slot>` (PyTorch's own conventions)."""
+        tensors = canonical_tensors(self.model)
+        out = {}
+        for name, t in tensors.items():
+            for slot, value in self.optimizer.state.get(t, {}).items():
+                out[f"{name}.{slot}"] = np.asarray(value.detach().numpy() if torch.is_tensor(value)
+                                                   else value, np.float32).copy()
+        return out
+
+    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        for name, t in canonical_tensors(self.model).items():
+            slots = {k[len(name) + 1:]: v for k, v in state.items()
+                     if k.startswith(name + ".") and "." not in k[len(name) + 1:]}
+            if slots:
+                self.optimizer.state[t] = {s: torch.tensor(v) for s, v in slots.items()}

@@ -100,3 +100,8 @@ def part_shapes(model: ResNet, X: np.ndarray | torch.Tensor) -> dict[str, tuple[
             shapes[name] = tuple(X.shape)
     model.train(was_training)
     return shapes
+
+
+def set_threads(n: int) -> None:
+    """Use n CPU threads for PyTorch's operators."""
+    torch.set_num_threads(n)

@@ -1,0 +1,32 @@
+"""Learning curves as PNG, drawn once for the train scripts and for compare."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_curves(histories: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
+    """d2l's picture: train loss, train acc and test acc per epoch, one colour per run."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for (label, rows), color in zip(histories.items(), ("C0", "C1", "C2", "C3", "C4")):
+        epochs = [r["epoch"] for r in rows]
+        for ax, key in zip(axes, ("train_loss", "train_acc", "test_acc")):
+            ax.plot(epochs, [r[key] for r in rows], marker="o", color=color, label=label)
+    for ax, key in zip(axes, ("train loss", "train acc", "test acc")):
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,235 @@
+"""One training loop for three frameworks, driving a small adapter per framework.
+
+    python -m resnet_torch.train --dataset digits --epochs 3 --resize 32
+    python -m resnet_tf.train    --dataset digits --epochs 3 --resize 32   (same flags)
+    python -m resnet_mx.train    --dataset digits --epochs 3 --resize 32
+
+Defaults follow d2l classic: Fashion-MNIST, SGD, lr 0.05, batch 256, 10 epochs, resize 96.
+A run folder (--out) holds metrics.jsonl, checkpoint.safetensors (written atomically after every
+epoch), weights.safetensors (canonical, loadable by any framework), curves.png and run.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from common.data import DATASETS, DataError, Dataset, batches, load_dataset
+from common.frameworks import FRAMEWORKS, NAMES, load
+from common.init import INIT_CHOICES, init_weights
+from common.optim import OPTIMIZERS, OptimizerConfig
+from common.plots import plot_curves
+from common.spec import PRESETS, ResNetSpec, get_spec
+from common.weights import save_weights
+
+CHECKPOINT, WEIGHTS, METRICS, RUN, CURVES = ("checkpoint.safetensors", "weights.safetensors",
+                                             "metrics.jsonl", "run.json", "curves.png")
+# Flags that must not change when a run is resumed (--epochs may grow; --out, --resume,
+# --threads and --data-dir are about where and how, not what).
+RUN_DEFINING = ("arch", "dataset", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
+                "resize", "limit", "seed", "init")
+
+
+def parser(prog: str) -> argparse.ArgumentParser:
+    """The flags shared by every train script and by compare."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="d2l_resnet18", choices=sorted(PRESETS))
+    p.add_argument("--dataset", default="fashion_mnist", choices=DATASETS,
+                   help="digits and mnist5k are embedded (no network); default fashion_mnist")
+    p.add_argument("--data-dir", default=None, help="where data files are (or go)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
+    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay")
+    p.add_argument("--resize", type=int, default=96, help="image side after resizing; 0 keeps it")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
+    p.add_argument("--seed", type=int, default=0, help="initial weights and data order")
+    p.add_argument("--init", default="common", choices=INIT_CHOICES,
+                   help="common: the shared seeded NumPy init; framework: the framework's own")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="CPU threads for the framework (default: all cores)")
+    p.add_argument("--out", default=None, help="run folder (default runs/<framework>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    return p
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Bad flags and impossible combinations: a parser error naming expected and given."""
+    for flag in ("epochs", "batch_size", "threads"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')}: expected a positive integer, got {getattr(args, flag)}")
+    if args.resize < 0:
+        p.error(f"--resize: expected 0 (keep) or a positive size, got {args.resize}")
+    if args.limit is not None and args.limit < 1:
+        p.error(f"--limit: expected a positive number of examples, got {args.limit}")
+    try:
+        OptimizerConfig(args.optimizer, args.lr, args.momentum, args.weight_decay)
+    except ValueError as err:
+        p.error(str(err))
+
+
+def optimizer_config(args: argparse.Namespace) -> OptimizerConfig:
+    return OptimizerConfig(args.optimizer, args.lr, args.momentum, args.weight_decay)
+
+
+def evaluate(adapter, x: np.ndarray, y: np.ndarray, batch_size: int, resize: int | None) -> float:
+    """Accuracy in inference mode (running BatchNorm statistics)."""
+    correct = sum(int((adapter.eval_step(xb).argmax(1) == yb).sum())
+                  for xb, yb in batches(x, y, batch_size, resize))
+    return correct / len(y)
+
+
+class Progress:
+    """A one-line progress bar on a terminal; silent when stderr is a file or a pipe."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label, self.on = total, label, sys.stderr.isatty()
+
+    def update(self, done: int, loss: float) -> None:
+        if self.on:
+            bar = "#" * (20 * done // self.total)
+            sys.stderr.write(f"\r{self.label} [{bar:<20}] {done}/{self.total} loss {loss:.3f}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.on:
+            sys.stderr.write("\r" + " " * 72 + "\r")
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def save_checkpoint(out: Path, adapter, epoch: int, history: list[dict], config: dict) -> None:
+    """Weights, optimiser state and history in one safetensors file, written then renamed."""
+    from safetensors.numpy import save_file
+    arrays = {f"model/{k}": v for k, v in adapter.get_weights().items()}
+    arrays |= {f"optimizer/{k}": v for k, v in adapter.optimizer_state().items()}
+    meta = {"epoch": str(epoch), "history": json.dumps(history), "config": json.dumps(config),
+            "framework": adapter.framework}
+    tmp = out / f".{CHECKPOINT}.tmp"
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), metadata=meta)
+    os.replace(tmp, out / CHECKPOINT)
+
+
+def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
+    """(weights, optimiser state, metadata) from a checkpoint file."""
+    from safetensors import safe_open
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata()
+        arrays = {k: f.get_tensor(k) for k in f.keys()}
+    model = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")}
+    opt = {k[10:]: v for k, v in arrays.items() if k.startswith("optimizer/")}
+    return model, opt, meta
+
+
+def train(framework: str, args: argparse.Namespace, data: Dataset | None = None,
+          log=print) -> dict:
+    """Train one framework as the flags say; returns the run summary (also in run.json)."""
+    module = load(framework)
+    if hasattr(module, "set_threads"):
+        module.set_threads(args.threads)
+    data = (data or load_dataset(args.dataset, args.data_dir)).limit(args.limit)
+    spec = get_spec(args.arch, in_channels=data.in_channels, num_classes=data.num_classes)
+    out = Path(args.out or f"runs/{framework}")
+    out.mkdir(parents=True, exist_ok=True)
+    config = {k: getattr(args, k) for k in RUN_DEFINING}
+    resize = args.resize or None
+
+    history: list[dict] = []
+    start = 0
+    ckpt = out / CHECKPOINT
+    if args.resume:
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"--resume: expected a checkpoint at {ckpt}, found none")
+        weights, opt_state, meta = load_checkpoint(ckpt)
+        saved = json.loads(meta["config"])
+        changed = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
+        if meta.get("framework") != framework or changed:
+            what = "; ".join(f"--{k.replace('_', '-')}: expected {a!r}, got {b!r}"
+                             for k, (a, b) in changed.items()) or \
+                f"framework: expected {meta.get('framework')}, got {framework}"
+            raise ValueError(f"--resume: the run in {out} was made with other settings: {what}")
+        start, history = int(meta["epoch"]), json.loads(meta["history"])
+    elif ckpt.exists():
+        raise FileExistsError(f"--out: {out} already holds a run; pass --resume to continue it "
+                              f"or choose another --out")
+    else:
+        weights, opt_state = None, {}
+    if weights is None:
+        if args.init == "common":
+            weights = init_weights(spec, args.seed)
+        else:
+            weights = module.to_canonical(module.build(spec, init="framework"))
+    adapter = module.Adapter(spec, weights, optimizer=optimizer_config(args))
+    if opt_state:
+        adapter.set_optimizer_state(opt_state)
+
+    n_train = len(data.train_y)
+    steps = math.ceil(n_train / args.batch_size)
+    if start >= args.epochs:
+        log(f"{NAMES[framework]}: the run in {out} already has {start} of {args.epochs} epochs")
+    for epoch in range(start, args.epochs):
+        progress = Progress(steps, f"epoch {epoch + 1}/{args.epochs}")
+        loss_sum, correct, seconds = 0.0, 0, 0.0
+        for step, (xb, yb) in enumerate(batches(data.train_x, data.train_y, args.batch_size,
+                                                resize, seed=args.seed, epoch=epoch), start=1):
+            t0 = time.perf_counter()
+            loss, right = adapter.train_step(xb, yb)
+            seconds += time.perf_counter() - t0
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss: expected a finite value, got {loss} at epoch "
+                                         f"{epoch + 1} step {step}; try a lower --lr")
+            loss_sum += loss * len(yb)
+            correct += right
+            progress.update(step, loss)
+        progress.close()
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / n_train, "train_acc": correct / n_train,
+               "test_acc": evaluate(adapter, data.test_x, data.test_y, args.batch_size, resize),
+               "examples_per_sec": n_train / seconds, "seconds": seconds}
+        history.append(row)
+        log(f"epoch {row['epoch']}/{args.epochs}: loss {row['train_loss']:.3f}, train acc "
+            f"{row['train_acc']:.3f}, test acc {row['test_acc']:.3f}, "
+            f"{row['examples_per_sec']:.1f} examples/sec on cpu ({NAMES[framework]})")
+        save_checkpoint(out, adapter, epoch + 1, history, config)
+        _write_text_atomically(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+
+    save_weights(adapter.get_weights(), out / WEIGHTS)
+    if history:
+        plot_curves({NAMES[framework]: history}, out / CURVES, f"{spec.name} on {data.name}")
+    counts = module.param_counts(adapter.model)
+    summary = {"framework": framework, "arch": spec.name, "dataset": data.name,
+               "epochs": len(history), "history": history,
+               "params": {"trainable": counts.trainable, "non_trainable": counts.non_trainable,
+                          "total": counts.total},
+               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "config": config}
+    _write_text_atomically(out / RUN, json.dumps(summary, indent=1))
+    return summary
+
+
+def main(framework: str, argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m resnet_<framework>.train`."""
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"framework: expected one of {FRAMEWORKS}, got {framework!r}")
+    p = parser(f"python -m resnet_{framework}.train")
+    args = p.parse_args(argv)
+    check_args(p, args)
+    try:
+        train(framework, args)
+    except (DataError, FileNotFoundError, FileExistsError, ValueError, FloatingPointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
