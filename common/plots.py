@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_curves(histories: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
@@ -18,6 +19,7 @@ def plot_curves(histories: dict[str, list[dict]], path: str | Path, title: str =
             ax.plot(epochs, [r[key] for r in rows], marker="o", color=color, label=label)
     for ax, key in zip(axes, ("train loss", "train acc", "test acc")):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(key)
         ax.grid(alpha=0.3)
     axes[0].legend()

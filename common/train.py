@@ -211,6 +211,8 @@ def train(framework: str, args: argparse.Namespace, data: Dataset | None = None,
         plot_curves({NAMES[framework]: history}, out / CURVES, f"{spec.name} on {data.name}")
     counts = module.param_counts(adapter.model)
     summary = {"framework": framework, "arch": spec.name, "dataset": data.name,
+               "in_channels": spec.in_channels, "num_classes": spec.num_classes,
+               "input_size": resize or int(data.train_x.shape[2]),
                "epochs": len(history), "history": history,
                "params": {"trainable": counts.trainable, "non_trainable": counts.non_trainable,
                           "total": counts.total},

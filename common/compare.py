@@ -1,0 +1,105 @@
+"""Train all three frameworks from the same initial weights on the same data in the same order,
+and write one report: results side by side, the per-stage shape table, three learning curves.
+
+    python -m common.compare --dataset digits --epochs 4 --resize 32 --batch-size 64
+
+Each framework trains in its own process (`python -m resnet_<fw>.train`, same flags), so that
+its peak memory is its own and thread settings do not leak between frameworks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from common.frameworks import FRAMEWORKS, NAMES
+from common.plots import plot_curves
+from common.spec import get_spec
+from common.summary import summary
+from common.tables import render
+from common.train import RUN, check_args, parser
+
+
+def train_flags(args, framework_out: Path) -> list[str]:
+    """The command-line flags that reproduce `args` for one framework's train script."""
+    flags = []
+    for action in parser("x")._actions:
+        if not action.option_strings or action.dest in ("help", "out", "resume"):
+            continue
+        value = getattr(args, action.dest)
+        if value is not None:
+            flags += [action.option_strings[0], str(value)]
+    flags += ["--out", str(framework_out)] + (["--resume"] if args.resume else [])
+    return flags
+
+
+def run_framework(framework: str, args, out: Path) -> dict:
+    """Train one framework in a child process, echoing its lines; returns its run.json."""
+    cmd = [sys.executable, "-m", f"resnet_{framework}.train", *train_flags(args, out / framework)]
+    print(f"== {NAMES[framework]}: {' '.join(cmd[1:])}", flush=True)
+    done = subprocess.run(cmd, env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"})
+    if done.returncode != 0:
+        raise RuntimeError(f"{NAMES[framework]}: expected its train script to finish with exit "
+                           f"status 0, got {done.returncode}")
+    return json.loads((out / framework / RUN).read_text())
+
+
+def report(runs: dict[str, dict], args, out: Path) -> str:
+    """The markdown report, written to out/report.md, with curves.png beside it."""
+    first = next(iter(runs.values()))
+    rows = []
+    for fw, run in runs.items():
+        last, hist = run["history"][-1], run["history"]
+        rows.append([NAMES[fw], f"{hist[0]['train_loss']:.4f}", f"{last['train_loss']:.4f}",
+                     f"{last['train_acc']:.3f}", f"{last['test_acc']:.3f}",
+                     f"{sum(r['examples_per_sec'] for r in hist) / len(hist):.1f}",
+                     f"{sum(r['seconds'] for r in hist) / len(hist):.2f}",
+                     f"{run['peak_rss_mib']:.0f}", run["params"]["trainable"],
+                     run["params"]["non_trainable"], run["params"]["total"]])
+    header = ["framework", "epoch-1 loss", "final loss", "train acc", "test acc",
+              "examples/sec", "s/epoch (train)", "peak RSS MiB", "trainable", "BN stats", "total"]
+    spec = get_spec(first["arch"], in_channels=first["in_channels"],
+                    num_classes=first["num_classes"])
+    size = first["input_size"]
+    shapes, _ = summary(spec, size, tuple(runs), markdown=True)
+    settings = ", ".join(f"{k} {v}" for k, v in first["config"].items())
+    plot_curves({NAMES[fw]: run["history"] for fw, run in runs.items()}, out / "curves.png",
+                f"{first['arch']} on {first['dataset']}")
+    text = (f"# {first['arch']} on {first['dataset']}: {', '.join(NAMES[f] for f in runs)}\n\n"
+            f"Same initial weights, same data in the same order. Settings: {settings}, "
+            f"{os.cpu_count()} CPU cores.\n\n## Results\n\n{render(header, rows, markdown=True)}\n\n"
+            f"Examples/sec and s/epoch count training steps only; peak RSS is each framework's "
+            f"own process.\n\n## Shapes and parameters per part (input {size}x{size})\n\n"
+            f"{shapes}\n\n## Learning curves\n\n![learning curves](curves.png)\n")
+    (out / "report.md").write_text(text)
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser("resnet-compare")
+    p.description = __doc__.splitlines()[0]
+    p.set_defaults(out="reports/compare")
+    p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
+                   help="comma-separated subset of torch,tf,mx (default: all three)")
+    args = p.parse_args(argv)
+    check_args(p, args)
+    frameworks = tuple(f for f in args.frameworks.split(",") if f)
+    if not frameworks or any(f not in FRAMEWORKS for f in frameworks):
+        p.error(f"--frameworks: expected names from {','.join(FRAMEWORKS)}, got {args.frameworks!r}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        runs = {fw: run_framework(fw, args, out) for fw in frameworks}
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(report(runs, args, out))
+    print(f"report: {out / 'report.md'}, curves: {out / 'curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
