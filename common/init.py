@@ -3,7 +3,8 @@
 The same seed gives bit-identical starting weights in PyTorch, Keras and Gluon. Rules:
 - convolutions: Kaiming normal, fan_out, ReLU gain: N(0, 2 / (out_channels * kh * kw)),
   as torchvision's ResNet; conv biases zero;
-- BatchNorm: gamma 1, beta 0, running mean 0, running variance 1;
+- BatchNorm: gamma 1, beta 0, running mean 0, running variance 1; with `zero_init_last_bn`, the
+  gamma of each residual branch's last BN is 0 (each block starts as the identity);
 - dense: PyTorch's nn.Linear default, U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
 Arrays are drawn in canonical order from one `numpy.random.Generator(PCG64(seed))`.
 """
@@ -20,6 +21,7 @@ INIT_CHOICES = ("common", "framework")
 def init_weights(spec: ResNetSpec, seed: int = 0) -> Weights:
     """Canonical starting weights for `spec`, a pure function of (spec, seed)."""
     rng = np.random.Generator(np.random.PCG64(seed))
+    last_bn = ".bn3" if spec.block == "bottleneck" else ".bn2"
     out: Weights = {}
     for name, shape in canonical_layout(spec).items():
         layer, param = name.rsplit(".", 1)
@@ -29,6 +31,9 @@ def init_weights(spec: ResNetSpec, seed: int = 0) -> Weights:
         elif layer.startswith("head.") and param in ("weight", "bias"):
             bound = 1.0 / np.sqrt(spec.stages[-1].channels)  # fan_in of the dense head
             value = rng.uniform(-bound, bound, size=shape)
+        elif param == "gamma" and spec.zero_init_last_bn and layer.endswith(last_bn) \
+                and layer.startswith("stage"):
+            value = np.zeros(shape)
         elif param in ("gamma", "running_var"):
             value = np.ones(shape)
         else:  # conv bias, beta, running_mean

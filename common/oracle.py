@@ -74,13 +74,16 @@ def layers(spec: ResNetSpec, input_size: int | tuple[int, int] = 224,
 
 
 def _conv(path: str, shape: tuple[int, ...], c_out: int, k: int, s: int, p: int,
-          bias: bool) -> Layer:
+          bias: bool, groups: int = 1) -> Layer:
     n, c_in, h, w = shape
+    if c_in % groups or c_out % groups:
+        raise SpecError(f"{path}.groups: expected a divisor of {c_in} input and {c_out} output "
+                        f"channels, got {groups}")
     oh, ow = conv_out(h, k, s, p), conv_out(w, k, s, p)
     if oh < 1 or ow < 1:
         raise SpecError(f"input_size: expected enough pixels to reach {path}, got {h}x{w} "
                         f"there, which a {k}x{k}/{s} convolution shrinks to {oh}x{ow}")
-    params = {"weight": (c_out, c_in, k, k)}
+    params = {"weight": (c_out, c_in // groups, k, k)}
     if bias:
         params["bias"] = (c_out,)
     return Layer(path, "conv", params, (n, c_out, oh, ow))
@@ -90,25 +93,66 @@ def _bn(path: str, shape: tuple[int, ...]) -> Layer:
     return Layer(path, "bn", {name: (shape[1],) for name in ("gamma", "beta", *BN_STATS)}, shape)
 
 
+@dataclass(frozen=True)
+class BlockConfig:
+    """What every block of a network shares (taken from its spec)."""
+    kind: str = "basic"
+    preact: bool = False
+    groups: int = 1
+    stride_in_1x1: bool = False
+    shortcut_bn: bool = False
+    conv_bias: bool = True
+    shortcut: str = "conv"
+
+    @classmethod
+    def of(cls, spec: ResNetSpec) -> "BlockConfig":
+        return cls(spec.block, spec.preact, spec.groups, spec.stride_in_1x1, spec.shortcut_bn,
+                   spec.conv_bias, spec.shortcut)
+
+
 def block_layers(path: str, in_shape: tuple[int, ...], channels: int, stride: int = 1,
-                 project: bool = False, conv_bias: bool = True) -> list[Layer]:
-    """The layers of one basic residual block (d2l's `Residual`) for an NCHW input shape."""
-    conv1 = _conv(f"{path}.conv1", in_shape, channels, 3, stride, 1, conv_bias)
-    out = [conv1, _bn(f"{path}.bn1", conv1.out_shape)]
-    conv2 = _conv(f"{path}.conv2", conv1.out_shape, channels, 3, 1, 1, conv_bias)
-    out += [conv2, _bn(f"{path}.bn2", conv2.out_shape)]
-    if project:
-        out.append(_conv(f"{path}.conv3", in_shape, channels, 1, stride, 0, conv_bias))
+                 project: bool = False, conv_bias: bool = True, *, width: int | None = None,
+                 config: BlockConfig | None = None) -> list[Layer]:
+    """The layers of one residual block in forward order, the shortcut projection last:
+    basic (d2l's `Residual`): conv1 bn1 conv2 bn2 [conv3 (bn3) | shortcut];
+    bottleneck: conv1 bn1 conv2 bn2 conv3 bn3 [conv4 (bn4)], `width` inner channels;
+    pre-activation (v2) puts each BN before its conv: bn1 conv1 bn2 conv2 ..."""
+    cfg = config or BlockConfig(conv_bias=conv_bias)
+    if cfg.kind == "basic":  # (kernel, out channels, stride, groups) per conv
+        convs = [(3, channels, stride, 1), (3, channels, 1, 1)]
+    else:
+        mid = width or channels // 4
+        s1, s3 = (stride, 1) if cfg.stride_in_1x1 else (1, stride)
+        convs = [(1, mid, s1, 1), (3, mid, s3, cfg.groups), (1, channels, 1, 1)]
+    out, shape = [], in_shape
+    for i, (k, c, s, g) in enumerate(convs, start=1):
+        conv = _conv(f"{path}.conv{i}", shape, c, k, s, k // 2, cfg.conv_bias, g)
+        bn = _bn(f"{path}.bn{i}", shape if cfg.preact else conv.out_shape)
+        out += [bn, conv] if cfg.preact else [conv, bn]
+        shape = conv.out_shape
+    if project and cfg.shortcut == "pad":  # option A: x[:, :, ::s, ::s], zero channels around
+        n, c_in, h, w = in_shape
+        out.append(Layer(f"{path}.shortcut", "pad", {},
+                         (n, channels, conv_out(h, 1, stride, 0), conv_out(w, 1, stride, 0))))
+    elif project:
+        i = len(convs) + 1
+        conv = _conv(f"{path}.conv{i}", in_shape, channels, 1, stride, 0, cfg.conv_bias)
+        out += [conv] + ([_bn(f"{path}.bn{i}", conv.out_shape)] if cfg.shortcut_bn else [])
     elif (in_shape[1], stride) != (channels, 1):
         raise SpecError(f"{path}: expected use_1x1conv=True to change {in_shape[1]} channels "
                         f"to {channels} or stride by {stride}, got use_1x1conv=False")
     return out
 
 
+def block_output(layers_: list[Layer], config: BlockConfig) -> tuple[int, ...]:
+    """The output shape of a block from its layers (the last layer of the residual branch)."""
+    return layers_[2 * (2 if config.kind == "basic" else 3) - 1].out_shape
+
+
 def _walk(spec: ResNetSpec, h: int, w: int, n: int) -> Iterator[Layer]:
-    st, bias = spec.stem, spec.conv_bias
+    st, cfg = spec.stem, BlockConfig.of(spec)
     conv = _conv("stem.conv", (n, spec.in_channels, h, w), st.channels, st.kernel_size,
-                 st.stride, st.padding, bias)
+                 st.stride, st.padding, spec.conv_bias)
     shape = conv.out_shape
     yield from (conv, _bn("stem.bn", shape), Layer("stem.relu", "relu", {}, shape))
     if st.pool:
@@ -118,9 +162,12 @@ def _walk(spec: ResNetSpec, h: int, w: int, n: int) -> Iterator[Layer]:
         for j in range(stage.blocks):
             first = j == 0
             block = block_layers(f"stage{i}.{j}", shape, stage.channels,
-                                 stage.stride if first else 1, first and stage.project, bias)
+                                 stage.stride if first else 1, first and stage.project,
+                                 width=spec.mid_channels(stage), config=cfg)
             yield from block
-            shape = block[3].out_shape  # bn2: the block's output shape
+            shape = block_output(block, cfg)
+    if spec.preact:  # v2 blocks end un-normalised: one BN and ReLU before pooling
+        yield from (_bn("head.bn", shape), Layer("head.relu", "relu", {}, shape))
     yield Layer("head.pool", "avgpool", {}, shape[:2])
     yield Layer("head.fc", "dense", {"weight": (spec.num_classes, shape[1]),
                                      "bias": (spec.num_classes,)}, (n, spec.num_classes))

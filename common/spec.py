@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-BLOCK_KINDS = ("basic",)
+BLOCK_KINDS = ("basic", "bottleneck")
+SHORTCUTS = ("conv", "pad")
 
 
 class SpecError(ValueError):
@@ -58,6 +59,7 @@ class Stage:
     blocks: int
     stride: int = 1
     project: bool = False
+    width: int | None = None  # bottleneck inner width; None: torchvision's rule (see mid_channels)
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,14 @@ class ResNetSpec:
     num_classes: int = 10
     conv_bias: bool = True
     bn: BatchNormSpec = field(default_factory=BatchNormSpec)
+    preact: bool = False            # v2: BN-ReLU-conv ordering, final BN-ReLU in the head
+    groups: int = 1                 # ResNeXt cardinality (bottleneck 3x3 conv)
+    base_width: int = 64            # ResNeXt width per group, torchvision's convention
+    stride_in_1x1: bool = False     # bottleneck: stride on the first 1x1 (paper), not the 3x3
+    shortcut_bn: bool = False       # BatchNorm after the 1x1 projection (torchvision); d2l: none
+    shortcut: str = "conv"          # how a block that changes shape projects: "conv" (1x1,
+    #                                 option B) or "pad" (subsample, zero-pad channels: option A)
+    zero_init_last_bn: bool = False  # init the last BN gamma of each residual branch to 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
@@ -93,7 +103,29 @@ class ResNetSpec:
         _positive_int("in_channels", self.in_channels)
         _positive_int("num_classes", self.num_classes)
         _require(self.block in BLOCK_KINDS, "block", f"one of {BLOCK_KINDS}", self.block)
-        _require(isinstance(self.conv_bias, bool), "conv_bias", "True or False", self.conv_bias)
+        for flag in ("conv_bias", "preact", "stride_in_1x1", "shortcut_bn", "zero_init_last_bn"):
+            _require(isinstance(getattr(self, flag), bool), flag, "True or False",
+                     getattr(self, flag))
+        _require(self.shortcut in SHORTCUTS, "shortcut", f"one of {SHORTCUTS}", self.shortcut)
+        if self.shortcut == "pad":
+            _require(self.block == "basic" and not self.preact and not self.shortcut_bn,
+                     "shortcut", "'conv' unless the blocks are basic v1 without shortcut_bn "
+                     "(the paper's CIFAR nets)", self.shortcut)
+        _positive_int("groups", self.groups)
+        _positive_int("base_width", self.base_width)
+        if self.block == "basic":
+            _require(self.groups == 1 and self.base_width == 64, "groups",
+                     "1 (and base_width 64) for basic blocks, as torchvision",
+                     (self.groups, self.base_width))
+            _require(not self.stride_in_1x1, "stride_in_1x1", "False for basic blocks",
+                     self.stride_in_1x1)
+        if self.preact:
+            _require(not self.shortcut_bn, "shortcut_bn",
+                     "False with preact (the v2 projection sees pre-activated input)",
+                     self.shortcut_bn)
+            _require(not self.zero_init_last_bn, "zero_init_last_bn",
+                     "False with preact (a v2 branch ends with a convolution)",
+                     self.zero_init_last_bn)
         self.stem.validate()
         self.bn.validate()
         _require(len(self.stages) > 0, "stages", "at least one stage", self.stages)
@@ -106,11 +138,33 @@ class ResNetSpec:
             _require(stage.stride in (1, 2), f"{where}.stride", "1 or 2", stage.stride)
             _require(isinstance(stage.project, bool), f"{where}.project", "True or False",
                      stage.project)
+            if self.block == "bottleneck":
+                _require(stage.channels % 4 == 0, f"{where}.channels",
+                         "a multiple of 4 (the bottleneck expansion)", stage.channels)
+                if stage.width is not None:
+                    _positive_int(f"{where}.width", stage.width)
+                mid = self.mid_channels(stage)
+                _require(mid % self.groups == 0, f"{where}.width",
+                         f"a multiple of groups={self.groups}", mid)
+            else:
+                _require(stage.width is None, f"{where}.width", "None for basic blocks",
+                         stage.width)
+            if stage.project and self.shortcut == "pad":
+                _require(stage.channels >= channels and (stage.channels - channels) % 2 == 0,
+                         f"{where}.channels", f"{channels} plus an even number, for a zero-padded "
+                         f"shortcut", stage.channels)
             if not stage.project:
                 _require(stage.stride == 1 and stage.channels == channels, f"{where}.project",
                          f"True, since the identity shortcut cannot change {channels} channels "
                          f"to {stage.channels} or stride by {stage.stride}", stage.project)
             channels = stage.channels
+
+    def mid_channels(self, stage: Stage) -> int:
+        """Inner width of a bottleneck: given, or torchvision's
+        int(channels / 4 * base_width / 64) * groups."""
+        if stage.width is not None:
+            return stage.width
+        return int(stage.channels // 4 * (self.base_width / 64)) * self.groups
 
     def part_names(self) -> list[str]:
         """Names of the top-level parts, in order: stem, stage1..stageN, head."""
@@ -125,16 +179,67 @@ class ResNetSpec:
 
 
 def d2l_stages(channels: tuple[int, ...], blocks: tuple[int, ...]) -> tuple[Stage, ...]:
-    """d2l's rule: the first stage keeps shape; every later stage halves the resolution and
-    projects its first block's shortcut (`first_block=True` only for the first)."""
-    return tuple(Stage(c, n, stride=1 if i == 0 else 2, project=i > 0)
-                 for i, (c, n) in enumerate(zip(channels, blocks)))
+    """d2l's rule: the first stage keeps the resolution; every later stage halves it; a block
+    projects its shortcut (d2l's `use_1x1conv`) exactly when its shape changes."""
+    return standard_stages(channels, blocks, first_stride=1)
 
 
-PRESETS: dict[str, ResNetSpec] = {
-    # Exactly d2l's ResNet-18: 1 input channel (Fashion-MNIST), 10 classes, conv biases on.
-    "d2l_resnet18": ResNetSpec("d2l_resnet18", d2l_stages((64, 128, 256, 512), (2, 2, 2, 2))),
-}
+def standard_stages(channels: tuple[int, ...], blocks: tuple[int, ...],
+                    first_stride: int = 1) -> tuple[Stage, ...]:
+    """Stages that halve the resolution after the first; a 1x1 projection exactly where the
+    first block changes the channels or the resolution (torchvision's rule)."""
+    out, prev = [], None
+    for i, (c, n) in enumerate(zip(channels, blocks)):
+        stride = first_stride if i == 0 else 2
+        out.append(Stage(c, n, stride, project=stride != 1 or (prev is not None and prev != c)))
+        prev = c
+    return tuple(out)
+
+
+BASIC = (64, 128, 256, 512)
+WIDE = (256, 512, 1024, 2048)  # bottleneck outputs (expansion 4)
+DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
+          50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3)),
+          152: ("bottleneck", (3, 8, 36, 3))}
+
+
+def _stages(kind: str, blocks: tuple[int, ...]) -> tuple[Stage, ...]:
+    stages = standard_stages(BASIC if kind == "basic" else WIDE, blocks)
+    # The first bottleneck stage widens 64 -> 256 channels, so it projects at stride 1.
+    return (replace(stages[0], project=kind == "bottleneck"),) + stages[1:]
+
+
+# torchvision's configuration: 3 input channels, 1000 classes, no conv bias, BN on projections.
+IMAGENET = dict(in_channels=3, num_classes=1000, conv_bias=False, shortcut_bn=True)
+# CIFAR ResNets of the ResNet paper (section 4.2): 3x3 stem, 16/32/64 channels, 6n+2 layers,
+# parameter-free shortcuts (option A: subsample and zero-pad), as in the paper's counts.
+CIFAR_STEM = Stem(channels=16, kernel_size=3, stride=1, pool=False)
+# The ResNeXt tutorial's small CIFAR models: 3x3 stem, no pool, [2, 2, 2, 2] blocks.
+TUTORIAL_STEM = Stem(channels=64, kernel_size=3, stride=1, pool=False)
+
+PRESETS: dict[str, ResNetSpec] = {}
+for _depth, (_kind, _blocks) in DEPTHS.items():
+    PRESETS[f"resnet{_depth}"] = ResNetSpec(f"resnet{_depth}", _stages(_kind, _blocks),
+                                            block=_kind, **IMAGENET)
+    # d2l's configuration: 1 channel, 10 classes, conv biases, projections without BN.
+    PRESETS[f"d2l_resnet{_depth}"] = ResNetSpec(f"d2l_resnet{_depth}", _stages(_kind, _blocks),
+                                                block=_kind)
+    if _kind == "bottleneck":
+        PRESETS[f"resnet{_depth}_v2"] = ResNetSpec(
+            f"resnet{_depth}_v2", _stages(_kind, _blocks), block=_kind, preact=True,
+            **(IMAGENET | {"shortcut_bn": False}))
+PRESETS["resnext50_32x4d"] = ResNetSpec("resnext50_32x4d", _stages("bottleneck", (3, 4, 6, 3)),
+                                        block="bottleneck", groups=32, base_width=4, **IMAGENET)
+for _groups, _width in ((2, 64), (4, 32), (8, 16), (16, 8), (32, 4)):
+    _name = f"resnext26_{_groups}x{_width}d"
+    PRESETS[_name] = ResNetSpec(_name, _stages("bottleneck", (2, 2, 2, 2)), stem=TUTORIAL_STEM,
+                                block="bottleneck", groups=_groups, base_width=_width,
+                                **(IMAGENET | {"num_classes": 10}))
+for _n in (3, 5, 7, 9, 18):
+    _name = f"cifar_resnet{6 * _n + 2}"
+    PRESETS[_name] = ResNetSpec(_name, standard_stages((16, 32, 64), (_n, _n, _n)),
+                                stem=CIFAR_STEM, shortcut="pad",
+                                **(IMAGENET | {"num_classes": 10, "shortcut_bn": False}))
 
 
 def get_spec(name_or_spec: str | ResNetSpec, **overrides: Any) -> ResNetSpec:

@@ -11,7 +11,23 @@ from common.checks import check_batch
 from common.init import INIT_CHOICES, init_weights
 from common.oracle import ParamCounts
 from common.spec import ResNetSpec, SpecError, get_spec
-from resnet_torch.blocks import Residual
+from resnet_torch.blocks import Bottleneck, PreActBottleneck, PreActResidual, Residual
+
+BLOCKS = {("basic", False): Residual, ("bottleneck", False): Bottleneck,
+          ("basic", True): PreActResidual, ("bottleneck", True): PreActBottleneck}
+
+
+def block_kwargs(spec: ResNetSpec, stage) -> dict:
+    """The keyword arguments that the spec gives every block of a stage."""
+    kw = dict(use_bias=spec.conv_bias, bn_eps=spec.bn.eps, bn_momentum=spec.bn.momentum)
+    if spec.block == "bottleneck":
+        kw |= dict(width=spec.mid_channels(stage), groups=spec.groups,
+                   stride_in_1x1=spec.stride_in_1x1)
+    if not spec.preact:
+        kw["shortcut_bn"] = spec.shortcut_bn
+    if spec.block == "basic" and not spec.preact:
+        kw["pad_shortcut"] = spec.shortcut == "pad"
+    return kw
 
 
 class ResNet(nn.Sequential):
@@ -29,21 +45,23 @@ class ResNet(nn.Sequential):
         if st.pool:
             stem["pool"] = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         parts = OrderedDict(stem=nn.Sequential(stem))
-        channels = st.channels
+        channels, block = st.channels, BLOCKS[spec.block, spec.preact]
         for i, stage in enumerate(spec.stages, start=1):
             blocks = []
             for j in range(stage.blocks):
                 first = j == 0
-                blocks.append(Residual(channels, stage.channels,
-                                       use_1x1conv=first and stage.project,
-                                       strides=stage.stride if first else 1,
-                                       use_bias=spec.conv_bias, bn_eps=spec.bn.eps,
-                                       bn_momentum=spec.bn.momentum))
+                blocks.append(block(channels, stage.channels,
+                                    use_1x1conv=first and stage.project and spec.shortcut == "conv",
+                                    strides=stage.stride if first else 1,
+                                    **block_kwargs(spec, stage)))
                 channels = stage.channels
             parts[f"stage{i}"] = nn.Sequential(*blocks)
-        parts["head"] = nn.Sequential(OrderedDict(
-            pool=nn.AdaptiveAvgPool2d((1, 1)), flatten=nn.Flatten(),
-            fc=nn.Linear(channels, spec.num_classes)))
+        head = OrderedDict()
+        if spec.preact:  # v2 blocks end un-normalised: one BN and ReLU before pooling
+            head |= dict(bn=nn.BatchNorm2d(channels, **bn), relu=nn.ReLU())
+        head |= dict(pool=nn.AdaptiveAvgPool2d((1, 1)), flatten=nn.Flatten(),
+                     fc=nn.Linear(channels, spec.num_classes))
+        parts["head"] = nn.Sequential(head)
         super().__init__(parts)
         self.spec = spec
 

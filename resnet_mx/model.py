@@ -1,0 +1,145 @@
+"""ResNet built from a `common` spec in MXNet Gluon, with parameter counts read from Gluon itself.
+
+MXNet 1.x quirk, written once here: BatchNorm folds the batch statistics into its running ones
+in the *backward* pass, not the forward one; a forward pass in train mode alone leaves them as
+they were. The adapter runs a backward pass where a training-mode forward must update them.
+"""
+from __future__ import annotations
+
+import os
+
+import mxnet as mx
+import numpy as np
+from mxnet import autograd
+from mxnet.gluon import nn
+
+from common.checks import check_batch
+from common.init import INIT_CHOICES, init_weights
+from common.oracle import ParamCounts
+from common.spec import ResNetSpec, SpecError, get_spec
+from resnet_mx.blocks import Residual
+
+_LOADED_THREADS = os.environ.get("OMP_NUM_THREADS")  # what MXNet read when it loaded
+
+
+def _named_sequence(**layers: nn.HybridBlock) -> nn.HybridSequential:
+    """A HybridSequential whose children are named (stem.conv, head.fc), not numbered."""
+    seq = nn.HybridSequential()
+    for name, layer in layers.items():
+        setattr(seq, name, layer)  # Gluon registers an attribute block as a child of that name
+    return seq
+
+
+class ResNet(nn.HybridBlock):
+    """stem (d2l's b1), stage1..stageN (b2..b5), head: named parts, so that the model reads
+    `model.stage2[0].conv1`. Takes NCHW batches. Every layer is told its input channels, so no
+    parameter is deferred to the first batch."""
+
+    def __init__(self, spec: ResNetSpec, **kwargs):
+        super().__init__(**kwargs)
+        self.spec = spec
+        bn = dict(epsilon=spec.bn.eps, momentum=1 - spec.bn.momentum)  # Gluon weights the old value
+        st = spec.stem
+        with self.name_scope():
+            stem = dict(conv=nn.Conv2D(st.channels, st.kernel_size, strides=st.stride,
+                                       padding=st.padding, use_bias=spec.conv_bias,
+                                       in_channels=spec.in_channels),
+                        bn=nn.BatchNorm(in_channels=st.channels, **bn),
+                        relu=nn.Activation("relu"))
+            if st.pool:  # Gluon's max-pool pads with -inf, as PyTorch's
+                stem["pool"] = nn.MaxPool2D(pool_size=3, strides=2, padding=1)
+            self.stem = _named_sequence(**stem)
+            channels = st.channels
+            for i, stage in enumerate(spec.stages, start=1):
+                blocks = nn.HybridSequential()
+                for j in range(stage.blocks):
+                    first = j == 0
+                    blocks.add(Residual(stage.channels, use_1x1conv=first and stage.project,
+                                        strides=stage.stride if first else 1,
+                                        use_bias=spec.conv_bias, bn_eps=bn["epsilon"],
+                                        bn_momentum=bn["momentum"], in_channels=channels))
+                    channels = stage.channels
+                setattr(self, f"stage{i}", blocks)
+            self.head = _named_sequence(pool=nn.GlobalAvgPool2D(),
+                                        fc=nn.Dense(spec.num_classes, in_units=channels))
+
+    def forward(self, X, *args):
+        # Checked here, before Gluon's cached graph (after hybridize()) sees the batch.
+        if isinstance(X, mx.nd.NDArray):
+            dtype = np.dtype(X.dtype)
+            check_batch(X.shape, dtype.name, np.issubdtype(dtype, np.floating),
+                        self.spec.in_channels, "NCHW")
+        return super().forward(X, *args)
+
+    def hybrid_forward(self, F, X):
+        for name in self.spec.part_names():
+            X = getattr(self, name)(X)
+        return X
+
+
+def build(name_or_spec: str | ResNetSpec = "d2l_resnet18", *, init: str = "common",
+          seed: int = 0, **overrides) -> ResNet:
+    """The network of a preset name or spec, initialised. `init="common"` loads the seeded
+    NumPy initialisation shared by all three frameworks; `init="framework"` keeps Gluon's own,
+    Xavier as d2l's train_ch6 (BatchNorm: gamma 1, beta 0, running mean 0, running var 1)."""
+    spec = get_spec(name_or_spec, **overrides)
+    if init not in INIT_CHOICES:
+        raise SpecError(f"init: expected one of {INIT_CHOICES}, got {init!r}")
+    model = ResNet(spec)
+    model.initialize(mx.init.Xavier())
+    if init == "common":
+        from resnet_mx.weights import from_canonical
+        from_canonical(model, init_weights(spec, seed))
+    return model
+
+
+def resnet18(num_classes: int = 10, in_channels: int = 1, **kwargs) -> ResNet:
+    """d2l's ResNet-18 (conv biases on; 1 channel and 10 classes by default)."""
+    return build("d2l_resnet18", num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+def param_counts(block: nn.Block) -> ParamCounts:
+    """Trainable parameters and BatchNorm running statistics (Gluon's grad_req 'null'),
+    read from Gluon's own parameters."""
+    trainable = stats = 0
+    for p in block.collect_params().values():
+        if p.shape is None or any(d <= 0 for d in p.shape):
+            raise ValueError(f"{p.name}: expected a known shape, got {p.shape}; pass in_channels "
+                             f"or run one batch through the block first")
+        size = int(np.prod(p.shape))
+        if p.grad_req == "null":
+            stats += size
+        else:
+            trainable += size
+    return ParamCounts(trainable, stats)
+
+
+def part_param_counts(model: ResNet) -> dict[str, ParamCounts]:
+    """Parameter counts per part: stem, stage1..stageN, head."""
+    return {name: param_counts(getattr(model, name)) for name in model.spec.part_names()}
+
+
+def part_shapes(model: ResNet, X: np.ndarray | mx.nd.NDArray) -> dict[str, tuple[int, ...]]:
+    """Output shape (NCHW) after each part for the batch X, in inference mode (BatchNorm
+    statistics are not touched)."""
+    if not isinstance(X, mx.nd.NDArray):
+        X = np.asarray(X)
+        X = mx.nd.array(X, dtype=X.dtype)
+    dtype = np.dtype(X.dtype)
+    check_batch(X.shape, dtype.name, np.issubdtype(dtype, np.floating), model.spec.in_channels)
+    shapes = {}
+    with autograd.predict_mode():
+        for name in model.spec.part_names():
+            X = getattr(model, name)(X)
+            shapes[name] = tuple(X.shape)
+    return shapes
+
+
+def set_threads(n: int) -> None:
+    """Check that MXNet runs n CPU threads. MXNet reads OMP_NUM_THREADS once, when it loads
+    (resnet_mx/__init__.py defaults it to all cores), and ignores later requests; so any other n
+    is refused rather than silently ignored."""
+    if str(n) != _LOADED_THREADS:
+        raise ValueError(f"threads: expected {_LOADED_THREADS or 'the count MXNet loaded with'} "
+                         f"(MXNet reads OMP_NUM_THREADS once, when it loads), got {n}; "
+                         f"set OMP_NUM_THREADS={n} in the environment before starting Python")

@@ -1,0 +1,111 @@
+"""The one training loop, per framework and across frameworks, on tiny generated data."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from common.data import Dataset
+from common.frameworks import FRAMEWORKS
+from common.train import parser, train
+from common.weights import load_weights
+
+FLAGS = ["--batch-size", "16", "--resize", "0", "--epochs", "2", "--lr", "0.05"]
+
+
+def tiny_data(n_train=64, n_test=32, size=12, seed=0) -> Dataset:
+    """4 classes: which quadrant of the image is bright, with noise."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = rng.integers(0, 4, n)
+        x = rng.integers(0, 60, (n, 1, size, size))
+        h = size // 2
+        for i, label in enumerate(y):
+            r, c = divmod(int(label), 2)
+            x[i, 0, r * h:(r + 1) * h, c * h:(c + 1) * h] += 180
+        return x.astype(np.uint8), y.astype(np.int64)
+
+    (tx, ty), (vx, vy) = make(n_train), make(n_test)
+    return Dataset("tiny", tx, ty, vx, vy, 4)
+
+
+def run(framework, tmp_path, *extra, name="run"):
+    args = parser("test").parse_args([*FLAGS, "--out", str(tmp_path / name), *extra])
+    return train(framework, args, data=tiny_data(), log=lambda *_: None)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_two_epochs_on_tiny_data_lower_the_loss_and_write_the_run_folder(framework, tmp_path):
+    summary = run(framework, tmp_path)
+    losses = [r["train_loss"] for r in summary["history"]]
+    assert len(losses) == 2 and losses[1] < losses[0]
+    folder = tmp_path / "run"
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"epoch", "train_loss", "train_acc", "test_acc", "examples_per_sec"} <= set(rows[0])
+    assert (folder / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(load_weights(folder / "weights.safetensors")) == 110
+    assert summary["params"]["total"] == 11_178_378 - 5130 + 2052 + 7808  # 4-class head
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(framework, tmp_path):
+    extra = ["--momentum", "0.9", "--weight-decay", "1e-4"]
+    run(framework, tmp_path, *extra, name="straight")
+    args = parser("test").parse_args([*FLAGS, "--out", str(tmp_path / "cut"), *extra, "--epochs", "1"])
+    train(framework, args, data=tiny_data(), log=lambda *_: None)
+    run(framework, tmp_path, *extra, "--resume", name="cut")
+    a = load_weights(tmp_path / "straight" / "weights.safetensors")
+    b = load_weights(tmp_path / "cut" / "weights.safetensors")
+    assert all(np.array_equal(a[k], b[k]) for k in a), "resume changed the result"
+    history = [json.loads(l) for l in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2]
+
+
+def test_first_steps_agree_across_frameworks(tmp_path):
+    """Shared init and data: per-epoch mean losses of the three frameworks agree to 1e-3
+    (ten SGD steps of 16 examples each; step-level agreement is pinned in test_fidelity)."""
+    runs = {fw: run(fw, tmp_path, name=fw) for fw in FRAMEWORKS}
+    first = {fw: r["history"][0]["train_loss"] for fw, r in runs.items()}
+    assert max(first.values()) - min(first.values()) <= 1e-3, first
+
+
+def test_resume_refuses_changed_settings_and_overwrite(tmp_path):
+    args = parser("test").parse_args([*FLAGS, "--out", str(tmp_path / "r"), "--epochs", "1"])
+    train("torch", args, data=tiny_data(), log=lambda *_: None)
+    with pytest.raises(FileExistsError, match="already holds a run; pass --resume"):
+        train("torch", args, data=tiny_data(), log=lambda *_: None)
+    changed = parser("test").parse_args([*FLAGS, "--out", str(tmp_path / "r"), "--lr", "0.1", "--resume"])
+    with pytest.raises(ValueError, match="--lr: expected 0.05, got 0.1"):
+        train("torch", changed, data=tiny_data(), log=lambda *_: None)
+    missing = parser("test").parse_args([*FLAGS, "--out", str(tmp_path / "none"), "--resume"])
+    with pytest.raises(FileNotFoundError, match="expected a checkpoint at"):
+        train("torch", missing, data=tiny_data(), log=lambda *_: None)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--epochs", "0"], "--epochs: expected a positive integer, got 0"),
+    (["--lr", "-1"], "--lr: expected a positive learning rate, got -1.0"),
+    (["--optimizer", "adam", "--momentum", "0.9"], "--momentum: expected 0 with --optimizer adam"),
+    (["--resize", "-2"], "--resize: expected 0 (keep) or a positive size, got -2"),
+    (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+])
+def test_bad_flags_get_clear_errors(argv, message, capsys):
+    from common.train import main
+    with pytest.raises(SystemExit):
+        main("torch", argv)
+    assert message in capsys.readouterr().err
+
+
+def test_train_scripts_of_all_frameworks_take_the_same_flags():
+    helps = {}
+    for fw in FRAMEWORKS:
+        out = subprocess.run([sys.executable, "-m", f"resnet_{fw}.train", "--help"],
+                             capture_output=True, text=True, check=True).stdout
+        helps[fw] = out.replace(f"resnet_{fw}", "resnet_X")
+    assert helps["torch"] == helps["tf"] == helps["mx"]
+    for flag in ("--dataset", "--data-dir", "--epochs", "--batch-size", "--lr", "--optimizer",
+                 "--resize", "--limit", "--seed", "--out", "--resume"):
+        assert flag in helps["torch"]
