@@ -1,22 +1,48 @@
-"""The residual block of d2l's ResNet chapter, in MXNet Gluon.
+"""The residual blocks of d2l's ResNet chapter, in MXNet Gluon, and the ones its exercises ask for.
 
 Imports only mxnet and the standard library: copy this one file into your coursework.
-d2l's MXNet tab writes this block with MXNet's NumPy interface (`npx.set_np()`, `npx.relu`);
+d2l's MXNet tab writes these blocks with MXNet's NumPy interface (`npx.set_np()`, `npx.relu`);
 this file uses Gluon's classic HybridBlock interface (`hybrid_forward(self, F, X)`, `F.relu`),
-which is the same computation and leaves MXNet's global state alone. Differences from d2l, all
-keyword-only with defaults that keep d2l's behaviour: `use_bias` (torchvision-style nets turn conv
-biases off), the BatchNorm settings, which are the same in all three frameworks of this project,
-and `in_channels`: 0 lets Gluon infer it from the first batch, as in d2l; a builder that knows it
-passes it, so that every parameter exists as soon as the block is initialised.
+which is the same computation, can be hybridized, and leaves MXNet's global state alone.
+`Residual` and `resnet_block` are d2l's; the keyword-only arguments after `strides` are this
+project's additions, with defaults that keep d2l's behaviour:
+- `use_bias`: torchvision-style networks turn conv biases off;
+- `shortcut_bn`: BatchNorm after the 1x1 projection (torchvision), d2l has none;
+- `pad_shortcut`: the ResNet paper's CIFAR shortcut (option A): subsample, zero-pad channels;
+- `bn_eps`, `bn_momentum`: the same BatchNorm in all three frameworks of this project;
+- `in_channels`: 0 lets Gluon infer it from the first batch, as in d2l; a builder that knows it
+  passes it, so that every parameter exists as soon as the block is initialised.
+`Bottleneck` (exercise 3, ResNeXt with `groups`), `PreActResidual` and `PreActBottleneck`
+(exercise 4: BN, ReLU, then convolution) follow the same pattern.
 """
 from mxnet.gluon import nn
+
+
+def pad_shortcut(F, X, in_channels, num_channels, strides):
+    """Option A of the ResNet paper: X[:, :, ::s, ::s] with zero channels on both sides."""
+    X = F.slice(X, begin=(None,) * 4, end=(None,) * 4, step=(1, 1, strides, strides))
+    extra = num_channels - in_channels
+    # Gluon pads only the last two axes of a 4-d array: move channels last, pad, move back.
+    X = F.pad(F.transpose(X, (0, 2, 3, 1)), mode="constant",
+              pad_width=(0, 0, 0, 0, 0, 0, extra // 2, extra - extra // 2))
+    return F.transpose(X, (0, 3, 1, 2))
+
+
+def _bn(num_channels, eps, momentum):
+    # Gluon's defaults already are the project's: eps 1e-5, momentum 0.9 weights the old
+    # value (new = 0.9 old + 0.1 batch), so it is PyTorch's momentum 0.1.
+    return nn.BatchNorm(epsilon=eps, momentum=momentum, in_channels=num_channels)
 
 
 class Residual(nn.HybridBlock):
     """The Residual block of ResNet."""
     def __init__(self, num_channels, use_1x1conv=False, strides=1, *, use_bias=True,
-                 bn_eps=1e-5, bn_momentum=0.9, in_channels=0, **kwargs):
+                 shortcut_bn=False, pad_shortcut=False, bn_eps=1e-5, bn_momentum=0.9,
+                 in_channels=0, **kwargs):
         super().__init__(**kwargs)
+        if pad_shortcut and not use_1x1conv and not in_channels:
+            raise ValueError("in_channels: expected the input channels with pad_shortcut=True "
+                             "(the zero padding needs them), got 0")
         with self.name_scope():  # parameter names read residual0_conv0_weight, not conv7_weight
             self.conv1 = nn.Conv2D(num_channels, kernel_size=3, padding=1, strides=strides,
                                    use_bias=use_bias, in_channels=in_channels)
@@ -27,16 +53,124 @@ class Residual(nn.HybridBlock):
                                        use_bias=use_bias, in_channels=in_channels)
             else:
                 self.conv3 = None
-            # Gluon's momentum weights the old value: 0.9 is PyTorch's 0.1 (new = 0.9 old + 0.1 batch).
-            self.bn1 = nn.BatchNorm(epsilon=bn_eps, momentum=bn_momentum, in_channels=num_channels)
-            self.bn2 = nn.BatchNorm(epsilon=bn_eps, momentum=bn_momentum, in_channels=num_channels)
+            self.bn1 = _bn(num_channels, bn_eps, bn_momentum)
+            self.bn2 = _bn(num_channels, bn_eps, bn_momentum)
+            self.bn3 = (_bn(num_channels, bn_eps, bn_momentum) if use_1x1conv and shortcut_bn
+                        else None)
+        self.pad_shortcut = pad_shortcut and not use_1x1conv
+        self.in_channels, self.num_channels, self.strides = in_channels, num_channels, strides
 
     def hybrid_forward(self, F, X):
         Y = F.relu(self.bn1(self.conv1(X)))
         Y = self.bn2(self.conv2(Y))
         if self.conv3:
             X = self.conv3(X)
+            if self.bn3:
+                X = self.bn3(X)
+        elif self.pad_shortcut:
+            X = pad_shortcut(F, X, self.in_channels, self.num_channels, self.strides)
         return F.relu(Y + X)
+
+
+class Bottleneck(nn.HybridBlock):
+    """1x1 (reduce), 3x3 (grouped for ResNeXt), 1x1 (expand); the projection is conv4.
+    The stride sits on the 3x3, as torchvision; stride_in_1x1=True puts it on the first 1x1,
+    as the ResNet paper."""
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, *, width=None, groups=1,
+                 stride_in_1x1=False, use_bias=True, shortcut_bn=False, bn_eps=1e-5,
+                 bn_momentum=0.9, in_channels=0, **kwargs):
+        super().__init__(**kwargs)
+        width = width or num_channels // 4
+        s1, s2 = (strides, 1) if stride_in_1x1 else (1, strides)
+        with self.name_scope():
+            self.conv1 = nn.Conv2D(width, kernel_size=1, strides=s1, use_bias=use_bias,
+                                   in_channels=in_channels)
+            self.conv2 = nn.Conv2D(width, kernel_size=3, padding=1, strides=s2, groups=groups,
+                                   use_bias=use_bias, in_channels=width)
+            self.conv3 = nn.Conv2D(num_channels, kernel_size=1, use_bias=use_bias,
+                                   in_channels=width)
+            if use_1x1conv:
+                self.conv4 = nn.Conv2D(num_channels, kernel_size=1, strides=strides,
+                                       use_bias=use_bias, in_channels=in_channels)
+            else:
+                self.conv4 = None
+            self.bn1 = _bn(width, bn_eps, bn_momentum)
+            self.bn2 = _bn(width, bn_eps, bn_momentum)
+            self.bn3 = _bn(num_channels, bn_eps, bn_momentum)
+            self.bn4 = (_bn(num_channels, bn_eps, bn_momentum) if use_1x1conv and shortcut_bn
+                        else None)
+
+    def hybrid_forward(self, F, X):
+        Y = F.relu(self.bn1(self.conv1(X)))
+        Y = F.relu(self.bn2(self.conv2(Y)))
+        Y = self.bn3(self.conv3(Y))
+        if self.conv4:
+            X = self.conv4(X)
+            if self.bn4:
+                X = self.bn4(X)
+        return F.relu(Y + X)
+
+
+class PreActResidual(nn.HybridBlock):
+    """ResNet v2's basic block: BN and ReLU before each convolution, nothing after the sum.
+    The identity shortcut carries X itself; a projection (conv3) sees the pre-activated X."""
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, *, use_bias=True,
+                 bn_eps=1e-5, bn_momentum=0.9, in_channels=0, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.bn1 = _bn(in_channels, bn_eps, bn_momentum)
+            self.conv1 = nn.Conv2D(num_channels, kernel_size=3, padding=1, strides=strides,
+                                   use_bias=use_bias, in_channels=in_channels)
+            self.bn2 = _bn(num_channels, bn_eps, bn_momentum)
+            self.conv2 = nn.Conv2D(num_channels, kernel_size=3, padding=1,
+                                   use_bias=use_bias, in_channels=num_channels)
+            if use_1x1conv:
+                self.conv3 = nn.Conv2D(num_channels, kernel_size=1, strides=strides,
+                                       use_bias=use_bias, in_channels=in_channels)
+            else:
+                self.conv3 = None
+
+    def hybrid_forward(self, F, X):
+        Y = F.relu(self.bn1(X))
+        if self.conv3:
+            X = self.conv3(Y)
+        Y = self.conv1(Y)
+        Y = self.conv2(F.relu(self.bn2(Y)))
+        return Y + X
+
+
+class PreActBottleneck(nn.HybridBlock):
+    """ResNet v2's bottleneck: BN-ReLU-conv three times; the projection is conv4."""
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, *, width=None, groups=1,
+                 stride_in_1x1=False, use_bias=True, bn_eps=1e-5, bn_momentum=0.9,
+                 in_channels=0, **kwargs):
+        super().__init__(**kwargs)
+        width = width or num_channels // 4
+        s1, s2 = (strides, 1) if stride_in_1x1 else (1, strides)
+        with self.name_scope():
+            self.bn1 = _bn(in_channels, bn_eps, bn_momentum)
+            self.conv1 = nn.Conv2D(width, kernel_size=1, strides=s1, use_bias=use_bias,
+                                   in_channels=in_channels)
+            self.bn2 = _bn(width, bn_eps, bn_momentum)
+            self.conv2 = nn.Conv2D(width, kernel_size=3, padding=1, strides=s2, groups=groups,
+                                   use_bias=use_bias, in_channels=width)
+            self.bn3 = _bn(width, bn_eps, bn_momentum)
+            self.conv3 = nn.Conv2D(num_channels, kernel_size=1, use_bias=use_bias,
+                                   in_channels=width)
+            if use_1x1conv:
+                self.conv4 = nn.Conv2D(num_channels, kernel_size=1, strides=strides,
+                                       use_bias=use_bias, in_channels=in_channels)
+            else:
+                self.conv4 = None
+
+    def hybrid_forward(self, F, X):
+        Y = F.relu(self.bn1(X))
+        if self.conv4:
+            X = self.conv4(Y)
+        Y = self.conv1(Y)
+        Y = self.conv2(F.relu(self.bn2(Y)))
+        Y = self.conv3(F.relu(self.bn3(Y)))
+        return Y + X
 
 
 def resnet_block(num_channels, num_residuals, first_block=False, *, in_channels=0, **kwargs):

@@ -17,9 +17,27 @@ from common.checks import check_batch
 from common.init import INIT_CHOICES, init_weights
 from common.oracle import ParamCounts
 from common.spec import ResNetSpec, SpecError, get_spec
-from resnet_mx.blocks import Residual
+from resnet_mx.blocks import Bottleneck, PreActBottleneck, PreActResidual, Residual
 
 _LOADED_THREADS = os.environ.get("OMP_NUM_THREADS")  # what MXNet read when it loaded
+
+
+BLOCKS = {("basic", False): Residual, ("bottleneck", False): Bottleneck,
+          ("basic", True): PreActResidual, ("bottleneck", True): PreActBottleneck}
+
+
+def block_kwargs(spec: ResNetSpec, stage) -> dict:
+    """The keyword arguments that the spec gives every block of a stage (Gluon's BatchNorm
+    momentum weights the old value: 1 - PyTorch's)."""
+    kw = dict(use_bias=spec.conv_bias, bn_eps=spec.bn.eps, bn_momentum=1 - spec.bn.momentum)
+    if spec.block == "bottleneck":
+        kw |= dict(width=spec.mid_channels(stage), groups=spec.groups,
+                   stride_in_1x1=spec.stride_in_1x1)
+    if not spec.preact:
+        kw["shortcut_bn"] = spec.shortcut_bn
+    if spec.block == "basic" and not spec.preact:
+        kw["pad_shortcut"] = spec.shortcut == "pad"
+    return kw
 
 
 def _named_sequence(**layers: nn.HybridBlock) -> nn.HybridSequential:
@@ -49,19 +67,24 @@ class ResNet(nn.HybridBlock):
             if st.pool:  # Gluon's max-pool pads with -inf, as PyTorch's
                 stem["pool"] = nn.MaxPool2D(pool_size=3, strides=2, padding=1)
             self.stem = _named_sequence(**stem)
-            channels = st.channels
+            channels, block = st.channels, BLOCKS[spec.block, spec.preact]
             for i, stage in enumerate(spec.stages, start=1):
                 blocks = nn.HybridSequential()
                 for j in range(stage.blocks):
                     first = j == 0
-                    blocks.add(Residual(stage.channels, use_1x1conv=first and stage.project,
-                                        strides=stage.stride if first else 1,
-                                        use_bias=spec.conv_bias, bn_eps=bn["epsilon"],
-                                        bn_momentum=bn["momentum"], in_channels=channels))
+                    project = first and stage.project and spec.shortcut == "conv"
+                    blocks.add(block(stage.channels, use_1x1conv=project,
+                                     strides=stage.stride if first else 1, in_channels=channels,
+                                     **block_kwargs(spec, stage)))
                     channels = stage.channels
                 setattr(self, f"stage{i}", blocks)
-            self.head = _named_sequence(pool=nn.GlobalAvgPool2D(),
-                                        fc=nn.Dense(spec.num_classes, in_units=channels))
+            head = {}
+            if spec.preact:  # v2 blocks end un-normalised: one BN and ReLU before pooling
+                head |= dict(bn=nn.BatchNorm(in_channels=channels, **bn),
+                             relu=nn.Activation("relu"))
+            head |= dict(pool=nn.GlobalAvgPool2D(),
+                         fc=nn.Dense(spec.num_classes, in_units=channels))
+            self.head = _named_sequence(**head)
 
     def forward(self, X, *args):
         # Checked here, before Gluon's cached graph (after hybridize()) sees the batch.

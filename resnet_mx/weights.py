@@ -39,7 +39,8 @@ def from_canonical(model: ResNet, weights: Weights) -> ResNet:
 
 
 def save_native(model: ResNet, path: str) -> None:
-    """Gluon's own format: `save_parameters` to a `.params` file (names like stage2.0.conv1.weight)."""
+    """Gluon's own format: `save_parameters` to a `.params` file, whose names are the
+    canonical ones (stage2.0.conv1.weight)."""
     model.save_parameters(path)
 
 

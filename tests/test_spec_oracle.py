@@ -66,3 +66,68 @@ def test_invalid_spec_values_name_field_expected_and_given(make, field, given):
 def test_bad_input_size_is_rejected_by_the_oracle(size):
     with pytest.raises(SpecError, match="input_size: expected"):
         part_table(get_spec("d2l_resnet18"), size)
+
+
+# --- the family (issue 5): published parameter counts ----------------------------------------
+
+TORCHVISION = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
+               "resnet101": 44_549_160, "resnet152": 60_192_808, "resnext50_32x4d": 25_028_904}
+CIFAR_PAPER_MILLIONS = {"cifar_resnet20": 0.27, "cifar_resnet32": 0.46, "cifar_resnet44": 0.66,
+                        "cifar_resnet56": 0.85, "cifar_resnet110": 1.7}
+
+
+@pytest.mark.parametrize("name,published", TORCHVISION.items())
+def test_oracle_matches_torchvision_documented_counts(name, published):
+    # torchvision counts trainable parameters (its BN statistics are buffers)
+    assert param_counts(get_spec(name)).trainable == published
+
+
+@pytest.mark.parametrize("name,millions", CIFAR_PAPER_MILLIONS.items())
+def test_oracle_matches_resnet_paper_cifar_table(name, millions):
+    trainable = param_counts(get_spec(name)).trainable
+    digits = 1 if millions >= 1 else 2
+    assert round(trainable / 1e6, digits) == millions, trainable
+
+
+def test_d2l_and_torchvision_presets_differ_only_in_their_stated_choices():
+    d2l, tv = get_spec("d2l_resnet18"), get_spec("resnet18")
+    assert d2l.stages == tv.stages and d2l.stem == tv.stem
+    assert (d2l.in_channels, d2l.num_classes, d2l.conv_bias, d2l.shortcut_bn) == (1, 10, True, False)
+    assert (tv.in_channels, tv.num_classes, tv.conv_bias, tv.shortcut_bn) == (3, 1000, False, True)
+
+
+def test_every_preset_is_valid_and_its_shapes_shrink_to_the_head():
+    from common.spec import PRESETS
+    for name, spec in PRESETS.items():
+        rows = part_table(spec, 32)
+        assert rows[-1].out_shape == (1, spec.num_classes), name
+        assert [r.name for r in rows] == spec.part_names()
+
+
+@pytest.mark.parametrize("overrides,field,given", [
+    (dict(groups=3, stages=(Stage(256, 1, 1, True, width=64),)), "stage1.width", "64"),
+    (dict(groups=0), "groups", "0"),
+    (dict(preact=True, shortcut_bn=True), "shortcut_bn", "True"),
+    (dict(shortcut="pad"), "shortcut", "'pad'"),
+    (dict(shortcut="zeros"), "shortcut", "'zeros'"),
+])
+def test_family_spec_errors_name_field_expected_and_given(overrides, field, given):
+    with pytest.raises(SpecError) as err:
+        get_spec("resnet50", **overrides)
+    assert str(err.value).startswith(field) and given in str(err.value)
+
+
+def test_grouped_block_with_indivisible_channels_is_refused():
+    from common.oracle import BlockConfig
+    with pytest.raises(SpecError, match=r"stage1.0.conv2.groups: expected a divisor of 30 input"):
+        block_layers("stage1.0", (1, 64, 8, 8), 128, project=True, width=30,
+                     config=BlockConfig(kind="bottleneck", groups=4))
+
+
+def test_bottleneck_oracle_puts_stride_where_asked():
+    from common.oracle import BlockConfig
+    tv = block_layers("b", (1, 64, 8, 8), 256, 2, True, width=64, config=BlockConfig("bottleneck"))
+    paper = block_layers("b", (1, 64, 8, 8), 256, 2, True, width=64,
+                         config=BlockConfig("bottleneck", stride_in_1x1=True))
+    assert tv[0].out_shape == (1, 64, 8, 8) and paper[0].out_shape == (1, 64, 4, 4)
+    assert tv[-1].out_shape == paper[-1].out_shape == (1, 256, 4, 4)

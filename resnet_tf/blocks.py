@@ -1,0 +1,220 @@
+"""The residual blocks of d2l's ResNet chapter, in TensorFlow/Keras, and the ones its exercises ask for.
+
+Imports only tensorflow and the standard library: copy this one file into your coursework.
+Batches are NHWC, TensorFlow's layout. `Residual`, `ResnetBlock` and `resnet_block` are d2l's;
+the keyword-only arguments after `strides` are this project's additions, with defaults that keep
+d2l's behaviour:
+- `use_bias`: torchvision-style networks turn conv biases off;
+- `shortcut_bn`: BatchNorm after the 1x1 projection (torchvision), d2l has none;
+- `pad_shortcut`: the ResNet paper's CIFAR shortcut (option A): subsample, zero-pad channels;
+- `bn_eps`, `bn_momentum`: the same BatchNorm in all three frameworks of this project.
+Two departures from d2l's TensorFlow code, each for the same numbers as PyTorch and Gluon:
+- padding is explicit and symmetric (`PaddedConv2D(..., padding=1)`), never padding='same';
+- BatchNorm uses epsilon 1e-5 and momentum 0.9, not Keras's 1e-3 and 0.99.
+`Bottleneck` (exercise 3, ResNeXt with `groups`), `PreActResidual` and `PreActBottleneck`
+(exercise 4: BN, ReLU, then convolution) follow the same pattern.
+"""
+import tensorflow as tf
+
+
+def _pad(X, padding, value=0.0):
+    if not padding:
+        return X
+    return tf.pad(X, [[0, 0], [padding, padding], [padding, padding], [0, 0]],
+                  constant_values=value)
+
+
+def _padded_shape(input_shape, padding):
+    n, h, w, c = input_shape
+    return (n, None if h is None else h + 2 * padding, None if w is None else w + 2 * padding, c)
+
+
+class PaddedConv2D(tf.keras.layers.Conv2D):
+    """Conv2D with PyTorch's `padding`: that many zeros on every side, then 'valid'.
+    Keras's padding='same' puts the extra pixel of a strided convolution bottom-right only."""
+    def __init__(self, filters, kernel_size, strides=1, padding=0, **kwargs):
+        super().__init__(filters, kernel_size, strides=strides, padding="valid", **kwargs)
+        self.explicit_padding = padding
+
+    def call(self, X):
+        return super().call(_pad(X, self.explicit_padding))
+
+    def compute_output_shape(self, input_shape):
+        return super().compute_output_shape(_padded_shape(input_shape, self.explicit_padding))
+
+
+class PaddedMaxPool2D(tf.keras.layers.MaxPool2D):
+    """MaxPool2D with PyTorch's `padding`: that many -inf on every side (a pad never wins the
+    max, whatever the sign of the input), then 'valid'."""
+    def __init__(self, pool_size, strides=None, padding=0, **kwargs):
+        super().__init__(pool_size, strides, padding="valid", **kwargs)
+        self.explicit_padding = padding
+
+    def call(self, X):
+        return super().call(_pad(X, self.explicit_padding, float("-inf")))
+
+    def compute_output_shape(self, input_shape):
+        return super().compute_output_shape(_padded_shape(input_shape, self.explicit_padding))
+
+
+def pad_shortcut(X, num_channels, strides):
+    """Option A of the ResNet paper: X[:, ::s, ::s, :] with zero channels on both sides."""
+    X = X[:, ::strides, ::strides, :]
+    extra = num_channels - X.shape[-1]
+    return tf.pad(X, [[0, 0], [0, 0], [0, 0], [extra // 2, extra - extra // 2]])
+
+
+def _bn(eps, momentum):
+    # Keras's defaults (epsilon 1e-3, momentum 0.99) differ from PyTorch's; momentum 0.9 weights
+    # the old value (new = 0.9 old + 0.1 batch), so it is PyTorch's momentum 0.1.
+    return tf.keras.layers.BatchNormalization(epsilon=eps, momentum=momentum)
+
+
+class Residual(tf.keras.layers.Layer):
+    """The Residual block of ResNet."""
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, *, use_bias=True,
+                 shortcut_bn=False, pad_shortcut=False, bn_eps=1e-5, bn_momentum=0.9,
+                 **kwargs):
+        super().__init__(**kwargs)
+        # d2l writes padding='same', which pads a strided conv on the bottom-right only.
+        self.conv1 = PaddedConv2D(num_channels, kernel_size=3, padding=1, strides=strides,
+                                  use_bias=use_bias)
+        self.conv2 = PaddedConv2D(num_channels, kernel_size=3, padding=1, use_bias=use_bias)
+        if use_1x1conv:
+            self.conv3 = tf.keras.layers.Conv2D(num_channels, kernel_size=1, strides=strides,
+                                                use_bias=use_bias)
+        else:
+            self.conv3 = None
+        self.bn1 = _bn(bn_eps, bn_momentum)
+        self.bn2 = _bn(bn_eps, bn_momentum)
+        self.bn3 = _bn(bn_eps, bn_momentum) if use_1x1conv and shortcut_bn else None
+        self.pad_shortcut = pad_shortcut and not use_1x1conv
+        self.num_channels, self.strides = num_channels, strides
+
+    def call(self, X):
+        Y = tf.keras.activations.relu(self.bn1(self.conv1(X)))
+        Y = self.bn2(self.conv2(Y))
+        if self.conv3 is not None:
+            X = self.conv3(X)
+            if self.bn3 is not None:
+                X = self.bn3(X)
+        elif self.pad_shortcut:
+            X = pad_shortcut(X, self.num_channels, self.strides)
+        Y += X
+        return tf.keras.activations.relu(Y)
+
+
+class Bottleneck(tf.keras.layers.Layer):
+    """1x1 (reduce), 3x3 (grouped for ResNeXt), 1x1 (expand); the projection is conv4.
+    The stride sits on the 3x3, as torchvision; stride_in_1x1=True puts it on the first 1x1,
+    as the ResNet paper."""
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, *, width=None, groups=1,
+                 stride_in_1x1=False, use_bias=True, shortcut_bn=False, bn_eps=1e-5,
+                 bn_momentum=0.9, **kwargs):
+        super().__init__(**kwargs)
+        width = width or num_channels // 4
+        s1, s2 = (strides, 1) if stride_in_1x1 else (1, strides)
+        self.conv1 = tf.keras.layers.Conv2D(width, kernel_size=1, strides=s1, use_bias=use_bias)
+        self.conv2 = PaddedConv2D(width, kernel_size=3, padding=1, strides=s2, groups=groups,
+                                  use_bias=use_bias)
+        self.conv3 = tf.keras.layers.Conv2D(num_channels, kernel_size=1, use_bias=use_bias)
+        if use_1x1conv:
+            self.conv4 = tf.keras.layers.Conv2D(num_channels, kernel_size=1, strides=strides,
+                                                use_bias=use_bias)
+        else:
+            self.conv4 = None
+        self.bn1 = _bn(bn_eps, bn_momentum)
+        self.bn2 = _bn(bn_eps, bn_momentum)
+        self.bn3 = _bn(bn_eps, bn_momentum)
+        self.bn4 = _bn(bn_eps, bn_momentum) if use_1x1conv and shortcut_bn else None
+
+    def call(self, X):
+        Y = tf.keras.activations.relu(self.bn1(self.conv1(X)))
+        Y = tf.keras.activations.relu(self.bn2(self.conv2(Y)))
+        Y = self.bn3(self.conv3(Y))
+        if self.conv4 is not None:
+            X = self.conv4(X)
+            if self.bn4 is not None:
+                X = self.bn4(X)
+        Y += X
+        return tf.keras.activations.relu(Y)
+
+
+class PreActResidual(tf.keras.layers.Layer):
+    """ResNet v2's basic block: BN and ReLU before each convolution, nothing after the sum.
+    The identity shortcut carries X itself; a projection (conv3) sees the pre-activated X."""
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, *, use_bias=True,
+                 bn_eps=1e-5, bn_momentum=0.9, **kwargs):
+        super().__init__(**kwargs)
+        self.bn1 = _bn(bn_eps, bn_momentum)
+        self.conv1 = PaddedConv2D(num_channels, kernel_size=3, padding=1, strides=strides,
+                                  use_bias=use_bias)
+        self.bn2 = _bn(bn_eps, bn_momentum)
+        self.conv2 = PaddedConv2D(num_channels, kernel_size=3, padding=1, use_bias=use_bias)
+        if use_1x1conv:
+            self.conv3 = tf.keras.layers.Conv2D(num_channels, kernel_size=1, strides=strides,
+                                                use_bias=use_bias)
+        else:
+            self.conv3 = None
+
+    def call(self, X):
+        Y = tf.keras.activations.relu(self.bn1(X))
+        if self.conv3 is not None:
+            X = self.conv3(Y)
+        Y = self.conv1(Y)
+        Y = self.conv2(tf.keras.activations.relu(self.bn2(Y)))
+        return Y + X
+
+
+class PreActBottleneck(tf.keras.layers.Layer):
+    """ResNet v2's bottleneck: BN-ReLU-conv three times; the projection is conv4."""
+    def __init__(self, num_channels, use_1x1conv=False, strides=1, *, width=None, groups=1,
+                 stride_in_1x1=False, use_bias=True, bn_eps=1e-5, bn_momentum=0.9, **kwargs):
+        super().__init__(**kwargs)
+        width = width or num_channels // 4
+        s1, s2 = (strides, 1) if stride_in_1x1 else (1, strides)
+        self.bn1 = _bn(bn_eps, bn_momentum)
+        self.conv1 = tf.keras.layers.Conv2D(width, kernel_size=1, strides=s1, use_bias=use_bias)
+        self.bn2 = _bn(bn_eps, bn_momentum)
+        self.conv2 = PaddedConv2D(width, kernel_size=3, padding=1, strides=s2, groups=groups,
+                                  use_bias=use_bias)
+        self.bn3 = _bn(bn_eps, bn_momentum)
+        self.conv3 = tf.keras.layers.Conv2D(num_channels, kernel_size=1, use_bias=use_bias)
+        if use_1x1conv:
+            self.conv4 = tf.keras.layers.Conv2D(num_channels, kernel_size=1, strides=strides,
+                                                use_bias=use_bias)
+        else:
+            self.conv4 = None
+
+    def call(self, X):
+        Y = tf.keras.activations.relu(self.bn1(X))
+        if self.conv4 is not None:
+            X = self.conv4(Y)
+        Y = self.conv1(Y)
+        Y = self.conv2(tf.keras.activations.relu(self.bn2(Y)))
+        Y = self.conv3(tf.keras.activations.relu(self.bn3(Y)))
+        return Y + X
+
+
+class ResnetBlock(tf.keras.layers.Layer):
+    """d2l's stage: residual blocks in order; all but the first stage halve the resolution.
+    Keyword arguments go to every Residual (`name` names the stage)."""
+    def __init__(self, num_channels, num_residuals, first_block=False, *, name=None, **kwargs):
+        super().__init__(name=name)
+        self.residual_layers = []
+        for i in range(num_residuals):
+            if i == 0 and not first_block:
+                self.residual_layers.append(
+                    Residual(num_channels, use_1x1conv=True, strides=2, **kwargs))
+            else:
+                self.residual_layers.append(Residual(num_channels, **kwargs))
+
+    def call(self, X):
+        for layer in self.residual_layers:
+            X = layer(X)
+        return X
+
+
+def resnet_block(num_channels, num_residuals, first_block=False, **kwargs):
+    """d2l's stage as a layer (PyTorch's and Gluon's return a list and a sequence)."""
+    return ResnetBlock(num_channels, num_residuals, first_block, **kwargs)

@@ -1,0 +1,172 @@
+"""ResNet built from a `common` spec in TensorFlow/Keras, with parameter counts read from Keras itself.
+
+Batches are NHWC, TensorFlow's layout; every other package of this project takes NCHW.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow as tf
+from tensorflow import keras
+
+from common.checks import check_batch
+from common.init import INIT_CHOICES, init_weights
+from common.oracle import ParamCounts
+from common.spec import ResNetSpec, SpecError, Stage, get_spec
+from resnet_tf.blocks import (Bottleneck, PaddedConv2D, PaddedMaxPool2D, PreActBottleneck,
+                              PreActResidual, Residual)
+
+BLOCKS = {("basic", False): Residual, ("bottleneck", False): Bottleneck,
+          ("basic", True): PreActResidual, ("bottleneck", True): PreActBottleneck}
+
+
+def block_kwargs(spec: ResNetSpec, stage: Stage) -> dict:
+    """The keyword arguments that the spec gives every block of a stage (Keras's BatchNorm
+    momentum weights the old value: 1 - PyTorch's)."""
+    kw = dict(use_bias=spec.conv_bias, bn_eps=spec.bn.eps, bn_momentum=1 - spec.bn.momentum)
+    if spec.block == "bottleneck":
+        kw |= dict(width=spec.mid_channels(stage), groups=spec.groups,
+                   stride_in_1x1=spec.stride_in_1x1)
+    if not spec.preact:
+        kw["shortcut_bn"] = spec.shortcut_bn
+    if spec.block == "basic" and not spec.preact:
+        kw["pad_shortcut"] = spec.shortcut == "pad"
+    return kw
+
+
+def check_input(X, channels: int) -> None:
+    """Raise common.checks.InputError unless X (NumPy, TensorFlow or Keras symbolic) is an NHWC
+    floating-point batch of `channels` channels."""
+    if not (hasattr(X, "shape") and hasattr(X, "dtype")):
+        X = np.asarray(X)
+    dtype = tf.as_dtype(X.dtype)
+    check_batch(tuple(X.shape), dtype.name, dtype.is_floating, channels, "NHWC")
+
+
+class Part(keras.layers.Layer):
+    """Layers applied in order, each an attribute named as in the canonical weights: stem.conv,
+    head.fc, and a stage's blocks "0", "1", ... (also stage2[0])."""
+
+    def __init__(self, layers: dict[str, keras.layers.Layer], name: str):
+        super().__init__(name=name)
+        self.order = tuple(layers)
+        for key, layer in layers.items():
+            setattr(self, key, layer)
+
+    def __getitem__(self, i: int) -> keras.layers.Layer:
+        return getattr(self, self.order[i])
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def call(self, X):
+        for key in self.order:
+            X = getattr(self, key)(X)
+        return X
+
+
+class ResNet(keras.Model):
+    """stem (d2l's b1), stage1..stageN (b2..b5), head: named parts, so that the model reads
+    `model.stage2[0].conv1`. Takes NHWC batches. Every weight exists once the model is made."""
+
+    def __init__(self, spec: ResNetSpec):
+        super().__init__(name=spec.name)
+        self.spec = spec
+        bn = dict(epsilon=spec.bn.eps, momentum=1 - spec.bn.momentum)  # Keras weights the old value
+        st = spec.stem
+        stem = dict(conv=PaddedConv2D(st.channels, st.kernel_size, strides=st.stride,
+                                      padding=st.padding, use_bias=spec.conv_bias),
+                    bn=keras.layers.BatchNormalization(**bn),
+                    relu=keras.layers.ReLU())
+        if st.pool:
+            stem["pool"] = PaddedMaxPool2D(3, strides=2, padding=1)
+        self.stem = Part(stem, "stem")
+        block = BLOCKS[spec.block, spec.preact]
+        for i, stage in enumerate(spec.stages, start=1):
+            blocks = {str(j): block(stage.channels,
+                                    use_1x1conv=j == 0 and stage.project and spec.shortcut == "conv",
+                                    strides=stage.stride if j == 0 else 1,
+                                    **block_kwargs(spec, stage))
+                      for j in range(stage.blocks)}
+            setattr(self, f"stage{i}", Part(blocks, f"stage{i}"))
+        head = {}
+        if spec.preact:  # v2 blocks end un-normalised: one BN and ReLU before pooling
+            head |= dict(bn=keras.layers.BatchNormalization(**bn), relu=keras.layers.ReLU())
+        head |= dict(pool=keras.layers.GlobalAveragePooling2D(),
+                     fc=keras.layers.Dense(spec.num_classes))
+        self.head = Part(head, "head")
+        # Keras creates weights on the first batch; one small batch (in inference mode, so no
+        # statistics move) creates them all now. Any size works with symmetric padding.
+        self(tf.zeros((1, 8, 8, spec.in_channels)), training=False)
+
+    def __call__(self, X, *args, **kwargs):
+        # Checked here, before Keras converts the batch, so the message is ours alone.
+        check_input(X, self.spec.in_channels)
+        return super().__call__(X, *args, **kwargs)
+
+    def call(self, X):
+        for name in self.spec.part_names():
+            X = getattr(self, name)(X)
+        return X
+
+
+def build(name_or_spec: str | ResNetSpec = "d2l_resnet18", *, init: str = "common",
+          seed: int = 0, **overrides) -> ResNet:
+    """The network of a preset name or spec, with every weight created. `init="common"` loads
+    the seeded NumPy initialisation shared by all three frameworks; `init="framework"` keeps
+    Keras's own (Glorot uniform kernels, zero biases, BatchNorm gamma 1, beta 0, mean 0, var 1)."""
+    spec = get_spec(name_or_spec, **overrides)
+    if init not in INIT_CHOICES:
+        raise SpecError(f"init: expected one of {INIT_CHOICES}, got {init!r}")
+    model = ResNet(spec)
+    if init == "common":
+        from resnet_tf.weights import from_canonical
+        from_canonical(model, init_weights(spec, seed))
+    return model
+
+
+def resnet18(num_classes: int = 10, in_channels: int = 1, **kwargs) -> ResNet:
+    """d2l's ResNet-18 (conv biases on; 1 channel and 10 classes by default)."""
+    return build("d2l_resnet18", num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+def param_counts(layer: keras.layers.Layer) -> ParamCounts:
+    """Trainable weights and non-trainable ones (BatchNorm moving mean and variance), read from
+    Keras's own lists."""
+    if not layer.built:
+        raise ValueError(f"{layer.name}: expected a built layer, got one whose weights do not "
+                         f"exist yet; call it on a batch first")
+    count = lambda weights: sum(int(np.prod(w.shape)) for w in weights)  # noqa: E731
+    return ParamCounts(count(layer.trainable_weights), count(layer.non_trainable_weights))
+
+
+def part_param_counts(model: ResNet) -> dict[str, ParamCounts]:
+    """Parameter counts per part: stem, stage1..stageN, head."""
+    return {name: param_counts(getattr(model, name)) for name in model.spec.part_names()}
+
+
+def part_shapes(model: ResNet, X: np.ndarray | tf.Tensor) -> dict[str, tuple[int, ...]]:
+    """Output shape (NHWC, TensorFlow's layout) after each part for the NHWC batch X, in
+    inference mode (BatchNorm statistics are not touched)."""
+    check_input(X, model.spec.in_channels)
+    X = tf.convert_to_tensor(X)
+    shapes = {}
+    for name in model.spec.part_names():
+        X = getattr(model, name)(X, training=False)
+        shapes[name] = tuple(X.shape)
+    return shapes
+
+
+def set_threads(n: int) -> None:
+    """Use n CPU threads inside each TensorFlow operator. TensorFlow fixes its thread pools when
+    its runtime starts (at the first operation); after that a different n is refused rather
+    than silently ignored."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+    except RuntimeError:
+        current = tf.config.threading.get_intra_op_parallelism_threads()
+        if n != (current or os.cpu_count()):  # 0: TensorFlow's default, all cores
+            raise ValueError(f"threads: expected {current or os.cpu_count()} (TensorFlow fixed "
+                             f"its threads when it started), got {n}; call set_threads "
+                             f"before the first TensorFlow operation") from None
