@@ -40,7 +40,9 @@ def run_framework(framework: str, args, out: Path) -> dict:
     """Train one framework in a child process, echoing its lines; returns its run.json."""
     cmd = [sys.executable, "-m", f"resnet_{framework}.train", *train_flags(args, out / framework)]
     print(f"== {NAMES[framework]}: {' '.join(cmd[1:])}", flush=True)
-    done = subprocess.run(cmd, env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"})
+    # MXNet reads OMP_NUM_THREADS once, when it loads: set it for the child before it starts.
+    env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": str(args.threads)}
+    done = subprocess.run(cmd, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{NAMES[framework]}: expected its train script to finish with exit "
                            f"status 0, got {done.returncode}")

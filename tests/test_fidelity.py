@@ -32,6 +32,21 @@ CASES = {  # name: (spec, input size, SGD steps compared)
     "one_block@11": (ResNetSpec("one_block", (Stage(6, 1, stride=2, project=True),),
                                 stem=Stem(3, 3, 1, False), in_channels=3, num_classes=5), 11, STEPS),
 }
+# One small network per block kind of the family (issue 5), odd input sizes.
+_SMALL = dict(stem=Stem(8, 3, 1, False), in_channels=3, num_classes=5)
+CASES |= {
+    "resnext_bottleneck@9": (ResNetSpec("resnext_small", (Stage(16, 1, 1, True), Stage(32, 2, 2, True)),
+                                        block="bottleneck", groups=4, base_width=8, conv_bias=False,
+                                        shortcut_bn=True, zero_init_last_bn=False, **_SMALL), 9, 1),
+    "paper_bottleneck@9": (ResNetSpec("paper_small", (Stage(16, 1, 2, True),), block="bottleneck",
+                                      stride_in_1x1=True, **_SMALL), 9, 1),
+    "preact_basic@9": (ResNetSpec("preact_basic", (Stage(8, 1), Stage(16, 1, 2, True)),
+                                  preact=True, **_SMALL), 9, 1),
+    "preact_bottleneck@9": (ResNetSpec("preact_bn", (Stage(16, 2, 2, True),), block="bottleneck",
+                                       preact=True, **_SMALL), 9, 1),
+    "cifar_option_a@9": (ResNetSpec("cifar_small", (Stage(8, 1), Stage(16, 1, 2, True)),
+                                    shortcut="pad", **_SMALL), 9, 1),
+}
 
 
 def random_weights(spec: ResNetSpec, seed: int) -> Weights:

@@ -1,0 +1,53 @@
+"""Weights files between frameworks, and the crosscheck command."""
+import numpy as np
+import pytest
+
+from common import convert, crosscheck
+from common.init import init_weights
+from common.spec import get_spec
+from common.weights import WeightsError, load_weights, save_weights
+
+
+def test_weights_travel_through_every_native_format_bit_exact(tmp_path):
+    spec = get_spec("d2l_resnet18")
+    w = init_weights(spec, 7)
+    save_weights(w, tmp_path / "start.safetensors")
+    chain = ["start.safetensors", "a.pt", "b.weights.h5", "c.params", "d.npz", "e.safetensors"]
+    for src, dst in zip(chain, chain[1:]):
+        assert convert.main([str(tmp_path / src), str(tmp_path / dst)]) == 0
+    end = load_weights(tmp_path / "e.safetensors")
+    assert list(end) == list(w) and all(np.array_equal(end[k], w[k]) for k in w)
+
+
+def test_convert_refuses_unknown_format_and_wrong_architecture(tmp_path, capsys):
+    save_weights(init_weights(get_spec("d2l_resnet18"), 0), tmp_path / "w.safetensors")
+    with pytest.raises(SystemExit):
+        convert.main([str(tmp_path / "w.safetensors"), str(tmp_path / "w.onnx")])
+    assert "expected a name ending in .pt" in capsys.readouterr().err
+    with pytest.raises(WeightsError, match="mis-shaped 1: head.fc.weight: expected \\(7, 512\\)"):
+        convert.read(tmp_path / "w.safetensors", get_spec("d2l_resnet18", num_classes=7))
+
+
+def test_missing_and_unexpected_weights_are_named(tmp_path):
+    w = init_weights(get_spec("d2l_resnet18"), 0)
+    del w["stage3.1.bn2.running_var"]
+    w["stage9.0.conv1.weight"] = np.zeros(3, np.float32)
+    with pytest.raises(WeightsError, match=r"missing 1: stage3.1.bn2.running_var \| unexpected 1: stage9"):
+        from resnet_tf import build, from_canonical
+        from_canonical(build("d2l_resnet18"), w)
+
+
+def test_crosscheck_reports_small_differences_for_every_pair(capsys):
+    assert crosscheck.main(["--input-size", "33", "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "torch vs tf" in out and "torch vs mx" in out and "tf vs mx" in out
+    assert "within tolerance: yes" in out
+
+
+def test_crosscheck_catches_a_framework_that_differs(monkeypatch, capsys):
+    from tests.conftest import MODULES
+    real = MODULES["tf"].Adapter.logits
+    monkeypatch.setattr(MODULES["tf"].Adapter, "logits",
+                        lambda self, x, training=False: real(self, x, training) + 1e-3)
+    assert crosscheck.main(["--input-size", "33", "--batch", "2"]) == 1
+    assert "within tolerance: NO" in capsys.readouterr().out

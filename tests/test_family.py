@@ -1,0 +1,18 @@
+"""Every preset of the family builds in all three frameworks and equals its oracle."""
+import numpy as np
+import pytest
+
+from common.oracle import part_table
+from common.spec import PRESETS
+from tests.conftest import part_shapes_nchw
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_matches_oracle_in_every_framework(fw, name):
+    spec = PRESETS[name]
+    model = fw.build(name, init="framework")
+    x = np.zeros((1, spec.in_channels, 33, 33), np.float32)
+    oracle = part_table(spec, 33)
+    assert part_shapes_nchw(fw, model, x) == {r.name: r.out_shape for r in oracle}
+    counts = {k: (v.trainable, v.non_trainable) for k, v in fw.part_param_counts(model).items()}
+    assert counts == {r.name: (r.counts.trainable, r.counts.non_trainable) for r in oracle}
