@@ -13,7 +13,7 @@ from pathlib import Path
 
 from common.frameworks import load
 from common.spec import PRESETS, ResNetSpec, get_spec
-from common.weights import Weights, check_weights, load_weights, save_weights
+from common.weights import Weights, canonical_layout, check_weights, load_weights, save_weights
 
 NATIVE = {".pt": "torch", ".pth": "torch", ".weights.h5": "tf", ".params": "mx"}
 CANONICAL = (".safetensors", ".npz")
@@ -42,7 +42,7 @@ def read(path: str | Path, spec: ResNetSpec) -> Weights:
         module = load(fmt)
         weights = module.to_canonical(module.load_native(module.build(spec, init="framework"), str(path)))
     check_weights(spec, weights)
-    return weights
+    return {name: weights[name] for name in canonical_layout(spec)}  # canonical order
 
 
 def write(weights: Weights, path: str | Path, spec: ResNetSpec) -> None:

@@ -203,3 +203,14 @@ def param_counts(spec: ResNetSpec) -> ParamCounts:
     for layer in layers(spec, 2 ** (len(spec.stages) + 4)):
         total = total + layer.counts
     return total
+
+
+def zero_gradient_biases(spec: ResNetSpec) -> set[str]:
+    """Conv biases whose gradient is exactly 0 in train mode: every path from them meets a
+    BatchNorm that subtracts the batch mean first. In v1 nets, the convs followed by a BN; in
+    v2 nets, every conv (each feeds a BN or the residual stream, which only BNs read)."""
+    ls = layers(spec, 2 ** (len(spec.stages) + 4))
+    if spec.preact:
+        return {f"{a.path}.bias" for a in ls if a.kind == "conv" and "bias" in a.params}
+    return {f"{a.path}.bias" for a, b in zip(ls, ls[1:])
+            if a.kind == "conv" and b.kind == "bn" and "bias" in a.params}

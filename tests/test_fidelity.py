@@ -18,6 +18,7 @@ import pytest
 
 from common.frameworks import FRAMEWORKS
 from common.init import init_weights
+from common.oracle import zero_gradient_biases
 from common.spec import ResNetSpec, Stage, Stem, get_spec
 from common.weights import Weights
 from tests.conftest import MODULES
@@ -102,14 +103,6 @@ def case(request):
     return spec, size, {fw: run(fw, spec, size, steps) for fw in FRAMEWORKS}
 
 
-def bias_before_bn(spec: ResNetSpec) -> set[str]:
-    """Conv biases that feed a train-mode BatchNorm: their exact gradient is 0 (the BN
-    subtracts the batch mean), so only rounding noise is left to compare."""
-    from common.oracle import layers
-    ls = layers(spec, 32)
-    return {f"{a.path}.bias" for a, b in zip(ls, ls[1:])
-            if a.kind == "conv" and b.kind == "bn" and "bias" in a.params}
-
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
@@ -157,7 +150,7 @@ def test_gradients_match_across_frameworks(case, a, b):
     assert abs(res[a]["loss"] - res[b]["loss"]) <= 1e-5
     trainable = [n for n in res[a]["weights_in"] if not n.endswith(("running_mean", "running_var"))]
     assert sorted(ga) == sorted(gb) == sorted(trainable)
-    zero = bias_before_bn(spec)
+    zero = zero_gradient_biases(spec)
     total = np.sqrt(sum(float(np.sum(ga[n] ** 2)) for n in trainable))
     for n in zero:  # exactly 0 in exact arithmetic: noise far below the gradient's scale
         assert np.linalg.norm(ga[n]) <= 1e-5 * total and np.linalg.norm(gb[n]) <= 1e-5 * total, n
@@ -173,7 +166,7 @@ def test_sgd_steps_give_same_losses_and_parameters(case, a, b):
     assert np.abs(la - lb).max() <= 1e-4, f"losses {la} vs {lb}"
     fa, fb = res[a]["final"], res[b]["final"]
     params = [n for n in fa if not n.endswith(("running_mean", "running_var"))
-              and n not in bias_before_bn(spec)]
+              and n not in zero_gradient_biases(spec)]
     worst = max(params, key=lambda n: rel(fa[n], fb[n]))
     assert rel(fa[worst], fb[worst]) <= 1e-4, f"{worst}: relative error {rel(fa[worst], fb[worst]):.2e}"
     moved = max(rel(fa[n], res[a]["weights_in"][n]) for n in params)
