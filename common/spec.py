@@ -166,6 +166,20 @@ class ResNetSpec:
             return stage.width
         return int(stage.channels // 4 * (self.base_width / 64)) * self.groups
 
+    def block_kwargs(self, stage: Stage, momentum_of_old: bool = False) -> dict[str, Any]:
+        """The keyword arguments every block of `stage` gets, in the blocks.py signatures.
+        momentum_of_old=True gives Keras's and Gluon's BatchNorm momentum (1 - PyTorch's)."""
+        momentum = 1 - self.bn.momentum if momentum_of_old else self.bn.momentum
+        kw: dict[str, Any] = dict(use_bias=self.conv_bias, bn_eps=self.bn.eps, bn_momentum=momentum)
+        if self.block == "bottleneck":
+            kw |= dict(width=self.mid_channels(stage), groups=self.groups,
+                       stride_in_1x1=self.stride_in_1x1)
+        if not self.preact:
+            kw["shortcut_bn"] = self.shortcut_bn
+        if self.block == "basic" and not self.preact:
+            kw["pad_shortcut"] = self.shortcut == "pad"
+        return kw
+
     def part_names(self) -> list[str]:
         """Names of the top-level parts, in order: stem, stage1..stageN, head."""
         return ["stem", *(f"stage{i}" for i in range(1, len(self.stages) + 1)), "head"]

@@ -26,20 +26,6 @@ BLOCKS = {("basic", False): Residual, ("bottleneck", False): Bottleneck,
           ("basic", True): PreActResidual, ("bottleneck", True): PreActBottleneck}
 
 
-def block_kwargs(spec: ResNetSpec, stage) -> dict:
-    """The keyword arguments that the spec gives every block of a stage (Gluon's BatchNorm
-    momentum weights the old value: 1 - PyTorch's)."""
-    kw = dict(use_bias=spec.conv_bias, bn_eps=spec.bn.eps, bn_momentum=1 - spec.bn.momentum)
-    if spec.block == "bottleneck":
-        kw |= dict(width=spec.mid_channels(stage), groups=spec.groups,
-                   stride_in_1x1=spec.stride_in_1x1)
-    if not spec.preact:
-        kw["shortcut_bn"] = spec.shortcut_bn
-    if spec.block == "basic" and not spec.preact:
-        kw["pad_shortcut"] = spec.shortcut == "pad"
-    return kw
-
-
 def _named_sequence(**layers: nn.HybridBlock) -> nn.HybridSequential:
     """A HybridSequential whose children are named (stem.conv, head.fc), not numbered."""
     seq = nn.HybridSequential()
@@ -75,7 +61,7 @@ class ResNet(nn.HybridBlock):
                     project = first and stage.project and spec.shortcut == "conv"
                     blocks.add(block(stage.channels, use_1x1conv=project,
                                      strides=stage.stride if first else 1, in_channels=channels,
-                                     **block_kwargs(spec, stage)))
+                                     **spec.block_kwargs(stage, momentum_of_old=True)))
                     channels = stage.channels
                 setattr(self, f"stage{i}", blocks)
             head = {}

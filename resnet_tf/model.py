@@ -21,20 +21,6 @@ BLOCKS = {("basic", False): Residual, ("bottleneck", False): Bottleneck,
           ("basic", True): PreActResidual, ("bottleneck", True): PreActBottleneck}
 
 
-def block_kwargs(spec: ResNetSpec, stage: Stage) -> dict:
-    """The keyword arguments that the spec gives every block of a stage (Keras's BatchNorm
-    momentum weights the old value: 1 - PyTorch's)."""
-    kw = dict(use_bias=spec.conv_bias, bn_eps=spec.bn.eps, bn_momentum=1 - spec.bn.momentum)
-    if spec.block == "bottleneck":
-        kw |= dict(width=spec.mid_channels(stage), groups=spec.groups,
-                   stride_in_1x1=spec.stride_in_1x1)
-    if not spec.preact:
-        kw["shortcut_bn"] = spec.shortcut_bn
-    if spec.block == "basic" and not spec.preact:
-        kw["pad_shortcut"] = spec.shortcut == "pad"
-    return kw
-
-
 def check_input(X, channels: int) -> None:
     """Raise common.checks.InputError unless X (NumPy, TensorFlow or Keras symbolic) is an NHWC
     floating-point batch of `channels` channels."""
@@ -87,7 +73,7 @@ class ResNet(keras.Model):
             blocks = {str(j): block(stage.channels,
                                     use_1x1conv=j == 0 and stage.project and spec.shortcut == "conv",
                                     strides=stage.stride if j == 0 else 1,
-                                    **block_kwargs(spec, stage))
+                                    **spec.block_kwargs(stage, momentum_of_old=True))
                       for j in range(stage.blocks)}
             setattr(self, f"stage{i}", Part(blocks, f"stage{i}"))
         head = {}

@@ -17,19 +17,6 @@ BLOCKS = {("basic", False): Residual, ("bottleneck", False): Bottleneck,
           ("basic", True): PreActResidual, ("bottleneck", True): PreActBottleneck}
 
 
-def block_kwargs(spec: ResNetSpec, stage) -> dict:
-    """The keyword arguments that the spec gives every block of a stage."""
-    kw = dict(use_bias=spec.conv_bias, bn_eps=spec.bn.eps, bn_momentum=spec.bn.momentum)
-    if spec.block == "bottleneck":
-        kw |= dict(width=spec.mid_channels(stage), groups=spec.groups,
-                   stride_in_1x1=spec.stride_in_1x1)
-    if not spec.preact:
-        kw["shortcut_bn"] = spec.shortcut_bn
-    if spec.block == "basic" and not spec.preact:
-        kw["pad_shortcut"] = spec.shortcut == "pad"
-    return kw
-
-
 class ResNet(nn.Sequential):
     """stem (d2l's b1), stage1..stageN (b2..b5), head: named parts, so that parameter names
     read `stage2.0.conv1.weight` and not `3.0.conv1.weight`."""
@@ -53,7 +40,7 @@ class ResNet(nn.Sequential):
                 blocks.append(block(channels, stage.channels,
                                     use_1x1conv=first and stage.project and spec.shortcut == "conv",
                                     strides=stage.stride if first else 1,
-                                    **block_kwargs(spec, stage)))
+                                    **spec.block_kwargs(stage)))
                 channels = stage.channels
             parts[f"stage{i}"] = nn.Sequential(*blocks)
         head = OrderedDict()
