@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from common.init import init_weights
 from common.oracle import part_table
 from common.spec import PRESETS
 from tests.conftest import part_shapes_nchw
@@ -16,3 +17,6 @@ def test_every_preset_matches_oracle_in_every_framework(fw, name):
     assert part_shapes_nchw(fw, model, x) == {r.name: r.out_shape for r in oracle}
     counts = {k: (v.trainable, v.non_trainable) for k, v in fw.part_param_counts(model).items()}
     assert counts == {r.name: (r.counts.trainable, r.counts.non_trainable) for r in oracle}
+    weights = init_weights(spec, 1)
+    back = fw.to_canonical(fw.from_canonical(model, weights))
+    assert list(back) == list(weights) and all(np.array_equal(back[k], weights[k]) for k in weights)
