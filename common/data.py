@@ -15,7 +15,6 @@ import os
 import pickle
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+from common.files import atomic_path
 
 EMBEDDED = ("digits", "mnist5k")
 DATASETS = ("digits", "mnist5k", "fashion_mnist", "mnist", "cifar10")
@@ -158,17 +159,12 @@ def _md5(path: Path) -> str:
 def download(url: str, dest: Path, md5: str) -> Path:
     """Fetch url to dest atomically, refusing a file whose md5 differs."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
             shutil.copyfileobj(resp, out)
-        got = _md5(Path(tmp))
+        got = _md5(tmp)
         if got != md5:
             raise DataError(f"{url}: expected md5 {md5}, got {got}; the download was not kept")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return dest
 
 

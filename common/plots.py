@@ -9,6 +9,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from common.files import atomic_path  # noqa: E402
+
 
 def plot_curves(histories: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
     """d2l's picture: train loss, train acc and test acc per epoch, one colour per run."""
@@ -27,8 +29,7 @@ def plot_curves(histories: dict[str, list[dict]], path: str | Path, title: str =
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    tmp.replace(path)
     return path

@@ -23,11 +23,12 @@ from typing import Sequence
 import numpy as np
 
 from common.data import DATASETS, DataError, Dataset, batches, load_dataset
+from common.files import atomic_path
 from common.frameworks import FRAMEWORKS, NAMES, load
 from common.init import INIT_CHOICES, init_weights
 from common.optim import OPTIMIZERS, OptimizerConfig
 from common.plots import plot_curves
-from common.spec import PRESETS, ResNetSpec, get_spec
+from common.spec import PRESETS, get_spec
 from common.weights import save_weights
 
 CHECKPOINT, WEIGHTS, METRICS, RUN, CURVES = ("checkpoint.safetensors", "weights.safetensors",
@@ -107,9 +108,8 @@ class Progress:
 
 
 def _write_text_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def save_checkpoint(out: Path, adapter, epoch: int, history: list[dict], config: dict) -> None:
@@ -119,9 +119,8 @@ def save_checkpoint(out: Path, adapter, epoch: int, history: list[dict], config:
     arrays |= {f"optimizer/{k}": v for k, v in adapter.optimizer_state().items()}
     meta = {"epoch": str(epoch), "history": json.dumps(history), "config": json.dumps(config),
             "framework": adapter.framework}
-    tmp = out / f".{CHECKPOINT}.tmp"
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, out / CHECKPOINT)
+    with atomic_path(out / CHECKPOINT) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), metadata=meta)
 
 
 def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:

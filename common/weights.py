@@ -9,12 +9,12 @@ loading a weights file never runs code.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
+from common.files import atomic_path
 from common.oracle import layers
 from common.spec import ResNetSpec
 
@@ -54,21 +54,15 @@ def save_weights(weights: Mapping[str, np.ndarray], path: str | os.PathLike) -> 
     """Write weights to `.safetensors` or `.npz`, atomically (temporary file, then rename)."""
     path = Path(path)
     arrays = {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in weights.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
+    if path.suffix not in (".safetensors", ".npz"):
+        raise WeightsError(f"weights file: expected a .safetensors or .npz path, got {path}")
+    with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.numpy import save_file
-            save_file(arrays, tmp)
-        elif path.suffix == ".npz":
+            save_file(arrays, str(tmp))
+        else:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
-        else:
-            raise WeightsError(f"weights file: expected a .safetensors or .npz path, got {path}")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

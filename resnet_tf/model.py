@@ -13,7 +13,7 @@ from tensorflow import keras
 from common.checks import check_batch
 from common.init import INIT_CHOICES, init_weights
 from common.oracle import ParamCounts
-from common.spec import ResNetSpec, SpecError, Stage, get_spec
+from common.spec import ResNetSpec, SpecError, get_spec
 from resnet_tf.blocks import (Bottleneck, PaddedConv2D, PaddedMaxPool2D, PreActBottleneck,
                               PreActResidual, Residual)
 
