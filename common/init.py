@@ -41,3 +41,11 @@ def init_weights(spec: ResNetSpec, seed: int = 0) -> Weights:
         out[name] = value.astype(np.float32)
     return out
 
+
+
+def build_spec(name_or_spec, init: str = "common", **overrides) -> ResNetSpec:
+    """The spec a framework's `build()` makes, after checking its `init` choice."""
+    from common.spec import SpecError, get_spec
+    if init not in INIT_CHOICES:
+        raise SpecError(f"init: expected one of {INIT_CHOICES}, got {init!r}")
+    return get_spec(name_or_spec, **overrides)

@@ -14,9 +14,9 @@ from mxnet import autograd
 from mxnet.gluon import nn
 
 from common.checks import check_batch
-from common.init import INIT_CHOICES, init_weights
+from common.init import build_spec, init_weights
 from common.oracle import ParamCounts
-from common.spec import ResNetSpec, SpecError, get_spec
+from common.spec import ResNetSpec
 from resnet_mx.blocks import Bottleneck, PreActBottleneck, PreActResidual, Residual
 
 _LOADED_THREADS = os.environ.get("OMP_NUM_THREADS")  # what MXNet read when it loaded
@@ -91,9 +91,7 @@ def build(name_or_spec: str | ResNetSpec = "d2l_resnet18", *, init: str = "commo
     """The network of a preset name or spec, initialised. `init="common"` loads the seeded
     NumPy initialisation shared by all three frameworks; `init="framework"` keeps Gluon's own,
     Xavier as d2l's train_ch6 (BatchNorm: gamma 1, beta 0, running mean 0, running var 1)."""
-    spec = get_spec(name_or_spec, **overrides)
-    if init not in INIT_CHOICES:
-        raise SpecError(f"init: expected one of {INIT_CHOICES}, got {init!r}")
+    spec = build_spec(name_or_spec, init, **overrides)
     model = ResNet(spec)
     model.initialize(mx.init.Xavier())
     if init == "common":

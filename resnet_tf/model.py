@@ -11,9 +11,9 @@ import tensorflow as tf
 from tensorflow import keras
 
 from common.checks import check_batch
-from common.init import INIT_CHOICES, init_weights
+from common.init import build_spec, init_weights
 from common.oracle import ParamCounts
-from common.spec import ResNetSpec, SpecError, get_spec
+from common.spec import ResNetSpec
 from resnet_tf.blocks import (Bottleneck, PaddedConv2D, PaddedMaxPool2D, PreActBottleneck,
                               PreActResidual, Residual)
 
@@ -102,9 +102,7 @@ def build(name_or_spec: str | ResNetSpec = "d2l_resnet18", *, init: str = "commo
     """The network of a preset name or spec, with every weight created. `init="common"` loads
     the seeded NumPy initialisation shared by all three frameworks; `init="framework"` keeps
     Keras's own (Glorot uniform kernels, zero biases, BatchNorm gamma 1, beta 0, mean 0, var 1)."""
-    spec = get_spec(name_or_spec, **overrides)
-    if init not in INIT_CHOICES:
-        raise SpecError(f"init: expected one of {INIT_CHOICES}, got {init!r}")
+    spec = build_spec(name_or_spec, init, **overrides)
     model = ResNet(spec)
     if init == "common":
         from resnet_tf.weights import from_canonical

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from common.checks import check_batch
-from common.init import INIT_CHOICES, init_weights
+from common.init import build_spec, init_weights
 from common.oracle import ParamCounts
-from common.spec import ResNetSpec, SpecError, get_spec
+from common.spec import ResNetSpec
 from resnet_torch.blocks import Bottleneck, PreActBottleneck, PreActResidual, Residual
 
 BLOCKS = {("basic", False): Residual, ("bottleneck", False): Bottleneck,
@@ -62,9 +62,7 @@ def build(name_or_spec: str | ResNetSpec = "d2l_resnet18", *, init: str = "commo
           seed: int = 0, **overrides) -> ResNet:
     """The network of a preset name or spec. `init="common"` loads the seeded NumPy
     initialisation shared by all three frameworks; `init="framework"` keeps PyTorch's own."""
-    spec = get_spec(name_or_spec, **overrides)
-    if init not in INIT_CHOICES:
-        raise SpecError(f"init: expected one of {INIT_CHOICES}, got {init!r}")
+    spec = build_spec(name_or_spec, init, **overrides)
     model = ResNet(spec)
     if init == "common":
         from resnet_torch.weights import from_canonical
