@@ -4,6 +4,9 @@ from __future__ import annotations
 from typing import Sequence
 
 
+DTYPES = ("float32", "float64")
+
+
 class InputError(ValueError):
     """An input batch has the wrong rank, channel count or dtype."""
 
@@ -22,3 +25,11 @@ def check_batch(shape: Sequence[int | None], dtype: str, is_float: bool, channel
                          f"({layout}), got {given} in shape {shape}")
     if not is_float:
         raise InputError(f"input: expected a floating-point dtype (float32), got {dtype}")
+
+
+def check_dtype(dtype: str) -> str:
+    """The compute dtype of an adapter: float32 (the default, as the models are stored) or
+    float64 (for checks of many training steps, free of float32 rounding)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    return dtype

@@ -2,6 +2,7 @@
 differences of logits (eval and train mode), losses and gradients, for every pair.
 
     python -m common.crosscheck --weights model.safetensors --input-size 96
+    python -m common.crosscheck --dtype float64    # the same, free of float32 rounding
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 
 import numpy as np
 
+from common.checks import DTYPES
 from common.frameworks import FRAMEWORKS, NAMES, load
 from common.init import init_weights
 from common.oracle import zero_gradient_biases
@@ -21,15 +23,17 @@ from common.weights import Weights
 TOLERANCES = {"eval logits": 1e-5, "train logits": 1e-5, "loss": 1e-5, "gradients": 1e-4}
 
 
-def measure(spec: ResNetSpec, weights: Weights, x: np.ndarray, y: np.ndarray) -> dict:
-    """Per framework: eval logits, train-mode logits, loss and gradients for one batch."""
+def measure(spec: ResNetSpec, weights: Weights, x: np.ndarray, y: np.ndarray,
+            dtype: str = "float32") -> dict:
+    """Per framework: eval logits, train-mode logits, loss and gradients for one batch,
+    computed in `dtype`."""
     out = {}
     for fw in FRAMEWORKS:
-        adapter = load(fw).Adapter
-        loss, grads = adapter(spec, weights).loss_and_grads(x, y)
-        out[fw] = {"eval logits": adapter(spec, weights).logits(x, training=False),
-                   "train logits": adapter(spec, weights).logits(x, training=True),
-                   "loss": np.float32(loss), "gradients": grads}
+        new = lambda: load(fw).Adapter(spec, weights, dtype=dtype)  # noqa: E731
+        loss, grads = new().loss_and_grads(x, y)
+        out[fw] = {"eval logits": new().logits(x, training=False),
+                   "train logits": new().logits(x, training=True),
+                   "loss": np.array(loss), "gradients": grads}
     return out
 
 
@@ -44,11 +48,11 @@ def worst_gradient(ga: Weights, gb: Weights, skip: set[str]) -> tuple[float, str
 
 
 def crosscheck(spec: ResNetSpec, weights: Weights, input_size: int, batch: int = 4,
-               seed: int = 0) -> tuple[str, bool]:
+               seed: int = 0, dtype: str = "float32") -> tuple[str, bool]:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(batch, spec.in_channels, input_size, input_size)).astype(np.float32)
     y = rng.integers(0, spec.num_classes, batch)
-    res = measure(spec, weights, x, y)
+    res = measure(spec, weights, x, y, dtype)
     rows, ok = [], True
     for a, b in itertools.combinations(FRAMEWORKS, 2):
         row: list[object] = [f"{a} vs {b}"]
@@ -64,7 +68,8 @@ def crosscheck(spec: ResNetSpec, weights: Weights, input_size: int, batch: int =
     header = ["pair", "max |eval logits diff|", "max |train logits diff|", "|loss diff|",
               "max relative gradient error"]
     scale = float(np.abs(res["torch"]["eval logits"]).max())
-    text = (render(header, rows) + f"\nlogit scale: max |logit| = {scale:.3f}; tolerances "
+    text = (render(header, rows) + f"\ncomputed in {dtype}; logit scale: max |logit| = "
+            f"{scale:.3f}; tolerances "
             + ", ".join(f"{k} {v:g}" for k, v in TOLERANCES.items())
             + f"\nwithin tolerance: {'yes' if ok else 'NO'} ({', '.join(NAMES.values())})")
     return text, ok
@@ -78,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-size", type=int, default=96)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="float32", choices=DTYPES,
+                        help="compute dtype in every framework (default float32, as trained); "
+                        "float64 shows the agreement free of float32 rounding and ReLU kinks")
     args = parser.parse_args(argv)
     for flag in ("input_size", "batch"):
         if getattr(args, flag) < 1:
@@ -92,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(err))
     else:
         weights = init_weights(spec, args.seed)
-    text, ok = crosscheck(spec, weights, args.input_size, args.batch, args.seed)
+    text, ok = crosscheck(spec, weights, args.input_size, args.batch, args.seed, args.dtype)
     print(text)
     return 0 if ok else 1
 

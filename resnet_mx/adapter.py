@@ -9,6 +9,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
+from common.checks import check_dtype
 from common.optim import OptimizerConfig
 from common.spec import ResNetSpec
 from common.weights import Weights
@@ -20,9 +21,11 @@ class Adapter:
     framework = "mx"
 
     def __init__(self, spec: ResNetSpec, weights: Weights, lr: float = 0.05,
-                 optimizer: OptimizerConfig | None = None):
+                 optimizer: OptimizerConfig | None = None, dtype: str = "float32"):
         self.spec = spec
+        self.dtype = check_dtype(dtype)
         self.model = from_canonical(build(spec, init="framework"), weights)
+        self.model.cast(self.dtype)
         # One cached graph: the same results as imperative mode (bit for bit on d2l_resnet18;
         # elsewhere up to the order of float32 sums), with fewer Python calls.
         self.model.hybridize()
@@ -44,7 +47,7 @@ class Adapter:
     def logits(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Forward pass. training=True normalises with batch statistics and updates the running
         ones, as a training step does; False uses the running statistics."""
-        X = mx.nd.array(x, dtype=np.float32)
+        X = mx.nd.array(x, dtype=self.dtype)
         if not training:
             return self.model(X).asnumpy()
         with autograd.record(train_mode=True):
@@ -58,7 +61,7 @@ class Adapter:
 
     def _loss(self, x: np.ndarray, y: np.ndarray) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
         """Mean cross-entropy in train mode, with the gradients in every parameter's .grad()."""
-        X, Y = mx.nd.array(x, dtype=np.float32), mx.nd.array(y, dtype=np.float32)
+        X, Y = mx.nd.array(x, dtype=self.dtype), mx.nd.array(y, dtype=self.dtype)
         with autograd.record(train_mode=True):
             logits = self.model(X)
             loss = self.loss(logits, Y).mean()
@@ -106,9 +109,9 @@ class Adapter:
         updater, opt = self.trainer._updaters[0], self.trainer.optimizer
         for i, name in enumerate(self.trainable):
             if self.opt.name == "sgd" and f"{name}.momentum" in state:
-                updater.states[i] = mx.nd.array(state[f"{name}.momentum"], dtype=np.float32)
+                updater.states[i] = mx.nd.array(state[f"{name}.momentum"], dtype=self.dtype)
             elif self.opt.name == "adam" and f"{name}.mean" in state:
-                updater.states[i] = tuple(mx.nd.array(state[f"{name}.{s}"], dtype=np.float32)
+                updater.states[i] = tuple(mx.nd.array(state[f"{name}.{s}"], dtype=self.dtype)
                                           for s in ("mean", "var"))
                 opt._index_update_count[i] = int(state[f"{name}.step"])
                 opt.num_update = max(opt.num_update, opt._index_update_count[i])

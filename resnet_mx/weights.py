@@ -27,14 +27,14 @@ def canonical_parameters(model: ResNet) -> dict[str, gluon.Parameter]:
 
 def to_canonical(model: ResNet) -> Weights:
     """The model's weights as canonical float32 NumPy arrays (copies)."""
-    return {n: p.data().asnumpy() for n, p in canonical_parameters(model).items()}
+    return {n: p.data().asnumpy().astype(np.float32) for n, p in canonical_parameters(model).items()}
 
 
 def from_canonical(model: ResNet, weights: Weights) -> ResNet:
     """Load canonical weights into the model, after checking every name and shape."""
     check_weights(model.spec, weights)
     for name, p in canonical_parameters(model).items():
-        p.set_data(mx.nd.array(np.asarray(weights[name], dtype=np.float32), dtype=np.float32))
+        p.set_data(mx.nd.array(np.asarray(weights[name], dtype=np.float32), dtype=p.dtype))
     return model
 
 

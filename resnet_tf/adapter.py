@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow import keras
 
+from common.checks import check_dtype
 from common.frameworks import to_layout
 from common.optim import OptimizerConfig
 from common.spec import ResNetSpec
@@ -23,9 +24,15 @@ class Adapter:
     framework = "tf"
 
     def __init__(self, spec: ResNetSpec, weights: Weights, lr: float = 0.05,
-                 optimizer: OptimizerConfig | None = None):
+                 optimizer: OptimizerConfig | None = None, dtype: str = "float32"):
         self.spec = spec
-        self.model = from_canonical(ResNet(spec), weights)
+        self.dtype = check_dtype(dtype)
+        policy = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(self.dtype)  # layers take their dtype when they are made
+        try:
+            self.model = from_canonical(ResNet(spec), weights)
+        finally:
+            keras.config.set_dtype_policy(policy)
         self.opt = optimizer or OptimizerConfig(lr=lr)
         self.trainable = {n: v for n, v in canonical_variables(self.model).items() if v.trainable}
         if self.opt.name == "sgd":
@@ -38,7 +45,7 @@ class Adapter:
                                                    epsilon=self.opt.eps)
         # Slot i of the optimiser belongs to trainable variable i (see optimizer_state).
         self.optimizer.build(list(self.trainable.values()))
-        self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=self.dtype)
         self._forward = tf.function(self._forward_fn, reduce_retracing=True, autograph=False)
         self._grads = tf.function(self._grads_fn, reduce_retracing=True, autograph=False)
         self._step = tf.function(self._step_fn, reduce_retracing=True, autograph=False)
@@ -62,9 +69,8 @@ class Adapter:
         self.optimizer.apply(grads, variables)
         return loss, logits
 
-    @staticmethod
-    def _inputs(x: np.ndarray) -> tf.Tensor:
-        return tf.convert_to_tensor(to_layout(x, "NHWC"))
+    def _inputs(self, x: np.ndarray) -> tf.Tensor:
+        return tf.convert_to_tensor(to_layout(x, "NHWC").astype(self.dtype, copy=False))
 
     def logits(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Forward pass. training=True normalises with batch statistics and updates the running

@@ -28,8 +28,8 @@ def canonical_variables(model: ResNet) -> dict[str, keras.Variable]:
 
 def to_canonical_layout(array: np.ndarray) -> np.ndarray:
     """A Keras kernel (kh, kw, in, out) or dense weight (in, out) in the canonical layout
-    (out, in, kh, kw) or (out, in), as a float32 copy; vectors are copied as they are."""
-    array = np.asarray(array, dtype=np.float32)
+    (out, in, kh, kw) or (out, in), as a copy of the same dtype; vectors are copied as they are."""
+    array = np.asarray(array)
     if array.ndim == 4:
         array = array.transpose(3, 2, 0, 1)
     elif array.ndim == 2:
@@ -49,7 +49,8 @@ def to_keras_layout(array: np.ndarray) -> np.ndarray:
 
 def to_canonical(model: ResNet) -> Weights:
     """The model's weights as canonical float32 NumPy arrays (copies)."""
-    return {n: to_canonical_layout(v.numpy()) for n, v in canonical_variables(model).items()}
+    return {n: to_canonical_layout(v.numpy().astype(np.float32))
+            for n, v in canonical_variables(model).items()}
 
 
 def from_canonical(model: ResNet, weights: Weights) -> ResNet:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from common.checks import check_dtype
 from common.optim import OptimizerConfig
 from common.spec import ResNetSpec
 from common.weights import Weights
@@ -20,30 +21,37 @@ class Adapter:
     framework = "torch"
 
     def __init__(self, spec: ResNetSpec, weights: Weights, lr: float = 0.05,
-                 optimizer: OptimizerConfig | None = None):
+                 optimizer: OptimizerConfig | None = None, dtype: str = "float32"):
         self.spec = spec
-        self.model = from_canonical(ResNet(spec), weights)
+        self.dtype = getattr(torch, check_dtype(dtype))
+        self.model = from_canonical(ResNet(spec), weights).to(self.dtype)
         self.opt = optimizer or OptimizerConfig(lr=lr)
         params = [t for t in canonical_tensors(self.model).values() if t.requires_grad]
+        # Keras and Gluon hold the learning rate in float32; so does this adapter, which only
+        # shows in float64 runs (in float32 PyTorch rounds it the same way when it applies it).
+        lr = float(np.float32(self.opt.lr))
         if self.opt.name == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=self.opt.lr, momentum=self.opt.momentum,
+            self.optimizer = torch.optim.SGD(params, lr=lr, momentum=self.opt.momentum,
                                              weight_decay=self.opt.weight_decay)
         else:
-            self.optimizer = torch.optim.Adam(params, lr=self.opt.lr, betas=self.opt.betas,
+            self.optimizer = torch.optim.Adam(params, lr=lr, betas=self.opt.betas,
                                               eps=self.opt.eps, weight_decay=self.opt.weight_decay)
+
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(x)).to(self.dtype)
 
     def logits(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Forward pass. training=True normalises with batch statistics and updates the running
         ones, as a training step does; False uses the running statistics."""
         self.model.train(training)
         with torch.no_grad():
-            return self.model(torch.from_numpy(x)).numpy()
+            return self.model(self._tensor(x)).numpy()
 
     eval_step = logits
 
     def _loss(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         self.model.train()
-        logits = self.model(torch.from_numpy(x))
+        logits = self.model(self._tensor(x))
         return F.cross_entropy(logits, torch.from_numpy(y).long()), logits
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Weights]:

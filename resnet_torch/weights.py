@@ -23,7 +23,7 @@ def canonical_tensors(model: ResNet) -> dict[str, torch.Tensor]:
 
 def to_canonical(model: ResNet) -> Weights:
     """The model's weights as canonical float32 NumPy arrays (copies)."""
-    return {n: t.detach().cpu().numpy().copy() for n, t in canonical_tensors(model).items()}
+    return {n: t.detach().cpu().numpy().astype(np.float32) for n, t in canonical_tensors(model).items()}
 
 
 def from_canonical(model: ResNet, weights: Weights) -> ResNet:

@@ -5,7 +5,7 @@ import pytest
 from common import convert, crosscheck
 from common.init import init_weights
 from common.spec import get_spec
-from common.weights import WeightsError, load_weights, save_weights
+from common.weights import WeightsError, save_weights
 
 
 def test_weights_travel_through_every_native_format_bit_exact(tmp_path):
@@ -37,11 +37,36 @@ def test_missing_and_unexpected_weights_are_named(tmp_path):
         from_canonical(build("d2l_resnet18"), w)
 
 
-def test_crosscheck_reports_small_differences_for_every_pair(capsys):
-    assert crosscheck.main(["--input-size", "33", "--batch", "2"]) == 0
+def crosscheck_rows(out: str) -> dict[str, list[float]]:
+    """pair -> [eval logits, train logits, loss, gradient] differences from the printed table."""
+    rows = {}
+    for line in out.splitlines():
+        if " vs " in line and not line.startswith("pair"):
+            pair, rest = line[:11].strip(), line[11:].split()
+            rows[pair] = [float(v) for v in rest[:4]]
+    return rows
+
+
+def test_crosscheck_in_float64_agrees_to_float64_rounding(capsys):
+    assert crosscheck.main(["--input-size", "33", "--batch", "2", "--dtype", "float64"]) == 0
     out = capsys.readouterr().out
-    assert "torch vs tf" in out and "torch vs mx" in out and "tf vs mx" in out
-    assert "within tolerance: yes" in out
+    rows = crosscheck_rows(out)
+    assert sorted(rows) == ["tf vs mx", "torch vs mx", "torch vs tf"]
+    for pair, (eval_, train, loss, grad) in rows.items():
+        assert max(eval_, train, loss) <= 1e-12 and grad <= 1e-10, (pair, out)
+    assert "computed in float64" in out and "within tolerance: yes" in out
+
+
+def test_crosscheck_in_float32_reports_logits_within_float32_rounding(capsys):
+    """Gradients are printed but not asserted here: in float32 a ReLU input within rounding of
+    0 can move one by 1e-3 on some CPUs (docs/framework-differences.md, 'ReLU kinks')."""
+    crosscheck.main(["--input-size", "33", "--batch", "2"])
+    out = capsys.readouterr().out
+    rows = crosscheck_rows(out)
+    assert sorted(rows) == ["tf vs mx", "torch vs mx", "torch vs tf"]
+    for pair, (eval_, train, loss, grad) in rows.items():
+        assert max(eval_, train) <= 1e-5 and loss <= 1e-5 and grad < 1e-2, (pair, out)
+    assert "computed in float32" in out
 
 
 def test_crosscheck_catches_a_framework_that_differs(monkeypatch, capsys):

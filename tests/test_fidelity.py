@@ -1,13 +1,20 @@
 """Same weights, same input: the three frameworks compute the same function.
 
 For d2l's ResNet-18 at an odd and an even input size (padding alignment is where converters
-fail) and for a one-block network, with random weights and non-trivial BatchNorm statistics:
-round trips are bit-exact; eval- and train-mode logits agree to 1e-5; gradients to 1e-4
-relative; SGD steps give the same losses and parameters (ten steps for the one-block net; one
-for ResNet-18, whose training at lr 0.05 on batches of 4 is chaotic: float32 rounding alone,
-PyTorch against PyTorch with another thread count, grows past 1e-4 within three steps);
-running statistics follow the documented per-framework formula
-(docs/framework-differences.md).
+fail), for a one-block network and for a small network of each block kind, with random weights
+and non-trivial BatchNorm statistics: round trips are bit-exact; eval- and train-mode logits
+agree to 1e-5 (float32); gradients to 1e-4 relative for every parameter; ten SGD steps at
+lr 0.05 give losses within 1e-4 and parameters within 1e-4 relative; running statistics follow
+the documented per-framework formula (docs/framework-differences.md).
+
+Gradients and SGD steps of ResNet-18 are compared in float64 (the adapters' `dtype`), those
+of the small networks in float32. A float32 ResNet-18 gradient cannot meet 1e-4 for every
+parameter on every machine: at 96 px about 15 of its 1.7 million ReLU inputs lie within
+float32 error of 0 on any batch, land on either side of the kink depending on the order of
+float32 sums, and each moves one layer's gradient by up to 1e-3; over ten steps such flips
+compound ("ReLU kinks" in docs/framework-differences.md). Measured on this project's machine
+at 96 px: 9.6e-4 on one BatchNorm beta, 4.5e-4 for the whole gradient (dominated by the stem
+convolution); in float64, 1.5e-14. Its float32 logits are compared as for every case.
 """
 from __future__ import annotations
 
@@ -25,28 +32,33 @@ from tests.conftest import MODULES
 
 PAIRS = list(itertools.combinations(FRAMEWORKS, 2))
 BATCH, STEPS, LR = 4, 10, 0.05
+# The issue's bounds, asserted in float32; float64 is held far tighter (measured on ResNet-18:
+# gradients 1.5e-14, ten-step losses 1e-11, parameters 1e-9 once returned as float32).
+BOUNDS = {"float32": {"gradient": 1e-4, "loss": 1e-4, "parameter": 1e-4},
+          "float64": {"gradient": 1e-10, "loss": 1e-8, "parameter": 1e-6}}
 
-CASES = {  # name: (spec, input size, SGD steps compared)
-    "d2l_resnet18@96": (get_spec("d2l_resnet18"), 96, 1),
-    "d2l_resnet18@95": (get_spec("d2l_resnet18"), 95, 1),
+CASES = {  # name: (spec, input size, SGD steps compared, dtype of gradients and SGD steps)
+    "d2l_resnet18@96": (get_spec("d2l_resnet18"), 96, STEPS, "float64"),
+    "d2l_resnet18@95": (get_spec("d2l_resnet18"), 95, STEPS, "float64"),
     # One projecting block behind a 3x3 stem: the block alone, stride 2, odd size.
     "one_block@11": (ResNetSpec("one_block", (Stage(6, 1, stride=2, project=True),),
-                                stem=Stem(3, 3, 1, False), in_channels=3, num_classes=5), 11, STEPS),
+                                stem=Stem(3, 3, 1, False), in_channels=3, num_classes=5), 11, STEPS,
+                     "float32"),
 }
 # One small network per block kind of the family (issue 5), odd input sizes.
 _SMALL = dict(stem=Stem(8, 3, 1, False), in_channels=3, num_classes=5)
 CASES |= {
     "resnext_bottleneck@9": (ResNetSpec("resnext_small", (Stage(16, 1, 1, True), Stage(32, 2, 2, True)),
                                         block="bottleneck", groups=4, base_width=8, conv_bias=False,
-                                        shortcut_bn=True, zero_init_last_bn=False, **_SMALL), 9, 1),
+                                        shortcut_bn=True, zero_init_last_bn=False, **_SMALL), 9, 1, "float32"),
     "paper_bottleneck@9": (ResNetSpec("paper_small", (Stage(16, 1, 2, True),), block="bottleneck",
-                                      stride_in_1x1=True, **_SMALL), 9, 1),
+                                      stride_in_1x1=True, **_SMALL), 9, 1, "float32"),
     "preact_basic@9": (ResNetSpec("preact_basic", (Stage(8, 1), Stage(16, 1, 2, True)),
-                                  preact=True, **_SMALL), 9, 1),
+                                  preact=True, **_SMALL), 9, 1, "float32"),
     "preact_bottleneck@9": (ResNetSpec("preact_bn", (Stage(16, 2, 2, True),), block="bottleneck",
-                                       preact=True, **_SMALL), 9, 1),
+                                       preact=True, **_SMALL), 9, 1, "float32"),
     "cifar_option_a@9": (ResNetSpec("cifar_small", (Stage(8, 1), Stage(16, 1, 2, True)),
-                                    shortcut="pad", **_SMALL), 9, 1),
+                                    shortcut="pad", **_SMALL), 9, 1, "float32"),
 }
 
 
@@ -67,31 +79,27 @@ def random_weights(spec: ResNetSpec, seed: int) -> Weights:
 
 
 def batches(spec: ResNetSpec, size: int, n: int, seed: int = 3):
-    """Seed 3: a batch on which no pre-ReLU value lies within float32 rounding of zero for
-    these weights. Seeds 1, 2 and 4 each hold such a value in ResNet-18; which side of the kink
-    it falls on then differs between frameworks and moves a BN gradient by up to 1e-2
-    (docs/framework-differences.md, 'ReLU kinks'). Logits agree on every seed."""
     rng = np.random.default_rng(seed)
     return [(rng.normal(size=(BATCH, spec.in_channels, size, size)).astype(np.float32),
              rng.integers(0, spec.num_classes, BATCH).astype(np.int64)) for _ in range(n)]
 
 
-def run(fw: str, spec: ResNetSpec, size: int, steps: int) -> dict:
-    """Everything the tests compare, for one framework, each from a fresh adapter."""
+def run(fw: str, spec: ResNetSpec, size: int, steps: int, dtype: str) -> dict:
+    """Everything the tests compare, for one framework, each from a fresh adapter. Logits and
+    running statistics in float32; gradients and the SGD steps in `dtype`."""
     w = random_weights(spec, 0)
     data = batches(spec, size, steps)
     x, y = data[0]
-    new = lambda: MODULES[fw].Adapter(spec, w, lr=LR)  # noqa: E731
-    out: dict = {"weights_in": w}
+    new = lambda dt="float32": MODULES[fw].Adapter(spec, w, lr=LR, dtype=dt)  # noqa: E731
+    out: dict = {"weights_in": w, "bounds": BOUNDS[dtype]}
     a = new()
     out["round_trip"] = a.get_weights()
     out["eval"] = a.logits(x, training=False)
     a = new()
     out["train"] = a.logits(x, training=True)
     out["after_one_forward"] = a.get_weights()
-    a = new()
-    out["loss"], out["grads"] = a.loss_and_grads(x, y)
-    a = new()
+    out["loss"], out["grads"] = new(dtype).loss_and_grads(x, y)
+    a = new(dtype)
     out["losses"] = [a.train_step(xb, yb)[0] for xb, yb in data]
     out["final"] = a.get_weights()
     return out
@@ -99,8 +107,8 @@ def run(fw: str, spec: ResNetSpec, size: int, steps: int) -> dict:
 
 @pytest.fixture(scope="module", params=list(CASES))
 def case(request):
-    spec, size, steps = CASES[request.param]
-    return spec, size, {fw: run(fw, spec, size, steps) for fw in FRAMEWORKS}
+    spec, size, steps, dtype = CASES[request.param]
+    return spec, size, {fw: run(fw, spec, size, steps, dtype) for fw in FRAMEWORKS}
 
 
 
@@ -156,45 +164,74 @@ def test_gradients_match_across_frameworks(case, a, b):
         assert np.linalg.norm(ga[n]) <= 1e-5 * total and np.linalg.norm(gb[n]) <= 1e-5 * total, n
     trainable = [n for n in trainable if n not in zero]
     worst = max(trainable, key=lambda n: rel(ga[n], gb[n]))
-    assert rel(ga[worst], gb[worst]) <= 1e-4, f"{worst}: relative error {rel(ga[worst], gb[worst]):.2e}"
+    bound = res[a]["bounds"]["gradient"]
+    assert rel(ga[worst], gb[worst]) <= bound, f"{worst}: relative error {rel(ga[worst], gb[worst]):.2e}"
 
 
 @pytest.mark.parametrize("a,b", PAIRS)
 def test_sgd_steps_give_same_losses_and_parameters(case, a, b):
     spec, _, res = case
+    bounds = res[a]["bounds"]
     la, lb = np.array(res[a]["losses"]), np.array(res[b]["losses"])
-    assert np.abs(la - lb).max() <= 1e-4, f"losses {la} vs {lb}"
+    assert np.abs(la - lb).max() <= bounds["loss"], f"losses {la} vs {lb}"
     fa, fb = res[a]["final"], res[b]["final"]
     params = [n for n in fa if not n.endswith(("running_mean", "running_var"))
               and n not in zero_gradient_biases(spec)]
     worst = max(params, key=lambda n: rel(fa[n], fb[n]))
-    assert rel(fa[worst], fb[worst]) <= 1e-4, f"{worst}: relative error {rel(fa[worst], fb[worst]):.2e}"
+    assert rel(fa[worst], fb[worst]) <= bounds["parameter"], \
+        f"{worst}: relative error {rel(fa[worst], fb[worst]):.2e}"
     moved = max(rel(fa[n], res[a]["weights_in"][n]) for n in params)
     assert moved > 1e-3, "SGD did not move the parameters"
 
 
-def test_running_mean_update_is_the_same_everywhere(case):
-    _, _, res = case
-    ref = res["torch"]["after_one_forward"]
-    for fw in ("tf", "mx"):
-        got = res[fw]["after_one_forward"]
-        for name in (n for n in ref if n.endswith("running_mean")):
-            np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=1e-6, err_msg=f"{fw} {name}")
-
-
-def test_running_variance_follows_documented_formula(case):
-    """PyTorch folds the unbiased batch variance into running_var; Keras and Gluon fold the
-    biased one. So (torch_new - 0.9 old) == (other_new - 0.9 old) * n / (n - 1), n = N*H*W."""
-    spec, size, res = case
+def check_running_statistics(spec: ResNetSpec, size: int, batch: int, steps: int,
+                             old: Weights, new: dict[str, Weights], rtol: float) -> None:
+    """Running means equal everywhere. Running variances: PyTorch folds in the unbiased batch
+    variance, Keras and Gluon the biased one, so after `steps` updates
+    (torch - 0.9**steps old) == (other - 0.9**steps old) * n / (n - 1), n = N*H*W."""
     from common.oracle import layers
     n_of = {f"{l.path}.running_var": l.out_shape[0] * l.out_shape[2] * l.out_shape[3]
-            for l in layers(spec, size, BATCH) if l.kind == "bn"}
-    old = res["torch"]["weights_in"]
-    torch_new = res["torch"]["after_one_forward"]
+            for l in layers(spec, size, batch) if l.kind == "bn"}
+    kept = 0.9 ** steps
     for fw in ("tf", "mx"):
-        new = res[fw]["after_one_forward"]
+        for name in (n for n in old if n.endswith("running_mean")):
+            np.testing.assert_allclose(new[fw][name], new["torch"][name], rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{fw} {name}")
         for name, n in n_of.items():
-            torch_batch = (torch_new[name] - 0.9 * old[name]) / 0.1
-            other_batch = (new[name] - 0.9 * old[name]) / 0.1
-            np.testing.assert_allclose(torch_batch, other_batch * n / (n - 1), rtol=2e-4,
+            torch_part, other_part = (new[f][name] - kept * old[name] for f in ("torch", fw))
+            np.testing.assert_allclose(torch_part, other_part * n / (n - 1), rtol=rtol,
                                        atol=1e-5, err_msg=f"{fw} {name} (n={n})")
+
+
+def test_running_statistics_after_one_forward_follow_documented_formula(case):
+    spec, size, res = case
+    check_running_statistics(spec, size, BATCH, 1, res["torch"]["weights_in"],
+                             {fw: r["after_one_forward"] for fw, r in res.items()}, rtol=2e-4)
+
+
+def test_running_statistics_after_the_sgd_steps_follow_documented_formula(case):
+    spec, size, res = case
+    check_running_statistics(spec, size, BATCH, len(res["torch"]["losses"]),
+                             res["torch"]["weights_in"],
+                             {fw: r["final"] for fw, r in res.items()}, rtol=2e-4)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float"])
+def test_unknown_compute_dtype_is_refused_by_name(fw, dtype):
+    with pytest.raises(ValueError, match=f"dtype: expected one of float32, float64, got '{dtype}'"):
+        fw.Adapter(CASES["one_block@11"][0], random_weights(CASES["one_block@11"][0], 0),
+                            dtype=dtype)
+
+
+def test_float64_adapter_computes_in_float64(fw):
+    """Same weights: float64 logits come back as float64, within float32 rounding of the
+    float32 ones and not equal to them (so the computation really ran in float64)."""
+    spec, size, *_ = CASES["one_block@11"]
+    w = random_weights(spec, 0)
+    x = batches(spec, size, 1)[0][0]
+    lo32 = fw.Adapter(spec, w).logits(x)
+    lo64 = fw.Adapter(spec, w, dtype="float64").logits(x)
+    assert lo32.dtype == np.float32 and lo64.dtype == np.float64
+    assert 0 < np.abs(lo64 - lo32).max() <= 1e-5
+    assert all(a.dtype == np.float32 for a in fw.Adapter(spec, w, dtype="float64")
+               .get_weights().values()), "canonical weights are float32 whatever the compute dtype"
