@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 
 DTYPES = ("float32", "float64")
 
@@ -33,3 +35,11 @@ def check_dtype(dtype: str) -> str:
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     return dtype
+
+
+def batch_as(x, dtype: str, channels: int) -> np.ndarray:
+    """An adapter's NCHW NumPy batch in its compute dtype, after the input checks: an integer
+    batch is refused, not silently converted."""
+    x = np.asarray(x)
+    check_batch(x.shape, x.dtype.name, np.issubdtype(x.dtype, np.floating), channels)
+    return x.astype(dtype, copy=False)

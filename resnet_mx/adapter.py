@@ -9,7 +9,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from common.checks import check_dtype
+from common.checks import batch_as, check_dtype
 from common.optim import OptimizerConfig
 from common.spec import ResNetSpec
 from common.weights import Weights
@@ -47,7 +47,7 @@ class Adapter:
     def logits(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Forward pass. training=True normalises with batch statistics and updates the running
         ones, as a training step does; False uses the running statistics."""
-        X = mx.nd.array(x, dtype=self.dtype)
+        X = mx.nd.array(batch_as(x, self.dtype, self.spec.in_channels), dtype=self.dtype)
         if not training:
             return self.model(X).asnumpy()
         with autograd.record(train_mode=True):
@@ -61,7 +61,8 @@ class Adapter:
 
     def _loss(self, x: np.ndarray, y: np.ndarray) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
         """Mean cross-entropy in train mode, with the gradients in every parameter's .grad()."""
-        X, Y = mx.nd.array(x, dtype=self.dtype), mx.nd.array(y, dtype=self.dtype)
+        X = mx.nd.array(batch_as(x, self.dtype, self.spec.in_channels), dtype=self.dtype)
+        Y = mx.nd.array(y, dtype=self.dtype)
         with autograd.record(train_mode=True):
             logits = self.model(X)
             loss = self.loss(logits, Y).mean()

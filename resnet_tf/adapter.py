@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow import keras
 
-from common.checks import check_dtype
+from common.checks import batch_as, check_dtype
 from common.frameworks import to_layout
 from common.optim import OptimizerConfig
 from common.spec import ResNetSpec
@@ -70,7 +70,8 @@ class Adapter:
         return loss, logits
 
     def _inputs(self, x: np.ndarray) -> tf.Tensor:
-        return tf.convert_to_tensor(to_layout(x, "NHWC").astype(self.dtype, copy=False))
+        return tf.convert_to_tensor(to_layout(batch_as(x, self.dtype, self.spec.in_channels),
+                                              "NHWC"))
 
     def logits(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Forward pass. training=True normalises with batch statistics and updates the running

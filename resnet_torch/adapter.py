@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from common.checks import check_dtype
+from common.checks import batch_as, check_dtype
 from common.optim import OptimizerConfig
 from common.spec import ResNetSpec
 from common.weights import Weights
@@ -23,8 +23,8 @@ class Adapter:
     def __init__(self, spec: ResNetSpec, weights: Weights, lr: float = 0.05,
                  optimizer: OptimizerConfig | None = None, dtype: str = "float32"):
         self.spec = spec
-        self.dtype = getattr(torch, check_dtype(dtype))
-        self.model = from_canonical(ResNet(spec), weights).to(self.dtype)
+        self.dtype = check_dtype(dtype)
+        self.model = from_canonical(ResNet(spec), weights).to(getattr(torch, self.dtype))
         self.opt = optimizer or OptimizerConfig(lr=lr)
         params = [t for t in canonical_tensors(self.model).values() if t.requires_grad]
         # Keras and Gluon hold the learning rate in float32; so does this adapter, which only
@@ -38,7 +38,7 @@ class Adapter:
                                               eps=self.opt.eps, weight_decay=self.opt.weight_decay)
 
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(x)).to(self.dtype)
+        return torch.from_numpy(batch_as(x, self.dtype, self.spec.in_channels))
 
     def logits(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Forward pass. training=True normalises with batch statistics and updates the running

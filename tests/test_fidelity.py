@@ -223,6 +223,18 @@ def test_unknown_compute_dtype_is_refused_by_name(fw, dtype):
                             dtype=dtype)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_adapter_refuses_an_integer_batch_by_name(fw, dtype):
+    from common.checks import InputError
+    spec, size, *_ = CASES["one_block@11"]
+    a = fw.Adapter(spec, random_weights(spec, 0), dtype=dtype)
+    x = np.zeros((2, spec.in_channels, size, size), np.uint8)
+    with pytest.raises(InputError, match="expected a floating-point dtype .*, got uint8"):
+        a.logits(x)
+    with pytest.raises(InputError, match="expected a floating-point dtype .*, got uint8"):
+        a.train_step(x, np.zeros(2, np.int64))
+
+
 def test_float64_adapter_computes_in_float64(fw):
     """Same weights: float64 logits come back as float64, within float32 rounding of the
     float32 ones and not equal to them (so the computation really ran in float64)."""
