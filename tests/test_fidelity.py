@@ -185,7 +185,7 @@ def test_sgd_steps_give_same_losses_and_parameters(case, a, b):
 
 
 def check_running_statistics(spec: ResNetSpec, size: int, batch: int, steps: int,
-                             old: Weights, new: dict[str, Weights], rtol: float) -> None:
+                             old: Weights, new: dict[str, Weights], rtol: float = 2e-4) -> None:
     """Running means equal everywhere. Running variances: PyTorch folds in the unbiased batch
     variance, Keras and Gluon the biased one, so after `steps` updates
     (torch - 0.9**steps old) == (other - 0.9**steps old) * n / (n - 1), n = N*H*W."""
@@ -206,21 +206,21 @@ def check_running_statistics(spec: ResNetSpec, size: int, batch: int, steps: int
 def test_running_statistics_after_one_forward_follow_documented_formula(case):
     spec, size, res = case
     check_running_statistics(spec, size, BATCH, 1, res["torch"]["weights_in"],
-                             {fw: r["after_one_forward"] for fw, r in res.items()}, rtol=2e-4)
+                             {fw: r["after_one_forward"] for fw, r in res.items()})
 
 
 def test_running_statistics_after_the_sgd_steps_follow_documented_formula(case):
     spec, size, res = case
     check_running_statistics(spec, size, BATCH, len(res["torch"]["losses"]),
                              res["torch"]["weights_in"],
-                             {fw: r["final"] for fw, r in res.items()}, rtol=2e-4)
+                             {fw: r["final"] for fw, r in res.items()})
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float"])
 def test_unknown_compute_dtype_is_refused_by_name(fw, dtype):
+    spec = CASES["one_block@11"][0]
     with pytest.raises(ValueError, match=f"dtype: expected one of float32, float64, got '{dtype}'"):
-        fw.Adapter(CASES["one_block@11"][0], random_weights(CASES["one_block@11"][0], 0),
-                            dtype=dtype)
+        fw.Adapter(spec, random_weights(spec, 0), dtype=dtype)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
