@@ -41,6 +41,17 @@ class Layer:
         return self.path.split(".", 1)[0]
 
     @property
+    def macs(self) -> int:
+        """Multiply-accumulates of the forward pass: each weight of a convolution is used once per
+        output pixel, each weight of a dense layer once. BatchNorm, ReLU, pools and additions are
+        left out, as torchvision's and fvcore's counts do (they are under 1% of a ResNet's)."""
+        if self.kind == "conv":
+            return _prod(self.params["weight"]) * self.out_shape[2] * self.out_shape[3]
+        if self.kind == "dense":
+            return _prod(self.params["weight"])
+        return 0
+
+    @property
     def counts(self) -> ParamCounts:
         sizes = {name: _prod(shape) for name, shape in self.params.items()}
         stats = sum(size for name, size in sizes.items() if name in BN_STATS)
@@ -214,3 +225,15 @@ def zero_gradient_biases(spec: ResNetSpec) -> set[str]:
         return {f"{a.path}.bias" for a in ls if a.kind == "conv" and "bias" in a.params}
     return {f"{a.path}.bias" for a, b in zip(ls, ls[1:])
             if a.kind == "conv" and b.kind == "bn" and "bias" in a.params}
+
+
+def flops(spec: ResNetSpec, input_size: int | tuple[int, int] = 224, phase: str = "infer") -> int:
+    """Floating-point operations per image: 2 per multiply-accumulate of the convolutions and
+    dense layers (torchvision's "GFLOPS" column counts multiply-accumulates, half of this).
+    phase="train" counts a training step as 3 forward passes: the forward pass, the gradient
+    with respect to each layer's input and the one with respect to its weights (each costs as
+    many multiply-accumulates as the forward pass)."""
+    if phase not in ("infer", "train"):
+        raise SpecError(f"phase: expected 'infer' or 'train', got {phase!r}")
+    forward = 2 * sum(layer.macs for layer in layers(spec, input_size))
+    return forward * (3 if phase == "train" else 1)
