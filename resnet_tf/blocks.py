@@ -9,7 +9,8 @@ d2l's behaviour:
 - `pad_shortcut`: the ResNet paper's CIFAR shortcut (option A): subsample, zero-pad channels;
 - `bn_eps`, `bn_momentum`: the same BatchNorm in all three frameworks of this project.
 Two departures from d2l's TensorFlow code, each for the same numbers as PyTorch and Gluon:
-- padding is explicit and symmetric (`PaddedConv2D(..., padding=1)`), never padding='same';
+- padding is symmetric, as PyTorch's (`PaddedConv2D(..., padding=1)`): Keras's padding='same'
+  only where it is symmetric (stride 1), an explicit pad before strided convolutions;
 - BatchNorm uses epsilon 1e-5 and momentum 0.9, not Keras's 1e-3 and 0.99.
 `Bottleneck` (exercise 3, ResNeXt with `groups`), `PreActResidual` and `PreActBottleneck`
 (exercise 4: BN, ReLU, then convolution) follow the same pattern.
@@ -29,15 +30,44 @@ def _padded_shape(input_shape, padding):
     return (n, None if h is None else h + 2 * padding, None if w is None else w + 2 * padding, c)
 
 
+def _same_on(n, k, s, p):
+    """How Keras's padding='same' can give the windows of symmetric padding p along an axis of
+    n pixels (kernel k, stride s): "same" as it is, "flip" on the reversed axis ('same' puts
+    its odd pixel of padding at the end, which reversing moves to the start), None if neither."""
+    out = -(-n // s) if n else None
+    if out is None or out != (n + 2 * p - k) // s + 1:
+        return None
+    total = max((out - 1) * s + k - n, 0)
+    return "same" if total // 2 == p else "flip" if total - total // 2 == p else None
+
+
 class PaddedConv2D(tf.keras.layers.Conv2D):
-    """Conv2D with PyTorch's `padding`: that many zeros on every side, then 'valid'.
-    Keras's padding='same' puts the extra pixel of a strided convolution bottom-right only."""
-    def __init__(self, filters, kernel_size, strides=1, padding=0, **kwargs):
-        super().__init__(filters, kernel_size, strides=strides, padding="valid", **kwargs)
-        self.explicit_padding = padding
+    """Conv2D with PyTorch's `padding`: that many zeros on every side.
+    Keras's padding='same' pads kernel_size // 2 on every side for stride 1 (used as it is), but
+    puts the extra pixel of a strided convolution on the bottom-right only. For a strided
+    convolution, `flip=True` runs 'same' on the input reversed along each such axis (with the
+    kernel reversed too), and reverses the output back: the same windows as symmetric padding,
+    at the speed of 'same'. Otherwise (flip=False, or sizes not known) the input is padded
+    explicitly, then 'valid': one copy more, and its gradient covers the padding too."""
+    def __init__(self, filters, kernel_size, strides=1, padding=0, flip=True, **kwargs):
+        ks = (kernel_size,) * 2 if isinstance(kernel_size, int) else tuple(kernel_size)
+        same = strides in (1, (1, 1)) and all(k % 2 == 1 and padding == k // 2 for k in ks)
+        super().__init__(filters, kernel_size, strides=strides,
+                         padding="same" if same else "valid", **kwargs)
+        self.explicit_padding, self.flip = (0 if same else padding), flip
 
     def call(self, X):
-        return super().call(_pad(X, self.explicit_padding))
+        p = self.explicit_padding
+        how = [_same_on(X.shape[a], self.kernel_size[a - 1], self.strides[a - 1], p)
+               for a in (1, 2)]
+        if not p or not self.flip or None in how:
+            return super().call(_pad(X, p))
+        axes = [a for a, h in zip((1, 2), how) if h == "flip"]
+        rev = (lambda T, ax: tf.reverse(T, ax)) if axes else (lambda T, ax: T)
+        Y = tf.keras.ops.conv(rev(X, axes), rev(self.kernel, [a - 1 for a in axes]),
+                              strides=self.strides, padding="same")
+        Y = rev(Y, axes)
+        return Y + self.bias if self.use_bias else Y
 
     def compute_output_shape(self, input_shape):
         return super().compute_output_shape(_padded_shape(input_shape, self.explicit_padding))
