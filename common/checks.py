@@ -7,6 +7,7 @@ import numpy as np
 
 
 DTYPES = ("float32", "float64")
+PRECISIONS = ("fp32", "bf16")
 
 
 class InputError(ValueError):
@@ -35,6 +36,19 @@ def check_dtype(dtype: str) -> str:
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     return dtype
+
+
+def check_precision(precision: str, dtype: str) -> str:
+    """The arithmetic of an adapter's forward and backward passes: fp32 (the default, in the
+    compute `dtype`) or bf16 (mixed precision: convolutions and matrix products in bfloat16,
+    weights, optimiser step and loss in float32). bf16 is a speed option over float32 weights,
+    so it is refused with float64, whose purpose is to be free of rounding."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" and dtype != "float32":
+        raise ValueError(f"precision: expected dtype float32 with bf16 (mixed precision keeps "
+                         f"float32 weights), got dtype {dtype!r}")
+    return precision
 
 
 def batch_as(x, dtype: str, channels: int) -> np.ndarray:

@@ -3,6 +3,13 @@
 Every adapter takes and returns NumPy: batches NCHW float32, labels int, weights and gradients
 as canonical dicts. This one transposes each batch to NHWC once, on the way in, and runs its
 forward pass and its training step as TensorFlow graphs (tf.function).
+
+Two options, both off by default so that the default step is a plain Keras step:
+- precision="bf16": the layers are made under Keras's `mixed_bfloat16` dtype policy, so they
+  compute in bfloat16 and keep float32 variables; the loss is taken on logits cast to float32
+  (the last Dense layer returns bfloat16 under that policy), and logits come back as float32.
+- compile=True: the adapter's tf.functions are compiled by XLA (`jit_compile=True`). The
+  first call of each function and input shape pays the compilation.
 """
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow import keras
 
-from common.checks import batch_as, check_dtype
+from common.checks import batch_as, check_dtype, check_precision
 from common.frameworks import to_layout
 from common.optim import OptimizerConfig
 from common.spec import ResNetSpec
@@ -24,11 +31,15 @@ class Adapter:
     framework = "tf"
 
     def __init__(self, spec: ResNetSpec, weights: Weights, lr: float = 0.05,
-                 optimizer: OptimizerConfig | None = None, dtype: str = "float32"):
+                 optimizer: OptimizerConfig | None = None, dtype: str = "float32",
+                 precision: str = "fp32", compile: bool = False):
         self.spec = spec
         self.dtype = check_dtype(dtype)
+        self.precision = check_precision(precision, self.dtype)
+        self.compiled = bool(compile)
         policy = keras.config.dtype_policy()
-        keras.config.set_dtype_policy(self.dtype)  # layers take their dtype when they are made
+        # Layers take their dtype policy when they are made; the global one is restored after.
+        keras.config.set_dtype_policy("mixed_bfloat16" if self.precision == "bf16" else self.dtype)
         try:
             self.model = from_canonical(ResNet(spec), weights)
         finally:
@@ -46,18 +57,21 @@ class Adapter:
         # Slot i of the optimiser belongs to trainable variable i (see optimizer_state).
         self.optimizer.build(list(self.trainable.values()))
         self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=self.dtype)
-        self._forward = tf.function(self._forward_fn, reduce_retracing=True, autograph=False)
-        self._grads = tf.function(self._grads_fn, reduce_retracing=True, autograph=False)
-        self._step = tf.function(self._step_fn, reduce_retracing=True, autograph=False)
+        graph = dict(reduce_retracing=True, autograph=False,
+                     jit_compile=True if self.compiled else None)  # None: TensorFlow's default
+        self._forward = tf.function(self._forward_fn, **graph)
+        self._grads = tf.function(self._grads_fn, **graph)
+        self._step = tf.function(self._step_fn, **graph)
 
     def _forward_fn(self, X: tf.Tensor, training: bool) -> tf.Tensor:
-        return self.model(X, training=training)
+        # The casts to the variables' dtype are no-ops (dropped when traced) unless bf16.
+        return tf.cast(self.model(X, training=training), self.dtype)
 
     def _grads_fn(self, X: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, list]:
         """Mean cross-entropy in train mode, its logits and its gradients (trainable order)."""
         variables = list(self.trainable.values())
         with tf.GradientTape() as tape:
-            logits = self.model(X, training=True)
+            logits = tf.cast(self.model(X, training=True), self.dtype)
             loss = self.loss(y, logits)
         return loss, logits, tape.gradient(loss, variables)
 

@@ -2,6 +2,15 @@
 
 Every adapter takes and returns NumPy: batches NCHW float32, labels int, weights and gradients
 as canonical dicts. The only thing an adapter knows is its framework.
+
+Two options, both off by default so that the default step is a plain PyTorch step:
+- precision="bf16": the forward passes run under `torch.autocast("cpu", dtype=torch.bfloat16)`
+  (convolutions and the linear layer in bfloat16, BatchNorm as autocast decides); the weights
+  stay float32 master weights, the loss is taken on float32 logits, the backward pass and the
+  optimiser step are float32, and logits come back as float32.
+- compile=True: the steps run `torch.compile(self.model)`; `self.model` stays the plain module
+  (same parameters), so weights, optimiser and checkpoints do not see the compiled wrapper. The
+  first step of each mode (train, eval) pays the compilation.
 """
 from __future__ import annotations
 
@@ -9,7 +18,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from common.checks import batch_as, check_dtype
+from common.checks import batch_as, check_dtype, check_precision
 from common.optim import OptimizerConfig
 from common.spec import ResNetSpec
 from common.weights import Weights
@@ -21,10 +30,16 @@ class Adapter:
     framework = "torch"
 
     def __init__(self, spec: ResNetSpec, weights: Weights, lr: float = 0.05,
-                 optimizer: OptimizerConfig | None = None, dtype: str = "float32"):
+                 optimizer: OptimizerConfig | None = None, dtype: str = "float32",
+                 precision: str = "fp32", compile: bool = False):
         self.spec = spec
         self.dtype = check_dtype(dtype)
+        self.precision = check_precision(precision, self.dtype)
         self.model = from_canonical(ResNet(spec), weights).to(getattr(torch, self.dtype))
+        self.compiled = bool(compile)
+        self._net = torch.compile(self.model) if self.compiled else self.model
+        # Chosen once here, so that the default step calls the plain module and nothing more.
+        self._forward = self._bf16_forward if self.precision == "bf16" else self._net
         self.opt = optimizer or OptimizerConfig(lr=lr)
         params = [t for t in canonical_tensors(self.model).values() if t.requires_grad]
         # Keras and Gluon hold the learning rate in float32; so does this adapter, which only
@@ -40,18 +55,22 @@ class Adapter:
     def _tensor(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(batch_as(x, self.dtype, self.spec.in_channels))
 
+    def _bf16_forward(self, X: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self._net(X).float()  # the loss and the caller see float32 logits
+
     def logits(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Forward pass. training=True normalises with batch statistics and updates the running
         ones, as a training step does; False uses the running statistics."""
         self.model.train(training)
         with torch.no_grad():
-            return self.model(self._tensor(x)).numpy()
+            return self._forward(self._tensor(x)).numpy()
 
     eval_step = logits
 
     def _loss(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         self.model.train()
-        logits = self.model(self._tensor(x))
+        logits = self._forward(self._tensor(x))
         return F.cross_entropy(logits, torch.from_numpy(y).long()), logits
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Weights]:
