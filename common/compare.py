@@ -8,6 +8,7 @@ its peak memory is its own and thread settings do not leak between frameworks.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from common import bench
 from common.frameworks import FRAMEWORKS, NAMES
 from common.plots import plot_curves
 from common.spec import get_spec
@@ -30,7 +32,9 @@ def train_flags(args, framework_out: Path) -> list[str]:
         if not action.option_strings or action.dest in ("help", "out", "resume"):
             continue
         value = getattr(args, action.dest)
-        if value is not None:
+        if isinstance(action, argparse._StoreTrueAction):
+            flags += [action.option_strings[0]] if value else []
+        elif value is not None:
             flags += [action.option_strings[0], str(value)]
     flags += ["--out", str(framework_out)] + (["--resume"] if args.resume else [])
     return flags
@@ -49,7 +53,49 @@ def run_framework(framework: str, args, out: Path) -> dict:
     return json.loads((out / framework / RUN).read_text())
 
 
-def report(runs: dict[str, dict], args, out: Path) -> str:
+def measure_speed(runs: dict[str, dict], args) -> tuple[list[dict], list[str]]:
+    """resnet-bench at the settings of the runs (a short one: --bench-rounds rounds of 2 steps):
+    each framework's steps against its plain reference step."""
+    first = next(iter(runs.values()))
+    settings = argparse.Namespace(
+        arch=first["arch"], input_size=first["input_size"], batch_size=args.batch_size,
+        in_channels=first["in_channels"], num_classes=first["num_classes"], phase="both",
+        precision=args.precision, compile=args.compile, threads=args.threads, steps=2,
+        warmup=1, rounds=args.bench_rounds, timeout=1800)
+    return bench.run(tuple(runs), settings)
+
+
+def speed_section(runs: dict[str, dict], rows: list[dict], lines: list[str]) -> str:
+    """Speed and memory: the training run's own figures (first steps apart), and the bench's
+    ratio to the reference step and share of the machine's FP32 peak."""
+    by = {(r["framework"], r["phase"]): r for r in rows}
+    header = ["framework", "train img/s", "infer img/s", "first train step s",
+              "first infer step s", "peak RSS MiB", "train ratio to reference",
+              "infer ratio to reference", "train % FP32 peak", "infer % FP32 peak"]
+    table = []
+    for fw, run in runs.items():
+        cells = [NAMES[fw], _num(run.get("train_examples_per_sec"), ".1f"),
+                 _num(run.get("infer_examples_per_sec"), ".1f"),
+                 _num(run.get("first_step_seconds"), ".2f"),
+                 _num(run.get("first_eval_step_seconds"), ".2f"), f"{run['peak_rss_mib']:.0f}"]
+        for key, fmt in (("ratio_wall", ".3f"), ("peak_share", ".1%")):
+            for phase in ("train", "infer"):
+                r = by.get((fw, phase), {})
+                cells.append(_num(r.get(key), fmt) if "error" not in r else r["error"])
+        table.append(cells)
+    return (render(header, table, markdown=True) + "\n\n"
+            "img/s: the training run's steady speed (its first train and inference steps, where a "
+            "framework traces or compiles, are timed apart). Ratio to reference: resnet-bench's "
+            "wall-clock ratio of the project's step to a plain step written directly in the "
+            "framework, interleaved in one process (>= 0.97 is the project's contract). "
+            + " ".join(lines) + "\n")
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def report(runs: dict[str, dict], args, out: Path, speed: str = "") -> str:
     """The markdown report, written to out/report.md, with curves.png beside it."""
     first = next(iter(runs.values()))
     rows = []
@@ -74,7 +120,9 @@ def report(runs: dict[str, dict], args, out: Path) -> str:
             f"Same initial weights, same data in the same order. Settings: {settings}, "
             f"{os.cpu_count()} CPU cores.\n\n## Results\n\n{render(header, rows, markdown=True)}\n\n"
             f"Examples/sec and s/epoch count training steps only; peak RSS is each framework's "
-            f"own process.\n\n## Shapes and parameters per part (input {size}x{size})\n\n"
+            f"own process.\n\n"
+            + (f"## Speed and memory\n\n{speed}\n" if speed else "")
+            + f"## Shapes and parameters per part (input {size}x{size})\n\n"
             f"{shapes}\n\n## Learning curves\n\n![learning curves](curves.png)\n")
     (out / "report.md").write_text(text)
     return text
@@ -86,8 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(out="reports/compare")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
                    help="comma-separated subset of torch,tf,mx (default: all three)")
+    p.add_argument("--bench-rounds", type=int, default=3,
+                   help="rounds of resnet-bench for the speed section (0: no speed section)")
     args = p.parse_args(argv)
     check_args(p, args)
+    if args.bench_rounds < 0:
+        p.error(f"--bench-rounds: expected 0 or more, got {args.bench_rounds}")
     frameworks = tuple(f for f in args.frameworks.split(",") if f)
     if not frameworks or any(f not in FRAMEWORKS for f in frameworks):
         p.error(f"--frameworks: expected names from {','.join(FRAMEWORKS)}, got {args.frameworks!r}")
@@ -98,7 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(report(runs, args, out))
+    speed = ""
+    if args.bench_rounds:
+        print("== speed: resnet-bench at the same settings", flush=True)
+        speed = speed_section(runs, *measure_speed(runs, args))
+    print(report(runs, args, out, speed))
     print(f"report: {out / 'report.md'}, curves: {out / 'curves.png'}")
     return 0
 

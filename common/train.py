@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from common.checks import PRECISIONS
 from common.data import DATASETS, DataError, Dataset, batches, load_dataset
 from common.files import atomic_path
 from common.frameworks import FRAMEWORKS, NAMES, load
@@ -34,9 +35,9 @@ from common.weights import save_weights
 CHECKPOINT, WEIGHTS, METRICS, RUN, CURVES = ("checkpoint.safetensors", "weights.safetensors",
                                              "metrics.jsonl", "run.json", "curves.png")
 # Flags that must not change when a run is resumed (--epochs may grow; --out, --resume,
-# --threads and --data-dir are about where and how, not what).
+# --threads, --compile and --data-dir are about where and how, not what).
 RUN_DEFINING = ("arch", "dataset", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
-                "resize", "limit", "seed", "init")
+                "resize", "limit", "seed", "init", "precision")
 
 
 def parser(prog: str) -> argparse.ArgumentParser:
@@ -58,7 +59,13 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--init", default="common", choices=INIT_CHOICES,
                    help="common: the shared seeded NumPy init; framework: the framework's own")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                   help="CPU threads for the framework (default: all cores)")
+                   help="CPU threads for the framework (default: all cores, the fastest "
+                        "measured; see README, Performance)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="bf16: torch.autocast, Keras mixed_bfloat16, MXNet AMP; weights stay "
+                        "float32 (default fp32)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile, XLA (jit_compile), Gluon static_alloc/static_shape")
     p.add_argument("--out", default=None, help="run folder (default runs/<framework>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     return p
@@ -83,9 +90,33 @@ def optimizer_config(args: argparse.Namespace) -> OptimizerConfig:
     return OptimizerConfig(args.optimizer, args.lr, args.momentum, args.weight_decay)
 
 
-def evaluate(adapter, x: np.ndarray, y: np.ndarray, batch_size: int, resize: int | None) -> float:
-    """Accuracy in inference mode (running BatchNorm statistics)."""
-    correct = sum(int((adapter.eval_step(xb).argmax(1) == yb).sum())
+class StepClock:
+    """Seconds and examples of the steps of one process, with its first step (where a framework
+    traces or compiles its graph) kept apart, so that examples/sec is the steady speed."""
+
+    def __init__(self):
+        self.first: float | None = None
+        self.seconds, self.examples = 0.0, 0
+
+    def time(self, fn, n: int):
+        t0 = time.perf_counter()
+        out = fn()
+        dt = time.perf_counter() - t0
+        if self.first is None:
+            self.first = dt
+        else:
+            self.seconds, self.examples = self.seconds + dt, self.examples + n
+        return out
+
+    def rate(self) -> float | None:
+        return self.examples / self.seconds if self.seconds else None
+
+
+def evaluate(adapter, x: np.ndarray, y: np.ndarray, batch_size: int, resize: int | None,
+             clock: StepClock | None = None) -> float:
+    """Accuracy in inference mode (running BatchNorm statistics); `clock` times the steps."""
+    clock = clock or StepClock()
+    correct = sum(int((clock.time(lambda: adapter.eval_step(xb), len(yb)).argmax(1) == yb).sum())
                   for xb, yb in batches(x, y, batch_size, resize))
     return correct / len(y)
 
@@ -138,8 +169,7 @@ def train(framework: str, args: argparse.Namespace, data: Dataset | None = None,
           log=print) -> dict:
     """Train one framework as the flags say; returns the run summary (also in run.json)."""
     module = load(framework)
-    if hasattr(module, "set_threads"):
-        module.set_threads(args.threads)
+    module.set_threads(args.threads)
     data = (data or load_dataset(args.dataset, args.data_dir)).limit(args.limit)
     spec = get_spec(args.arch, in_channels=data.in_channels, num_classes=data.num_classes)
     out = Path(args.out or f"runs/{framework}")
@@ -172,7 +202,8 @@ def train(framework: str, args: argparse.Namespace, data: Dataset | None = None,
             weights = init_weights(spec, args.seed)
         else:
             weights = module.to_canonical(module.build(spec, init="framework"))
-    adapter = module.Adapter(spec, weights, optimizer=optimizer_config(args))
+    adapter = module.Adapter(spec, weights, optimizer=optimizer_config(args),
+                             precision=args.precision, compile=args.compile)
     if opt_state:
         adapter.set_optimizer_state(opt_state)
 
@@ -180,14 +211,16 @@ def train(framework: str, args: argparse.Namespace, data: Dataset | None = None,
     steps = math.ceil(n_train / args.batch_size)
     if start >= args.epochs:
         log(f"{NAMES[framework]}: the run in {out} already has {start} of {args.epochs} epochs")
+    # The first training and inference steps of this process (tracing, compiling) are timed
+    # apart and left out of examples/sec.
+    train_clock, eval_clock = StepClock(), StepClock()
     for epoch in range(start, args.epochs):
         progress = Progress(steps, f"epoch {epoch + 1}/{args.epochs}")
-        loss_sum, correct, seconds = 0.0, 0, 0.0
+        loss_sum, correct = 0.0, 0
+        seconds0, examples0 = train_clock.seconds, train_clock.examples
         for step, (xb, yb) in enumerate(batches(data.train_x, data.train_y, args.batch_size,
                                                 resize, seed=args.seed, epoch=epoch), start=1):
-            t0 = time.perf_counter()
-            loss, right = adapter.train_step(xb, yb)
-            seconds += time.perf_counter() - t0
+            loss, right = train_clock.time(lambda: adapter.train_step(xb, yb), len(yb))
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss: expected a finite value, got {loss} at epoch "
                                          f"{epoch + 1} step {step}; try a lower --lr")
@@ -195,13 +228,23 @@ def train(framework: str, args: argparse.Namespace, data: Dataset | None = None,
             correct += right
             progress.update(step, loss)
         progress.close()
+        seconds = train_clock.seconds - seconds0
+        examples = train_clock.examples - examples0
+        eval_seconds0, eval_examples0 = eval_clock.seconds, eval_clock.examples
+        test_acc = evaluate(adapter, data.test_x, data.test_y, args.batch_size, resize, eval_clock)
+        eval_seconds = eval_clock.seconds - eval_seconds0
         row = {"epoch": epoch + 1, "train_loss": loss_sum / n_train, "train_acc": correct / n_train,
-               "test_acc": evaluate(adapter, data.test_x, data.test_y, args.batch_size, resize),
-               "examples_per_sec": n_train / seconds, "seconds": seconds}
+               "test_acc": test_acc,
+               "examples_per_sec": examples / seconds if seconds else None, "seconds": seconds,
+               "infer_examples_per_sec": ((eval_clock.examples - eval_examples0) / eval_seconds
+                                          if eval_seconds else None)}
         history.append(row)
+        speed = (f"{row['examples_per_sec']:.1f} examples/sec" if row["examples_per_sec"]
+                 else "examples/sec after the first step only")
+        first = (f", first step {train_clock.first:.2f} s apart" if epoch == start else "")
         log(f"epoch {row['epoch']}/{args.epochs}: loss {row['train_loss']:.3f}, train acc "
             f"{row['train_acc']:.3f}, test acc {row['test_acc']:.3f}, "
-            f"{row['examples_per_sec']:.1f} examples/sec on cpu ({NAMES[framework]})")
+            f"{speed} on cpu ({NAMES[framework]}, {args.precision}{first})")
         save_checkpoint(out, adapter, epoch + 1, history, config)
         _write_text_atomically(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
 
@@ -216,7 +259,11 @@ def train(framework: str, args: argparse.Namespace, data: Dataset | None = None,
                "params": {"trainable": counts.trainable, "non_trainable": counts.non_trainable,
                           "total": counts.total},
                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-               "config": config}
+               "first_step_seconds": train_clock.first, "first_eval_step_seconds": eval_clock.first,
+               "train_examples_per_sec": train_clock.rate(),
+               "infer_examples_per_sec": eval_clock.rate(),
+               "threads": module.get_threads(), "precision": args.precision,
+               "compile": args.compile, "config": config}
     _write_text_atomically(out / RUN, json.dumps(summary, indent=1))
     return summary
 
@@ -228,6 +275,9 @@ def main(framework: str, argv: Sequence[str] | None = None) -> int:
     p = parser(f"python -m resnet_{framework}.train")
     args = p.parse_args(argv)
     check_args(p, args)
+    # OpenMP and MXNet read the thread count once, when they load, which has not happened yet
+    # in a train script: --threads alone is enough, in every framework.
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     try:
         train(framework, args)
     except (DataError, FileNotFoundError, FileExistsError, ValueError, FloatingPointError) as err:

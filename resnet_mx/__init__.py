@@ -1,20 +1,35 @@
-"""d2l's ResNet in MXNet Gluon, built from the shared spec in `common`."""
+"""d2l's ResNet in MXNet Gluon, built from the shared spec in `common`.
+
+MXNet fixes its CPU threads once, when it loads: OMP_NUM_THREADS if set, else half the cores on
+x86 (it assumes hyper-threading: 1 of 2 cores here). So this package defaults the variable to
+all cores, as PyTorch does, and imports mxnet only when one of its names is first used: that
+lets `python -m resnet_mx.train --threads N` set the variable before MXNet loads.
+"""
+import importlib
 import os
 import sys
 
-# MXNet fixes its CPU threads once, when it loads: OMP_NUM_THREADS if set, else half the cores on
-# x86 (it assumes hyper-threading: 1 of 2 cores here). Default to all cores, as PyTorch does.
 if "mxnet" not in sys.modules:
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
-from resnet_mx.blocks import Residual, resnet_block
-from resnet_mx.adapter import Adapter
-from resnet_mx.model import (ResNet, build, param_counts, part_param_counts, part_shapes,
-                             resnet18, set_threads)
-from resnet_mx.weights import from_canonical, load_native, save_native, to_canonical
-
 LAYOUT = "NCHW"
 
-__all__ = ["LAYOUT", "Residual", "resnet_block", "ResNet", "build", "resnet18", "param_counts",
-           "part_param_counts", "part_shapes", "to_canonical", "from_canonical", "Adapter",
-           "set_threads", "save_native", "load_native"]
+_WHERE = {"Residual": "blocks", "resnet_block": "blocks", "Adapter": "adapter",
+          "ResNet": "model", "build": "model", "param_counts": "model",
+          "part_param_counts": "model", "part_shapes": "model", "resnet18": "model",
+          "set_threads": "model", "get_threads": "model", "from_canonical": "weights",
+          "load_native": "weights", "save_native": "weights", "to_canonical": "weights"}
+
+__all__ = ["LAYOUT", *_WHERE]
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'resnet_mx' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"resnet_mx.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

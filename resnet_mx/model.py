@@ -150,3 +150,10 @@ def set_threads(n: int) -> None:
         raise ValueError(f"threads: expected {_LOADED_THREADS or 'the count MXNet loaded with'} "
                          f"(MXNet reads OMP_NUM_THREADS once, when it loads), got {n}; "
                          f"set OMP_NUM_THREADS={n} in the environment before starting Python")
+
+
+def get_threads() -> int:
+    """The CPU threads MXNet's operators use: the OpenMP runtime's count, which MXNet takes
+    from OMP_NUM_THREADS when it loads."""
+    import ctypes
+    return ctypes.CDLL("libgomp.so.1").omp_get_max_threads()

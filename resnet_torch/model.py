@@ -108,3 +108,8 @@ def part_shapes(model: ResNet, X: np.ndarray | torch.Tensor) -> dict[str, tuple[
 def set_threads(n: int) -> None:
     """Use n CPU threads for PyTorch's operators."""
     torch.set_num_threads(n)
+
+
+def get_threads() -> int:
+    """The CPU threads PyTorch's operators use."""
+    return torch.get_num_threads()

@@ -1,0 +1,146 @@
+"""A plain Gluon ResNet and training step: the yardstick that `resnet-bench` holds the project to.
+
+Written as a Gluon user writes d2l's ResNet, straight from mxnet.gluon: HybridBlocks with their
+own padding, hybridized, a Trainer step, random NDArrays made in NCHW. It imports nothing from
+this project; it reads the values of a spec (stem, stages, block kind, ...) and nothing else.
+The bench runs it interleaved with the project's `Adapter` step on the same network, batch and
+threads, so that any difference is the cost of the project's code.
+"""
+import time
+
+import mxnet as mx
+from mxnet import autograd, gluon
+from mxnet.contrib import amp
+from mxnet.gluon import nn
+
+VERSION = mx.__version__
+
+
+class Block(nn.HybridBlock):
+    """One residual block of any kind the spec can ask for: basic or bottleneck, v1 or
+    pre-activation, 1x1 projection (with or without BatchNorm) or zero-padded shortcut."""
+    def __init__(self, spec, c_in, c_out, stride, project, width, **kwargs):
+        super().__init__(**kwargs)
+        if spec.block == "basic":
+            convs = [(c_in, c_out, 3, stride, 1), (c_out, c_out, 3, 1, 1)]
+        else:
+            s1, s2 = (stride, 1) if spec.stride_in_1x1 else (1, stride)
+            convs = [(c_in, width, 1, s1, 1), (width, width, 3, s2, spec.groups),
+                     (width, c_out, 1, 1, 1)]
+        bn = dict(epsilon=spec.bn.eps, momentum=1 - spec.bn.momentum)
+        self.preact, self.stride, self.pad, self.c_in = spec.preact, stride, 0, c_in
+        with self.name_scope():
+            self.convs = nn.HybridSequential()
+            self.bns = nn.HybridSequential()
+            for i, o, k, s, g in convs:
+                self.convs.add(nn.Conv2D(o, k, s, padding=k // 2, groups=g,
+                                         use_bias=spec.conv_bias, in_channels=i))
+                self.bns.add(nn.BatchNorm(in_channels=i if spec.preact else o, **bn))
+            self.proj = None
+            if project and spec.shortcut == "conv":
+                self.proj = nn.HybridSequential()
+                self.proj.add(nn.Conv2D(c_out, 1, stride, use_bias=spec.conv_bias,
+                                        in_channels=c_in))
+                if spec.shortcut_bn:
+                    self.proj.add(nn.BatchNorm(in_channels=c_out, **bn))
+            elif project:
+                self.pad = c_out - c_in
+
+    def hybrid_forward(self, F, X):
+        if self.preact:
+            Y = F.relu(self.bns[0](X))
+            if self.proj is not None:
+                X = self.proj(Y)
+            for i in range(len(self.convs)):
+                Y = self.convs[i](Y if i == 0 else F.relu(self.bns[i](Y)))
+            return Y + X
+        Y = X
+        for i in range(len(self.convs)):
+            Y = self.bns[i](self.convs[i](Y))
+            if i < len(self.convs) - 1:
+                Y = F.relu(Y)
+        if self.proj is not None:
+            X = self.proj(X)
+        elif self.pad:
+            s, p = self.stride, self.pad
+            X = F.slice(X, begin=(None,) * 4, end=(None,) * 4, step=(1, 1, s, s))
+            X = F.concat(F.zeros_like(F.slice_axis(X, axis=1, begin=0, end=p // 2)), X,
+                         F.zeros_like(F.slice_axis(X, axis=1, begin=0, end=p - p // 2)), dim=1)
+        return F.relu(Y + X)
+
+
+def network(spec) -> nn.HybridSequential:
+    """The spec's network as one HybridSequential, initialised as d2l does (Xavier)."""
+    st, bn = spec.stem, dict(epsilon=spec.bn.eps, momentum=1 - spec.bn.momentum)
+    net = nn.HybridSequential()
+    with net.name_scope():
+        net.add(nn.Conv2D(st.channels, st.kernel_size, st.stride, padding=st.kernel_size // 2,
+                          use_bias=spec.conv_bias, in_channels=spec.in_channels),
+                nn.BatchNorm(in_channels=st.channels, **bn), nn.Activation("relu"))
+        if st.pool:
+            net.add(nn.MaxPool2D(3, 2, padding=1))
+        c = st.channels
+        for stage in spec.stages:
+            for j in range(stage.blocks):
+                net.add(Block(spec, c, stage.channels, stage.stride if j == 0 else 1,
+                              j == 0 and stage.project, spec.mid_channels(stage)))
+                c = stage.channels
+        if spec.preact:
+            net.add(nn.BatchNorm(in_channels=c, **bn), nn.Activation("relu"))
+        net.add(nn.GlobalAvgPool2D(), nn.Dense(spec.num_classes, in_units=c))
+    net.initialize(mx.init.Xavier())
+    return net
+
+
+def count_params(net) -> tuple[int, int]:
+    """(trainable, BatchNorm statistics) of the reference network."""
+    sizes = [(p.grad_req == "null", p.data().size) for p in net.collect_params().values()]
+    return sum(n for null, n in sizes if not null), sum(n for null, n in sizes if null)
+
+
+def make_step(spec, phase, batch_size, input_size, precision="fp32", compile=False, lr=0.05):
+    """A no-argument function running one training step (forward, loss, backward, SGD step;
+    returns the loss and the correct count, as d2l's train_ch6 adds them up) or one inference
+    step (returns the logits), on a random batch made once, in NCHW. bf16 converts the block
+    with MXNet's AMP; compile=True hybridizes with static_alloc and static_shape."""
+    mx.random.seed(0)
+    net = network(spec)
+    net.hybridize(static_alloc=compile, static_shape=compile)
+    X = mx.nd.random.uniform(shape=(batch_size, spec.in_channels, input_size, input_size))
+    if precision == "bf16":  # AMP's conversion of a run Gluon block (float32 parameters kept)
+        net(X)
+        net = amp.convert_hybrid_block(net, target_dtype="bfloat16", ctx=mx.cpu())
+        net.hybridize(static_alloc=compile, static_shape=compile)
+    y = mx.nd.random.randint(0, spec.num_classes, shape=(batch_size,)).astype("float32")
+    if phase == "infer":
+        return lambda: net(X).asnumpy()
+    loss = gluon.loss.SoftmaxCrossEntropyLoss()
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": lr}, kvstore=None)
+
+    def train():
+        with autograd.record():
+            y_hat = net(X)
+            l = loss(y_hat, y)
+        l.backward()
+        trainer.step(batch_size)
+        return l.mean().asscalar(), int((y_hat.argmax(axis=1) == y).sum().asscalar())
+    return train
+
+
+def sync():
+    """Wait for every pending operator: MXNet's engine is asynchronous, so a step returns
+    when its loss is ready while its backward pass and update still run."""
+    mx.nd.waitall()
+
+
+def matmul_gflops(n=1024, seconds=0.5):
+    """The best float32 matrix-multiply rate (GFLOP/s) of a short probe: an n x n product,
+    repeated for about `seconds`."""
+    a, b = mx.nd.random.uniform(shape=(n, n)), mx.nd.random.uniform(shape=(n, n))
+    mx.nd.dot(a, b).wait_to_read()
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        mx.nd.dot(a, b).wait_to_read()
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+    return best

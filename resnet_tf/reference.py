@@ -1,0 +1,145 @@
+"""A plain Keras ResNet and training step: the yardstick that `resnet-bench` holds the project to.
+
+Written as a Keras user writes d2l's ResNet, straight from tf.keras: convolutions and the
+max-pool with padding='same' (d2l's choice; it pads strided layers bottom-right only, which is a
+slightly different function from the project's symmetric padding, at the same cost), a
+GradientTape step compiled with tf.function, random tensors made in NHWC. It imports nothing
+from this project; it reads the values of a spec (stem, stages, block kind, ...) and nothing
+else. The bench runs it interleaved with the project's `Adapter` step on the same network, batch
+and threads, so that any difference is the cost of the project's code.
+"""
+import time
+
+import tensorflow as tf
+from tensorflow import keras
+
+VERSION = f"{tf.__version__} (Keras {keras.__version__})"
+
+
+class Block(keras.layers.Layer):
+    """One residual block of any kind the spec can ask for: basic or bottleneck, v1 or
+    pre-activation, 1x1 projection (with or without BatchNorm) or zero-padded shortcut."""
+    def __init__(self, spec, c_in, c_out, stride, project, width):
+        super().__init__()
+        if spec.block == "basic":
+            convs = [(c_out, 3, stride, 1), (c_out, 3, 1, 1)]
+        else:
+            s1, s2 = (stride, 1) if spec.stride_in_1x1 else (1, stride)
+            convs = [(width, 1, s1, 1), (width, 3, s2, spec.groups), (c_out, 1, 1, 1)]
+        bn = dict(epsilon=spec.bn.eps, momentum=1 - spec.bn.momentum)
+        self.convs = [keras.layers.Conv2D(o, k, s, padding="same", groups=g,
+                                          use_bias=spec.conv_bias) for o, k, s, g in convs]
+        self.bns = [keras.layers.BatchNormalization(**bn) for _ in convs]
+        self.proj, self.pad, self.preact, self.stride = None, 0, spec.preact, stride
+        if project and spec.shortcut == "conv":
+            self.proj = [keras.layers.Conv2D(c_out, 1, stride, use_bias=spec.conv_bias)]
+            if spec.shortcut_bn:
+                self.proj.append(keras.layers.BatchNormalization(**bn))
+        elif project:
+            self.pad = c_out - c_in
+
+    def shortcut(self, X):
+        if self.proj is not None:
+            for layer in self.proj:
+                X = layer(X)
+        elif self.pad:
+            s, p = self.stride, self.pad
+            X = tf.pad(X[:, ::s, ::s, :], [[0, 0], [0, 0], [0, 0], [p // 2, p - p // 2]])
+        return X
+
+    def call(self, X):
+        if self.preact:
+            Y = tf.nn.relu(self.bns[0](X))
+            if self.proj is not None:
+                X = self.shortcut(Y)
+            for i, conv in enumerate(self.convs):
+                Y = conv(Y if i == 0 else tf.nn.relu(self.bns[i](Y)))
+            return Y + X
+        Y = X
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            Y = bn(conv(Y))
+            if i < len(self.convs) - 1:
+                Y = tf.nn.relu(Y)
+        return tf.nn.relu(Y + self.shortcut(X))
+
+
+def network(spec) -> keras.Sequential:
+    """The spec's network as one keras.Sequential, with Keras's own initialisation, built."""
+    st, bn = spec.stem, dict(epsilon=spec.bn.eps, momentum=1 - spec.bn.momentum)
+    layers = [keras.layers.Conv2D(st.channels, st.kernel_size, st.stride, padding="same",
+                                  use_bias=spec.conv_bias),
+              keras.layers.BatchNormalization(**bn), keras.layers.ReLU()]
+    if st.pool:
+        layers.append(keras.layers.MaxPool2D(3, 2, padding="same"))
+    c = st.channels
+    for stage in spec.stages:
+        for j in range(stage.blocks):
+            layers.append(Block(spec, c, stage.channels, stage.stride if j == 0 else 1,
+                                j == 0 and stage.project, spec.mid_channels(stage)))
+            c = stage.channels
+    if spec.preact:
+        layers += [keras.layers.BatchNormalization(**bn), keras.layers.ReLU()]
+    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(spec.num_classes)]
+    net = keras.Sequential(layers)
+    net.build((None, 32, 32, spec.in_channels))
+    return net
+
+
+def count_params(net) -> tuple[int, int]:
+    """(trainable, BatchNorm statistics) of the reference network."""
+    count = lambda ws: sum(int(w.shape.num_elements()) for w in ws)  # noqa: E731
+    return count(net.trainable_weights), count(net.non_trainable_weights)
+
+
+def make_step(spec, phase, batch_size, input_size, precision="fp32", compile=False, lr=0.05):
+    """A no-argument function running one training step (forward, loss, backward, SGD step;
+    returns the loss and the correct count, as d2l's train_ch6 adds them up) or one inference
+    step (returns the logits), on a random batch made once, in NHWC. bf16 uses Keras's
+    mixed_bfloat16 policy; compile=True compiles the step with XLA."""
+    tf.random.set_seed(0)
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bf16" else "float32")
+    try:
+        net = network(spec)
+    finally:
+        keras.config.set_dtype_policy(policy)
+    X = tf.random.uniform((batch_size, input_size, input_size, spec.in_channels))
+    y = tf.random.uniform((batch_size,), 0, spec.num_classes, dtype=tf.int64)
+    if phase == "infer":
+        predict = tf.function(lambda X: tf.cast(net(X, training=False), tf.float32),
+                              jit_compile=compile)
+        return lambda: predict(X).numpy()
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    optimizer = keras.optimizers.SGD(learning_rate=lr)
+
+    @tf.function(jit_compile=compile)
+    def train_step(X, y):
+        with tf.GradientTape() as tape:
+            y_hat = tf.cast(net(X, training=True), tf.float32)
+            l = loss(y, y_hat)
+        grads = tape.gradient(l, net.trainable_variables)
+        optimizer.apply_gradients(zip(grads, net.trainable_variables))
+        return l, tf.reduce_sum(tf.cast(tf.argmax(y_hat, 1) == y, tf.int32))
+
+    def train():
+        l, correct = train_step(X, y)
+        return float(l), int(correct)
+    return train
+
+
+def sync():
+    """Nothing to wait for: TensorFlow runs eager operators and tf.functions before it
+    returns."""
+
+
+def matmul_gflops(n=1024, seconds=0.5):
+    """The best float32 matrix-multiply rate (GFLOP/s) of a short probe: an n x n product,
+    repeated for about `seconds`."""
+    a, b = tf.random.uniform((n, n)), tf.random.uniform((n, n))
+    tf.matmul(a, b).numpy()
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        tf.matmul(a, b).numpy()  # eager: runs the product and waits for it
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+    return best

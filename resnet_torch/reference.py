@@ -1,0 +1,132 @@
+"""A plain PyTorch ResNet and training step: the yardstick that `resnet-bench` holds the project to.
+
+Written as a PyTorch user writes d2l's ResNet, straight from torch.nn: convolutions with
+their own padding, BatchNorm2d, an SGD step, random tensors made in NCHW. It imports nothing
+from this project; it reads the values of a spec (stem, stages, block kind, ...) and nothing else.
+The bench runs it interleaved with the project's `Adapter` step on the same network, batch and
+threads, so that any difference is the cost of the project's code.
+"""
+import time
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+VERSION = torch.__version__
+
+
+class Block(nn.Module):
+    """One residual block of any kind the spec can ask for: basic or bottleneck, v1 or
+    pre-activation, 1x1 projection (with or without BatchNorm) or zero-padded shortcut."""
+    def __init__(self, spec, c_in, c_out, stride, project, width):
+        super().__init__()
+        if spec.block == "basic":
+            convs = [(c_in, c_out, 3, stride, 1), (c_out, c_out, 3, 1, 1)]
+        else:
+            s1, s2 = (stride, 1) if spec.stride_in_1x1 else (1, stride)
+            convs = [(c_in, width, 1, s1, 1), (width, width, 3, s2, spec.groups),
+                     (width, c_out, 1, 1, 1)]
+        self.convs = nn.ModuleList(nn.Conv2d(i, o, k, s, padding=k // 2, groups=g,
+                                             bias=spec.conv_bias) for i, o, k, s, g in convs)
+        self.bns = nn.ModuleList(nn.BatchNorm2d(i if spec.preact else o) for i, o, *_ in convs)
+        self.proj, self.pad, self.preact, self.stride = None, 0, spec.preact, stride
+        if project and spec.shortcut == "conv":
+            proj = [nn.Conv2d(c_in, c_out, 1, stride, bias=spec.conv_bias)]
+            self.proj = nn.Sequential(*proj, *([nn.BatchNorm2d(c_out)] if spec.shortcut_bn else []))
+        elif project:
+            self.pad = c_out - c_in
+
+    def forward(self, X):
+        if self.preact:
+            Y = F.relu(self.bns[0](X))
+            if self.proj is not None:
+                X = self.proj(Y)
+            for i, conv in enumerate(self.convs):
+                Y = conv(Y if i == 0 else F.relu(self.bns[i](Y)))
+            return Y + X
+        Y = X
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            Y = bn(conv(Y))
+            if i < len(self.convs) - 1:
+                Y = F.relu(Y)
+        if self.proj is not None:
+            X = self.proj(X)
+        elif self.pad:
+            s, p = self.stride, self.pad
+            X = F.pad(X[:, :, ::s, ::s], (0, 0, 0, 0, p // 2, p - p // 2))
+        return F.relu(Y + X)
+
+
+def network(spec) -> nn.Sequential:
+    """The spec's network as one nn.Sequential, with PyTorch's own initialisation."""
+    st = spec.stem
+    layers = [nn.Conv2d(spec.in_channels, st.channels, st.kernel_size, st.stride,
+                        padding=st.kernel_size // 2, bias=spec.conv_bias),
+              nn.BatchNorm2d(st.channels), nn.ReLU()]
+    if st.pool:
+        layers.append(nn.MaxPool2d(3, 2, padding=1))
+    c = st.channels
+    for stage in spec.stages:
+        for j in range(stage.blocks):
+            layers.append(Block(spec, c, stage.channels, stage.stride if j == 0 else 1,
+                                j == 0 and stage.project, spec.mid_channels(stage)))
+            c = stage.channels
+    if spec.preact:
+        layers += [nn.BatchNorm2d(c), nn.ReLU()]
+    layers += [nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(c, spec.num_classes)]
+    return nn.Sequential(*layers)
+
+
+def count_params(net: nn.Module) -> tuple[int, int]:
+    """(trainable, BatchNorm statistics) of the reference network."""
+    stats = sum(b.numel() for n, b in net.named_buffers() if not n.endswith("num_batches_tracked"))
+    return sum(p.numel() for p in net.parameters()), stats
+
+
+def make_step(spec, phase, batch_size, input_size, precision="fp32", compile=False, lr=0.05):
+    """A no-argument function running one training step (forward, loss, backward, SGD step;
+    returns the loss and the correct count, as d2l's train_ch6 adds them up) or one inference
+    step (returns the logits), on a random batch made once, in NCHW."""
+    torch.manual_seed(0)
+    net = network(spec)
+    run = torch.compile(net) if compile else net
+    X = torch.rand(batch_size, spec.in_channels, input_size, input_size)
+    y = torch.randint(0, spec.num_classes, (batch_size,))
+    bf16 = precision == "bf16"
+    if phase == "infer":
+        net.eval()
+
+        def infer():
+            with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                return run(X).float().numpy()
+        return infer
+    loss = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    net.train()
+
+    def train():
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            y_hat = run(X)
+            l = loss(y_hat, y)
+        optimizer.zero_grad()
+        l.backward()
+        optimizer.step()
+        return l.item(), int((y_hat.argmax(1) == y).sum())
+    return train
+
+
+def sync():
+    """Nothing to wait for: PyTorch runs CPU operators before it returns."""
+
+
+def matmul_gflops(n=1024, seconds=0.5):
+    """The best float32 matrix-multiply rate (GFLOP/s) of a short probe: an n x n product,
+    repeated for about `seconds`."""
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    a @ b
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+    return best

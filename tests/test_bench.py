@@ -1,0 +1,150 @@
+"""resnet-bench: FLOP counts, the reference steps, the A B interleaving, and the command end to end.
+
+Speed itself is never asserted here (it is measured by the bench and reported); these tests check
+that the bench measures what it says it measures.
+"""
+import importlib
+import json
+import subprocess
+import sys
+from argparse import Namespace
+
+import numpy as np
+import pytest
+
+from common import bench
+from common.frameworks import FRAMEWORKS
+from common.oracle import flops, param_counts
+from common.spec import SpecError, get_spec
+
+REFERENCES = {fw: importlib.import_module(f"resnet_{fw}.reference") for fw in FRAMEWORKS}
+
+
+@pytest.mark.parametrize("arch, gmacs", [
+    ("resnet18", 1.81), ("resnet34", 3.66), ("resnet50", 4.09), ("resnet101", 7.80),
+    ("resnet152", 11.51), ("resnext50_32x4d", 4.23)])
+def test_flops_match_torchvisions_published_counts(arch, gmacs):
+    """torchvision's model table lists multiply-accumulates at 224 px under "GFLOPS"."""
+    assert round(flops(get_spec(arch), 224) / 2e9, 2) == gmacs
+
+
+def test_flops_follow_the_input_size_and_the_phase():
+    spec = get_spec("d2l_resnet18")
+    # 96 px: every feature map is (96/224)^2 of the 224 px one up to the rounding of odd sizes.
+    assert flops(spec, 96) < flops(spec, 224) * (96 / 224) ** 2 * 1.05
+    assert flops(spec, 96, "train") == 3 * flops(spec, 96)
+    # The dense layer costs 512 multiply-accumulates per class: ten more classes, 2 * 5120 more.
+    assert flops(get_spec("d2l_resnet18", num_classes=20), 96) - flops(spec, 96) == 2 * 512 * 10
+    with pytest.raises(SpecError, match="phase: expected 'infer' or 'train', got 'eval'"):
+        flops(spec, 96, "eval")
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+@pytest.mark.parametrize("arch", ["d2l_resnet18", "resnet50", "resnet50_v2", "resnext26_4x32d",
+                                  "cifar_resnet20"])
+def test_reference_network_is_the_specs_network(fw, arch):
+    """The plain reference builds the same network as the project (every block kind, groups,
+    pre-activation, projection BN, option-A shortcut), so the ratio compares like with like."""
+    spec = get_spec(arch)
+    counts = param_counts(spec)
+    assert REFERENCES[fw].count_params(REFERENCES[fw].network(spec)) == (counts.trainable,
+                                                                         counts.non_trainable)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_reference_steps_train_and_infer(fw):
+    ref = REFERENCES[fw]
+    spec = get_spec("cifar_resnet20")
+    logits = ref.make_step(spec, "infer", 4, 16)()
+    assert np.shape(logits) == (4, 10) and np.all(np.isfinite(logits))
+    step = ref.make_step(spec, "train", 4, 16, lr=0.1)
+    losses = [step()[0] for _ in range(4)]
+    ref.sync()
+    assert losses[-1] < losses[0], losses  # SGD on one fixed batch fits it
+    assert ref.matmul_gflops(n=128, seconds=0.05) > 0
+
+
+class Recorder:
+    """A framework stand-in that records the order of the steps the bench runs."""
+
+    def __init__(self):
+        self.calls = []
+        outer = self
+
+        class Adapter:
+            def __init__(self, spec, weights, precision="fp32", compile=False):
+                outer.calls.append(("init", precision, compile))
+
+            def train_step(self, x, y):
+                outer.calls.append("A")
+                return 0.0, 0
+
+            def eval_step(self, x):
+                outer.calls.append("A")
+                return np.zeros((len(x), 10), np.float32)
+
+        self.Adapter = Adapter
+
+    def make_step(self, spec, phase, b, s, precision="fp32", compile=False):
+        return lambda: self.calls.append("B")
+
+    def sync(self):
+        self.calls.append("|")
+
+
+def test_bench_alternates_project_and_reference_steps():
+    fake = Recorder()
+    args = Namespace(batch_size=2, input_size=8, precision="bf16", compile=True, warmup=1,
+                     rounds=3, steps=2)
+    row = bench.measure(fake, fake, get_spec("cifar_resnet20"), "train", args)
+    assert fake.calls[0] == ("init", "bf16", True)
+    # first steps (each waited for), one warm-up pair, then rounds of A A | B B |
+    assert "".join(c for c in fake.calls[1:]) == "A|B|" + "AB|" + "AA|BB|" * 3
+    assert row["ratio_wall"] == pytest.approx(row["ref"]["median_s"] / row["ours"]["median_s"])
+    assert row["ours"]["img_per_s"] == pytest.approx(2 / row["ours"]["median_s"])
+    assert row["ours"]["min_s"] <= row["ours"]["median_s"] <= row["ours"]["max_s"]
+
+
+def test_peak_share_uses_the_best_probe_of_the_run():
+    rows = [{"framework": "torch", "matmul_gflops": 100.0, "gflop_per_image": 2.0,
+             "ours": {"img_per_s": 10.0}},
+            {"framework": "tf", "matmul_gflops": 400.0, "gflop_per_image": 2.0,
+             "ours": {"img_per_s": 50.0}},
+            {"framework": "mx", "phase": "train", "error": "no bf16"}]
+    bench.finish(rows)
+    assert [r.get("peak_share") for r in rows] == [0.05, 0.25, None]
+
+
+def test_bench_refuses_bad_flags():
+    for argv, message in ((["--steps", "0"], "--steps: expected a positive integer, got 0"),
+                          (["--frameworks", "torch,jax"], "--frameworks: expected names from "
+                                                          "torch,tf,mx, got 'torch,jax'"),
+                          (["--input-size", "0"], "--input-size: expected a positive integer, "
+                                                  "got 0")):
+        done = subprocess.run([sys.executable, "-m", "common.bench", *argv],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_bench_command_measures_all_three_frameworks(tmp_path):
+    """The command end to end on a small network: a row per framework and phase, figures that
+    add up, and the files it promises."""
+    argv = ["--arch", "cifar_resnet20", "--input-size", "16", "--batch-size", "8", "--steps", "1",
+            "--rounds", "2", "--warmup", "0", "--threads", "1", "--out", str(tmp_path)]
+    done = subprocess.run([sys.executable, "-m", "common.bench", *argv], capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
+    assert [(r["framework"], r["phase"]) for r in rows] == [
+        (fw, phase) for fw in FRAMEWORKS for phase in ("infer", "train")]
+    spec = get_spec("cifar_resnet20")
+    for r in rows:
+        assert "error" not in r, r
+        assert r["gflop_per_image"] == flops(spec, 16, r["phase"]) / 1e9
+        assert r["ratio_wall"] == pytest.approx(r["ref"]["median_s"] / r["ours"]["median_s"])
+        assert 0 < r["peak_share"] and r["peak_rss_mib"] > 50 and r["data_seconds"] > 0
+        assert r["ours"]["first_step_s"] > 0 and r["machine"]["cores"] >= 1
+    text = (tmp_path / "bench.md").read_text()
+    assert "Machine:" in text and "| framework | phase |" in text and "--threads 1" in text
+    for name in ("PyTorch", "TensorFlow/Keras", "MXNet Gluon"):
+        assert name in done.stdout

@@ -1,0 +1,130 @@
+"""The fast default paths are the same functions, and the speed flags take effect: --threads in
+every framework from the command line alone, first steps timed apart, TensorFlow's padding."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common import compare
+from common.frameworks import FRAMEWORKS
+from common.train import StepClock, parser
+from resnet_tf.blocks import PaddedConv2D
+from resnet_tf.model import ResNet
+from common.spec import get_spec
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_threads_flag_alone_sets_the_frameworks_thread_count(fw, tmp_path):
+    """`--threads 1` from the command line, with no OMP_NUM_THREADS in the environment, is
+    what the framework then reports using (MXNet included, which reads it only when it loads)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = tmp_path / fw
+    cmd = [sys.executable, "-m", f"resnet_{fw}.train", "--dataset", "digits", "--epochs", "1",
+           "--limit", "64", "--batch-size", "32", "--resize", "0", "--threads", "1",
+           "--out", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["threads"] == 1
+    # Two steps of 32: the first (tracing) is apart, the second is the whole steady figure.
+    assert run["first_step_seconds"] > 0
+    assert run["history"][0]["examples_per_sec"] == pytest.approx(
+        32 / run["history"][0]["seconds"])
+    assert "first step" in done.stdout
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_default_thread_count_is_all_cores(fw):
+    """In a fresh process, each package's default is every core (MXNet's own is half)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    code = f"import resnet_{fw} as m; m.set_threads({os.cpu_count()}); print(m.get_threads())"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) == os.cpu_count()
+
+
+def test_step_clock_keeps_the_first_step_apart(monkeypatch):
+    ticks = iter([0.0, 5.0, 10.0, 10.5, 20.0, 20.25])  # a 5 s first step, then 0.5 s and 0.25 s
+    monkeypatch.setattr("common.train.time.perf_counter", lambda: next(ticks))
+    clock = StepClock()
+    assert [clock.time(lambda: i, 8) for i in range(3)] == [0, 1, 2]
+    assert (clock.first, clock.seconds, clock.examples) == (5.0, 0.75, 16)
+    assert clock.rate() == pytest.approx(16 / 0.75)
+    assert StepClock().rate() is None
+
+
+def test_compare_passes_the_speed_flags_to_every_train_script(tmp_path):
+    args = parser("x").parse_args(["--compile", "--precision", "bf16", "--threads", "1"])
+    flags = compare.train_flags(args, tmp_path)
+    assert "--compile" in flags and flags[flags.index("--compile") + 1].startswith("--")
+    assert flags[flags.index("--precision") + 1] == "bf16"
+    assert flags[flags.index("--threads") + 1] == "1"
+    assert "--compile" not in compare.train_flags(parser("x").parse_args([]), tmp_path)
+
+
+def test_compare_speed_section_puts_each_figure_in_its_column():
+    runs = {"torch": {"train_examples_per_sec": 111.0, "infer_examples_per_sec": 222.0,
+                      "first_step_seconds": 3.25, "first_eval_step_seconds": 0.5,
+                      "peak_rss_mib": 700.0}}
+    rows = [{"framework": "torch", "phase": "train", "ratio_wall": 0.991, "peak_share": 0.123},
+            {"framework": "torch", "phase": "infer", "ratio_wall": 1.004, "peak_share": 0.456}]
+    text = compare.speed_section(runs, rows, ["probe note."])
+    header, _, row = text.splitlines()[:3]
+    cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
+    assert cells["train img/s"] == "111.0" and cells["infer img/s"] == "222.0"
+    assert cells["first train step s"] == "3.25" and cells["peak RSS MiB"] == "700"
+    assert cells["train ratio to reference"] == "0.991"
+    assert cells["infer ratio to reference"] == "1.004"
+    assert cells["train % FP32 peak"] == "12.3%" and cells["infer % FP32 peak"] == "45.6%"
+    assert "probe note." in text
+
+
+def test_tensorflow_pads_explicitly_only_where_same_is_asymmetric():
+    """Stride-1 convolutions use Keras's 'same' (no extra copy); only strided ones pad."""
+    model = ResNet(get_spec("d2l_resnet18"))
+    convs = [layer for layer in model._flatten_layers() if isinstance(layer, PaddedConv2D)]
+    assert len(convs) == 1 + 16  # the stem and two 3x3 per block
+    for conv in convs:
+        if conv.strides == (1, 1):
+            assert (conv.padding, conv.explicit_padding) == ("same", 0)
+        else:
+            assert (conv.padding, conv.explicit_padding) == ("valid", conv.kernel_size[0] // 2)
+    assert sum(c.strides == (2, 2) for c in convs) == 4
+
+
+@pytest.mark.parametrize("size", [7, 8, (8, 9), 2])
+@pytest.mark.parametrize("kernel, stride", [(3, 2), (7, 2), (3, 1), (5, 3)])
+def test_tensorflow_padded_conv_equals_symmetric_padding(size, kernel, stride):
+    """Every route of PaddedConv2D (same, same on reversed axes, explicit pad) computes PyTorch's
+    symmetric padding: outputs and gradients equal a plain pad-then-'valid' convolution."""
+    h, w = (size, size) if isinstance(size, int) else size
+    p = kernel // 2
+    rng = np.random.default_rng(0)
+    X = tf.constant(rng.standard_normal((2, h, w, 3)), tf.float32)
+    kernel_w = rng.standard_normal((kernel, kernel, 3, 4)).astype(np.float32)
+    bias = rng.standard_normal(4).astype(np.float32)
+    layers = [PaddedConv2D(4, kernel, strides=stride, padding=p, flip=flip) for flip in (True, False)]
+    for layer in layers:
+        layer.build(X.shape)
+        layer.set_weights([kernel_w, bias])
+
+    def plain(X):
+        Xp = tf.pad(X, [[0, 0], [p, p], [p, p], [0, 0]])
+        return tf.nn.conv2d(Xp, kernel_w, stride, "VALID") + bias
+
+    results = []
+    for fn in (layers[0], layers[1], plain):
+        with tf.GradientTape() as tape:
+            tape.watch(X)
+            Y = fn(X)
+            loss = tf.reduce_sum(Y * tf.range(1.0, 1.0 + Y.shape[-1]))
+        results.append((Y.numpy(), tape.gradient(loss, X).numpy()))
+    for Y, dX in results[:2]:
+        assert Y.shape == results[2][0].shape
+        np.testing.assert_allclose(Y, results[2][0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(dX, results[2][1], rtol=1e-5, atol=1e-5)
