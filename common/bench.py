@@ -11,7 +11,9 @@ NumPy out) and a reference step (`resnet_<fw>/reference.py`: plain framework cod
 tensors already in the framework's layout) alternate, A B A B ..., `--steps` steps at a time,
 for `--rounds` rounds, so that drift of a shared host hits both alike. Step times are the
 medians (min, max) of the per-round means; images per CPU-second count the process's CPU time
-over the same steps, which is the steadier figure on a busy machine. First calls (tracing,
+over the same steps, which is the steadier figure on a busy machine. The ratios to the
+reference are medians of the per-round ratios (A over the B right after it), in wall time and
+in CPU time. First calls (tracing,
 compiling) are timed on their own and left out of both. Figures go to the console and to
 `--out` (bench.jsonl, one JSON object per framework and phase; bench.md, the table with the
 machine, date and command).
@@ -135,26 +137,28 @@ def measure(module, reference, spec, phase: str, args) -> dict:
         for fn in sides.values():
             fn()
     reference.sync()
-    per_step = {name: [] for name in sides}
-    cpu = dict.fromkeys(sides, 0.0)
+    wall = {name: [] for name in sides}  # seconds per step, one entry per round
+    cpu = {name: [] for name in sides}
     for _ in range(args.rounds):
         for name, fn in sides.items():
             w0, c0 = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
                 fn()
             reference.sync()
-            per_step[name].append((time.perf_counter() - w0) / args.steps)
-            cpu[name] += time.process_time() - c0
-    images = b * args.steps * args.rounds
+            wall[name].append((time.perf_counter() - w0) / args.steps)
+            cpu[name].append((time.process_time() - c0) / args.steps)
     out = {"phase": phase, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "data_seconds": _data_seconds(spec, b, s)}
     for name in sides:
-        median = float(np.median(per_step[name]))
-        out[name] = {"median_s": median, "min_s": float(min(per_step[name])),
-                     "max_s": float(max(per_step[name])), "first_step_s": first[name],
-                     "img_per_s": b / median, "img_per_cpu_s": images / cpu[name]}
-    out["ratio_wall"] = out["ref"]["median_s"] / out["ours"]["median_s"]
-    out["ratio_cpu"] = out["ours"]["img_per_cpu_s"] / out["ref"]["img_per_cpu_s"]
+        median = float(np.median(wall[name]))
+        out[name] = {"median_s": median, "min_s": float(min(wall[name])),
+                     "max_s": float(max(wall[name])), "first_step_s": first[name],
+                     "img_per_s": b / median, "img_per_cpu_s": b / float(np.mean(cpu[name])),
+                     "rounds_s": wall[name], "rounds_cpu_s": cpu[name]}
+    # Ratios of the two sides of the same round, which ran back to back, then their median:
+    # drift of the host between rounds cancels out.
+    out["ratio_wall"] = float(np.median(np.divide(wall["ref"], wall["ours"])))
+    out["ratio_cpu"] = float(np.median(np.divide(cpu["ref"], cpu["ours"])))
     out["data_share"] = out["data_seconds"] / out["ours"]["median_s"]
     return out
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 from common import compare
 from common.frameworks import FRAMEWORKS
 from common.train import StepClock, parser
-from resnet_tf.blocks import PaddedConv2D
+from resnet_tf.blocks import PaddedConv2D, PaddedMaxPool2D
 from resnet_tf.model import ResNet
 from common.spec import get_spec
 
@@ -118,13 +118,65 @@ def test_tensorflow_padded_conv_equals_symmetric_padding(size, kernel, stride):
         return tf.nn.conv2d(Xp, kernel_w, stride, "VALID") + bias
 
     results = []
-    for fn in (layers[0], layers[1], plain):
+    for fn in (lambda X: layers[0](X, training=True), lambda X: layers[0](X, training=False),
+               lambda X: layers[1](X, training=True), plain):
         with tf.GradientTape() as tape:
             tape.watch(X)
             Y = fn(X)
             loss = tf.reduce_sum(Y * tf.range(1.0, 1.0 + Y.shape[-1]))
         results.append((Y.numpy(), tape.gradient(loss, X).numpy()))
-    for Y, dX in results[:2]:
-        assert Y.shape == results[2][0].shape
-        np.testing.assert_allclose(Y, results[2][0], rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(dX, results[2][1], rtol=1e-5, atol=1e-5)
+    for Y, dX in results[:3]:
+        assert Y.shape == results[3][0].shape
+        np.testing.assert_allclose(Y, results[3][0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(dX, results[3][1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [7, 8, (8, 9), 2, 1])
+def test_tensorflow_padded_max_pool_equals_minus_infinity_padding(size):
+    """The pool's 'same' routes equal padding with -inf then 'valid', values and gradients,
+    on an all-negative input (where a zero pad would win the max)."""
+    h, w = (size, size) if isinstance(size, int) else size
+    rng = np.random.default_rng(1)
+    X = tf.constant(-np.abs(rng.standard_normal((2, h, w, 3))) - 0.1, tf.float32)
+    pool = PaddedMaxPool2D(3, strides=2, padding=1)
+    results = []
+    for fn in (lambda X: pool(X, training=True), lambda X: tf.nn.max_pool2d(
+            tf.pad(X, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=float("-inf")),
+            3, 2, "VALID")):
+        with tf.GradientTape() as tape:
+            tape.watch(X)
+            Y = fn(X)
+            loss = tf.reduce_sum(Y * tf.range(1.0, 1.0 + Y.shape[-1]))
+        results.append((Y.numpy(), tape.gradient(loss, X).numpy()))
+    assert results[0][0].shape == results[1][0].shape and results[0][0].max() < 0
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("size", [96, 95, 32, (32, 33), 2])
+def test_tensorflow_stem_on_reversed_axes_equals_the_layer_by_layer_stem(size, monkeypatch):
+    """The stem's fast route (the whole stem on the reversed input where both its convolution
+    and its pool need it) computes what its layers compute one by one: outputs, input and
+    weight gradients, in train mode."""
+    from resnet_tf.weights import from_canonical
+    from common.init import init_weights
+    spec = get_spec("d2l_resnet18")
+    model = from_canonical(ResNet(spec), init_weights(spec, 0))
+    h, w = (size, size) if isinstance(size, int) else size
+    X = tf.constant(np.random.default_rng(2).random((2, h, w, 1)), tf.float32)
+    expected = {96: [1, 2], 95: None, 32: [1, 2], (32, 33): [1], 2: None}[size]
+    assert model.stem.reversed_axes(X.shape) == expected
+    results = []
+    for fast in (True, False):
+        if not fast:  # the layer-by-layer route
+            monkeypatch.setattr(model.stem, "reversed_axes", lambda shape: None)
+        with tf.GradientTape() as tape:
+            tape.watch(X)
+            Y = model.stem(X, training=True)
+            loss = tf.reduce_sum(Y * tf.range(1.0, 1.0 + Y.shape[-1]))
+        grads = tape.gradient(loss, [X, model.stem.conv.kernel])
+        results.append([Y.numpy()] + [g.numpy() for g in grads])
+    # Float32 sums in another order: the kernel gradient (9,216 terms of up to 1e3 at 96 px)
+    # differs by 2e-5 of its largest element; the project's gradient tolerance is 1e-4.
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
