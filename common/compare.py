@@ -54,7 +54,7 @@ def run_framework(framework: str, args, out: Path) -> dict:
 
 
 def measure_speed(runs: dict[str, dict], args) -> tuple[list[dict], list[str]]:
-    """resnet-bench at the settings of the runs (a short one: --bench-rounds rounds of 2 steps):
+    """resnet-bench at the settings of the runs (--bench-rounds rounds of 2 steps per side):
     each framework's steps against its plain reference step."""
     first = next(iter(runs.values()))
     settings = argparse.Namespace(
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(out="reports/compare")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
                    help="comma-separated subset of torch,tf,mx (default: all three)")
-    p.add_argument("--bench-rounds", type=int, default=3,
+    p.add_argument("--bench-rounds", type=int, default=5,
                    help="rounds of resnet-bench for the speed section (0: no speed section)")
     args = p.parse_args(argv)
     check_args(p, args)
@@ -145,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--frameworks: expected names from {','.join(FRAMEWORKS)}, got {args.frameworks!r}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the shape table loads TensorFlow here
     try:
         runs = {fw: run_framework(fw, args, out) for fw in frameworks}
     except RuntimeError as err:
