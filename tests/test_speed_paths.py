@@ -180,3 +180,26 @@ def test_tensorflow_stem_on_reversed_axes_equals_the_layer_by_layer_stem(size, m
     # differs by 2e-5 of its largest element; the project's gradient tolerance is 1e-4.
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_train_flags_reach_the_adapter(fw, tmp_path):
+    """--precision bf16 from the train flags trains in bf16 (other final weights than fp32's,
+    still float32) and is recorded in run.json."""
+    from common.train import train
+    from common.weights import load_weights
+    from tests.test_training import FLAGS, tiny_data
+
+    def run(name, *extra):
+        args = parser("test").parse_args([*FLAGS, "--epochs", "1", "--out", str(tmp_path / name),
+                                          *extra])
+        return train(fw, args, data=tiny_data(), log=lambda *_: None)
+
+    plain, bf16 = run("fp32"), run("bf16", "--precision", "bf16")
+    assert (plain["precision"], bf16["precision"]) == ("fp32", "bf16")
+    a = load_weights(tmp_path / "fp32" / "weights.safetensors")
+    b = load_weights(tmp_path / "bf16" / "weights.safetensors")
+    assert all(v.dtype == np.float32 for v in b.values())
+    change = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    assert change > 1e-5, "bf16 training ended with the fp32 weights"
+    assert np.isfinite(bf16["history"][0]["train_loss"])
