@@ -1,0 +1,54 @@
+"""Packaging: `pip install .[all]` alone gives everything the commands in `common/` import,
+the packages that ship the embedded data sets included."""
+import ast
+import re
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def third_party_modules(folder: Path) -> set[str]:
+    """Top-level names of every module imported anywhere in folder's files (also inside
+    functions), and of packages whose files are read with importlib.resources.files("...")."""
+    names = set()
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+            elif (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "files"
+                  and node.args and isinstance(node.args[0], ast.Constant)):
+                names.add(node.args[0].value)
+    local = {"common", "resnet_torch", "resnet_tf", "resnet_mx"}
+    return {n for n in names if n not in sys.stdlib_module_names and n not in local}
+
+
+def declared(extras=("torch", "tf", "mx")) -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = list(project["dependencies"])
+    for extra in extras:
+        reqs += project["optional-dependencies"][extra]
+    return {_norm(re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0]) for r in reqs}
+
+
+def test_every_import_of_common_is_a_declared_dependency():
+    modules = third_party_modules(ROOT / "common")
+    assert {"numpy", "safetensors", "matplotlib", "sklearn", "mlxtend"} <= modules
+    dists = packages_distributions()
+    missing = {m: dists.get(m) for m in modules
+               if not {_norm(d) for d in dists.get(m, [m])} & declared()}
+    assert not missing, f"imported by common/ but not in pyproject's dependencies: {missing}"
+
+
+def test_requirements_pin_every_declared_dependency():
+    pinned = {_norm(line.split("==")[0]) for line in (ROOT / "requirements.txt").read_text()
+              .splitlines() if "==" in line}
+    assert declared() <= pinned, declared() - pinned
