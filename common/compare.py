@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from common import bench
+from common.files import atomic_path
 from common.frameworks import FRAMEWORKS, NAMES
 from common.plots import plot_curves
 from common.spec import get_spec
@@ -124,7 +125,8 @@ def report(runs: dict[str, dict], args, out: Path, speed: str = "") -> str:
             + (f"## Speed and memory\n\n{speed}\n" if speed else "")
             + f"## Shapes and parameters per part (input {size}x{size})\n\n"
             f"{shapes}\n\n## Learning curves\n\n![learning curves](curves.png)\n")
-    (out / "report.md").write_text(text)
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(text)
     return text
 
 

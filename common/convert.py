@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from common.files import atomic_path
 from common.frameworks import load
 from common.spec import PRESETS, ResNetSpec, get_spec
 from common.weights import Weights, canonical_layout, check_weights, load_weights, save_weights
@@ -53,7 +54,9 @@ def write(weights: Weights, path: str | Path, spec: ResNetSpec) -> None:
         save_weights(weights, path)
         return
     module = load(fmt)
-    module.save_native(module.from_canonical(module.build(spec, init="framework"), weights), str(path))
+    model = module.from_canonical(module.build(spec, init="framework"), weights)
+    with atomic_path(path) as tmp:
+        module.save_native(model, str(tmp))
 
 
 def main(argv: list[str] | None = None) -> int:

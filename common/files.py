@@ -1,11 +1,49 @@
-"""Atomic file writing, used for every file the project writes: nothing half-written is left."""
+"""Atomic file writing, used for every file the project writes: nothing half-written is left.
+
+A write goes to `.<name>.partial-<pid>-<random><suffixes>` beside the target (the suffixes
+kept, for writers that pick a format from them), then is renamed onto the target. The file gets the
+mode an ordinary `open(path, "w")` would give (0644 under umask 022), not mkstemp's 0600. A
+failed write removes its temporary file; one left by a killed process is removed by the next
+write to the same target.
+"""
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+PARTIAL = ".partial-"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of writes to `path` whose process no longer runs."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}{PARTIAL}*"):
+        pid = tmp.name[len(path.name) + 1 + len(PARTIAL):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 @contextmanager
@@ -13,10 +51,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside `path` (same suffix); renamed onto `path` when the block ends
     without an error, removed otherwise."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    remove_stale_partials(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{PARTIAL}{os.getpid()}-",
+                               suffix="".join(path.suffixes))  # Keras wants .weights.h5
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
