@@ -51,9 +51,39 @@ def check_precision(precision: str, dtype: str) -> str:
     return precision
 
 
+def check_finite(x: np.ndarray, what: str = "input") -> None:
+    """Raise InputError naming the first NaN or infinity of x and its position."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(x.sum()):  # the fast path: a NaN or an infinity makes the sum one too
+            return
+    bad = ~np.isfinite(x)
+    if bad.any():  # else the sum only overflowed
+        pos = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(f"{what}: expected finite values, got {x[pos]} at position {pos}")
+
+
 def batch_as(x, dtype: str, channels: int) -> np.ndarray:
     """An adapter's NCHW NumPy batch in its compute dtype, after the input checks: an integer
-    batch is refused, not silently converted."""
+    batch is refused, not silently converted, and so is a NaN or an infinity."""
     x = np.asarray(x)
     check_batch(x.shape, x.dtype.name, np.issubdtype(x.dtype, np.floating), channels)
+    check_finite(x)
     return x.astype(dtype, copy=False)
+
+
+def labels_as(y, batch: int, num_classes: int) -> np.ndarray:
+    """An adapter's labels after the checks every framework shares: integer class indices, one
+    per example of the batch, each in [0, num_classes). (MXNet would train on a label outside
+    the range without a word; PyTorch and TensorFlow would stop with a traceback.)"""
+    y = np.asarray(y)
+    if not np.issubdtype(y.dtype, np.integer):
+        raise InputError(f"labels: expected integer class indices, got dtype {y.dtype}")
+    if y.shape != (batch,):
+        raise InputError(f"labels: expected one per example, shape ({batch},), got shape "
+                         f"{y.shape}")
+    outside = (y < 0) | (y >= num_classes)
+    if outside.any():
+        i = int(np.argmax(outside))
+        raise InputError(f"labels: expected class indices in [0, {num_classes}), got {y[i]} "
+                         f"at position {i}")
+    return y

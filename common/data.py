@@ -23,6 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
+from common.checks import InputError, labels_as
 from common.files import atomic_path
 
 EMBEDDED = ("digits", "mnist5k")
@@ -42,6 +43,16 @@ class Dataset:
     test_x: np.ndarray
     test_y: np.ndarray
     num_classes: int
+
+    def __post_init__(self) -> None:
+        # The adapters check every batch's labels too; checked here, a bad file is named
+        # when it loads, before any training starts.
+        for split, x, y in (("train", self.train_x, self.train_y),
+                            ("test", self.test_x, self.test_y)):
+            try:
+                labels_as(y, len(x), self.num_classes)
+            except InputError as err:
+                raise DataError(f"{self.name} {split} {err}") from None
 
     @property
     def in_channels(self) -> int:

@@ -31,7 +31,7 @@ import numpy as np
 from mxnet import autograd, gluon
 from mxnet.contrib import amp
 
-from common.checks import batch_as, check_dtype, check_precision
+from common.checks import batch_as, check_dtype, check_precision, labels_as
 from common.optim import OptimizerConfig
 from common.spec import ResNetSpec
 from common.weights import Weights
@@ -103,7 +103,7 @@ class Adapter:
     def _loss(self, x: np.ndarray, y: np.ndarray) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
         """Mean cross-entropy in train mode, with the gradients in every parameter's .grad()."""
         X = mx.nd.array(batch_as(x, self.dtype, self.spec.in_channels), dtype=self.dtype)
-        Y = mx.nd.array(y, dtype=self.dtype)
+        Y = mx.nd.array(labels_as(y, X.shape[0], self.spec.num_classes), dtype=self.dtype)
         with autograd.record(train_mode=True):
             logits = self._net(X)
             loss = self.loss(logits, Y).mean()

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow import keras
 
-from common.checks import batch_as, check_dtype, check_precision
+from common.checks import batch_as, check_dtype, check_precision, labels_as
 from common.frameworks import to_layout
 from common.optim import OptimizerConfig
 from common.spec import ResNetSpec
@@ -87,6 +87,9 @@ class Adapter:
         return tf.convert_to_tensor(to_layout(batch_as(x, self.dtype, self.spec.in_channels),
                                               "NHWC"))
 
+    def _labels(self, y: np.ndarray, X: tf.Tensor) -> tf.Tensor:
+        return tf.convert_to_tensor(labels_as(y, X.shape[0], self.spec.num_classes))
+
     def logits(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Forward pass. training=True normalises with batch statistics and updates the running
         ones, as a training step does; False uses the running statistics."""
@@ -96,14 +99,16 @@ class Adapter:
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Weights]:
         """Mean cross-entropy in train mode and its gradient for every trainable canonical name."""
-        loss, _, grads = self._grads(self._inputs(x), tf.convert_to_tensor(y))
+        X = self._inputs(x)
+        loss, _, grads = self._grads(X, self._labels(y, X))
         return float(loss), {n: to_canonical_layout(g.numpy())
                              for n, g in zip(self.trainable, grads)}
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One optimiser step; returns the batch's mean loss and correct predictions, both
         from the forward pass before the step (as d2l's train_ch6 counts them)."""
-        loss, logits = self._step(self._inputs(x), tf.convert_to_tensor(y))
+        X = self._inputs(x)
+        loss, logits = self._step(X, self._labels(y, X))
         return float(loss), int((logits.numpy().argmax(1) == y).sum())
 
     def get_weights(self) -> Weights:

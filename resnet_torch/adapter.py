@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from common.checks import batch_as, check_dtype, check_precision
+from common.checks import batch_as, check_dtype, check_precision, labels_as
 from common.optim import OptimizerConfig
 from common.spec import ResNetSpec
 from common.weights import Weights
@@ -70,8 +70,10 @@ class Adapter:
 
     def _loss(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         self.model.train()
-        logits = self._forward(self._tensor(x))
-        return F.cross_entropy(logits, torch.from_numpy(y).long()), logits
+        X = self._tensor(x)
+        Y = torch.from_numpy(labels_as(y, len(X), self.spec.num_classes)).long()
+        logits = self._forward(X)
+        return F.cross_entropy(logits, Y), logits
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Weights]:
         """Mean cross-entropy in train mode and its gradient for every trainable canonical name."""

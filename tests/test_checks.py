@@ -1,0 +1,75 @@
+"""Bad labels and non-finite inputs: one clear error, word for word the same in all three
+frameworks, from every adapter entry point, and from a data set when it loads."""
+import numpy as np
+import pytest
+
+from common.checks import InputError
+from common.data import DataError, Dataset
+from common.frameworks import FRAMEWORKS
+from common.init import init_weights
+from common.spec import get_spec
+from tests.conftest import MODULES
+
+SPEC = get_spec("cifar_resnet20")
+ADAPTERS = {fw: MODULES[fw].Adapter(SPEC, init_weights(SPEC, 0)) for fw in FRAMEWORKS}
+
+
+def batch(n=4, size=8):
+    rng = np.random.default_rng(0)
+    return rng.random((n, 3, size, size), dtype=np.float32), rng.integers(0, 10, n)
+
+
+def errors(call) -> dict[str, str]:
+    """The message each framework's adapter raises for call(adapter)."""
+    out = {}
+    for fw, adapter in ADAPTERS.items():
+        with pytest.raises(InputError) as err:
+            call(adapter)
+        out[fw] = str(err.value)
+    return out
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([0, 1, 10, 2], "labels: expected class indices in [0, 10), got 10 at position 2"),
+    ([0, -1, 3, 2], "labels: expected class indices in [0, 10), got -1 at position 1"),
+    ([0.0, 1.0, 2.0, 3.0], "labels: expected integer class indices, got dtype float64"),
+    ([True, False, True, False], "labels: expected integer class indices, got dtype bool"),
+    ([0, 1, 2], "labels: expected one per example, shape (4,), got shape (3,)"),
+    ([[0], [1], [2], [3]], "labels: expected one per example, shape (4,), got shape (4, 1)"),
+])
+def test_bad_labels_are_refused_alike_by_every_entry_point(labels, message):
+    x, _ = batch()
+    y = np.asarray(labels)
+    for call in (lambda a: a.train_step(x, y), lambda a: a.loss_and_grads(x, y)):
+        assert set(errors(call).values()) == {message}
+    # Nothing was applied: a good step afterwards still starts from the initial weights.
+    for adapter in ADAPTERS.values():
+        assert np.array_equal(adapter.get_weights()["head.fc.bias"],
+                              init_weights(SPEC, 0)["head.fc.bias"])
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_inputs_are_refused_with_their_position(value):
+    x, y = batch()
+    x[1, 2, 3, 4] = value
+    message = f"input: expected finite values, got {value} at position (1, 2, 3, 4)"
+    for call in (lambda a: a.logits(x), lambda a: a.logits(x, training=True),
+                 lambda a: a.train_step(x, y), lambda a: a.loss_and_grads(x, y)):
+        assert set(errors(call).values()) == {message}
+
+
+def test_huge_finite_inputs_are_not_mistaken_for_infinities():
+    x, y = batch()
+    x[:] = 3e38  # the float32 sum overflows; every value is finite
+    for adapter in ADAPTERS.values():
+        assert adapter.logits(x).shape == (4, 10)
+
+
+def test_a_data_set_with_bad_labels_is_refused_when_it_loads():
+    images = np.zeros((3, 1, 8, 8), np.uint8)
+    with pytest.raises(DataError, match=r"toy test labels: expected class indices in \[0, 10\), "
+                                        r"got 10 at position 2"):
+        Dataset("toy", images, np.array([0, 1, 2]), images, np.array([0, 1, 10]), 10)
+    with pytest.raises(DataError, match=r"toy train labels: expected one per example, shape "
+                                        r"\(3,\), got shape \(2,\)"):
+        Dataset("toy", images, np.array([0, 1]), images, np.array([0, 1, 2]), 10)
