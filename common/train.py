@@ -30,7 +30,7 @@ from common.init import INIT_CHOICES, init_weights
 from common.optim import OPTIMIZERS, OptimizerConfig
 from common.plots import plot_curves
 from common.spec import PRESETS, get_spec
-from common.weights import save_weights
+from common.weights import WeightsError, save_weights
 
 CHECKPOINT, WEIGHTS, METRICS, RUN, CURVES = ("checkpoint.safetensors", "weights.safetensors",
                                              "metrics.jsonl", "run.json", "curves.png")
@@ -155,11 +155,21 @@ def save_checkpoint(out: Path, adapter, epoch: int, history: list[dict], config:
 
 
 def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
-    """(weights, optimiser state, metadata) from a checkpoint file."""
+    """(weights, optimiser state, metadata) from a checkpoint file; a damaged or foreign file
+    is a WeightsError that names it."""
     from safetensors import safe_open
-    with safe_open(str(path), framework="numpy") as f:
-        meta = f.metadata()
-        arrays = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata()
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # noqa: BLE001 - safetensors' own errors for a bad file
+        raise WeightsError(f"checkpoint {path}: expected a safetensors file, could not read it "
+                           f"({type(err).__name__}: {str(err)[:200]}); is it truncated?") from None
+    needed = ("epoch", "history", "config", "framework")
+    if not meta or any(k not in meta for k in needed):
+        raise WeightsError(f"checkpoint {path}: expected metadata {', '.join(needed)}, got "
+                           f"{', '.join(sorted(meta or {})) or 'none'}; it is not a checkpoint "
+                           f"of this project's train scripts")
     model = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")}
     opt = {k[10:]: v for k, v in arrays.items() if k.startswith("optimizer/")}
     return model, opt, meta

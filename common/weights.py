@@ -32,8 +32,34 @@ def canonical_layout(spec: ResNetSpec) -> dict[str, tuple[int, ...]]:
             for name, shape in layer.params.items()}
 
 
+def _some(names: list[str], most: int = 5) -> str:
+    """A few names and the count, so that a wrong file does not print thousands of names."""
+    shown = ", ".join(names[:most])
+    return f"{len(names)}: {shown}" + (f", ... ({len(names) - most} more)" if len(names) > most
+                                       else "")
+
+
+def check_values(name: str, array) -> None:
+    """Raise WeightsError unless `array` holds finite floating-point values (and, for a running
+    variance, no negative one); the message names the tensor and the first bad value."""
+    a = np.asarray(array)
+    if not np.issubdtype(a.dtype, np.floating):
+        raise WeightsError(f"{name}: expected a floating-point dtype, got {a.dtype}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = bool(np.isfinite(a.sum())) or bool(np.isfinite(a).all())
+    if not finite:
+        pos = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
+        raise WeightsError(f"{name}: expected finite values, got {a[pos]} at position {pos}")
+    if name.endswith(".running_var") and a.size and a.min() < 0:
+        pos = tuple(int(i) for i in np.argwhere(a < 0)[0])
+        raise WeightsError(f"{name}: expected values >= 0 (a variance), got {a[pos]} at "
+                           f"position {pos}")
+
+
 def check_weights(spec: ResNetSpec, weights: Mapping[str, np.ndarray]) -> None:
-    """Raise WeightsError naming every missing, unexpected and mis-shaped entry."""
+    """Raise WeightsError naming the missing, unexpected and mis-shaped entries (a few of each,
+    with their counts), or the first tensor with a non-float dtype, a NaN or an infinity, or a
+    negative running variance."""
     layout = canonical_layout(spec)
     missing = [n for n in layout if n not in weights]
     unexpected = [n for n in weights if n not in layout]
@@ -41,13 +67,16 @@ def check_weights(spec: ResNetSpec, weights: Mapping[str, np.ndarray]) -> None:
                  for n in layout if n in weights and tuple(np.shape(weights[n])) != layout[n]]
     problems = []
     if missing:
-        problems.append(f"missing {len(missing)}: {', '.join(missing)}")
+        problems.append(f"missing {_some(missing)}")
     if unexpected:
-        problems.append(f"unexpected {len(unexpected)}: {', '.join(unexpected)}")
+        problems.append(f"unexpected {_some(unexpected)}")
     if misshaped:
-        problems.append(f"mis-shaped {len(misshaped)}: {'; '.join(misshaped)}")
+        problems.append(f"mis-shaped {len(misshaped)}: {'; '.join(misshaped[:5])}"
+                        + (f"; ... ({len(misshaped) - 5} more)" if len(misshaped) > 5 else ""))
     if problems:
         raise WeightsError(f"weights do not fit {spec.name!r}: " + " | ".join(problems))
+    for name in layout:
+        check_values(name, weights[name])
 
 
 def save_weights(weights: Mapping[str, np.ndarray], path: str | os.PathLike) -> Path:
@@ -71,10 +100,16 @@ def load_weights(path: str | os.PathLike) -> Weights:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file: expected an existing file, got {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.numpy import load_file
-        return dict(load_file(str(path)))
-    if path.suffix == ".npz":
+    if path.suffix not in (".safetensors", ".npz"):
+        raise WeightsError(f"weights file: expected a .safetensors or .npz path, got {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.numpy import load_file
+            return dict(load_file(str(path)))
         with np.load(path, allow_pickle=False) as data:
             return {n: data[n] for n in data.files}
-    raise WeightsError(f"weights file: expected a .safetensors or .npz path, got {path}")
+    except Exception as err:  # noqa: BLE001 - each reader has its own errors for a bad file
+        kind = "safetensors" if path.suffix == ".safetensors" else "npz (zip of .npy arrays)"
+        raise WeightsError(f"weights file {path}: expected a {kind} file, could not read it "
+                           f"({type(err).__name__}: {str(err)[:200]}); is it truncated or of "
+                           f"another format?") from None

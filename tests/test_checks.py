@@ -73,3 +73,70 @@ def test_a_data_set_with_bad_labels_is_refused_when_it_loads():
     with pytest.raises(DataError, match=r"toy train labels: expected one per example, shape "
                                         r"\(3,\), got shape \(2,\)"):
         Dataset("toy", images, np.array([0, 1]), images, np.array([0, 1, 2]), 10)
+
+
+def weight_errors(weights) -> set[str]:
+    """The messages of from_canonical in every framework for these canonical weights."""
+    from common.weights import WeightsError
+    out = set()
+    for fw, module in MODULES.items():
+        with pytest.raises(WeightsError) as err:
+            module.from_canonical(module.build(SPEC, init="framework"), weights)
+        out.add(str(err.value))
+    return out
+
+
+@pytest.mark.parametrize("name, bad, message", [
+    ("stem.conv.weight", np.nan, "stem.conv.weight: expected finite values, got nan at position "
+                                 "(0, 0, 0, 0)"),
+    ("head.fc.bias", np.inf, "head.fc.bias: expected finite values, got inf at position (0,)"),
+    ("stage1.0.bn1.running_var", -0.5, "stage1.0.bn1.running_var: expected values >= 0 (a "
+                                       "variance), got -0.5 at position (0,)"),
+])
+def test_bad_weight_values_are_refused_by_name_in_every_framework(name, bad, message):
+    weights = init_weights(SPEC, 0)
+    weights[name] = weights[name].copy()
+    weights[name].flat[0] = bad
+    assert weight_errors(weights) == {message}
+
+
+def test_integer_weights_are_refused_by_name_in_every_framework():
+    weights = init_weights(SPEC, 0)
+    weights["head.fc.bias"] = np.zeros(10, np.int64)
+    assert weight_errors(weights) == {"head.fc.bias: expected a floating-point dtype, got int64"}
+
+
+def test_another_architectures_weights_get_a_short_message():
+    weights = init_weights(get_spec("resnet50"), 0)
+    (message,) = weight_errors(weights)
+    assert message.startswith("weights do not fit 'cifar_resnet20': unexpected 170: ")
+    assert "more)" in message and len(message) < 1500, len(message)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_a_truncated_weights_file_is_named_without_a_traceback(tmp_path, suffix, capsys):
+    from common.convert import main
+    from common.weights import save_weights
+    good = save_weights(init_weights(SPEC, 0), tmp_path / f"w{suffix}")
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(good.read_bytes()[:5000])
+    with pytest.raises(SystemExit) as done:
+        main([str(cut), str(tmp_path / "out.safetensors"), "--arch", "cifar_resnet20"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and str(cut) in err and "truncated" in err
+    assert "Traceback" not in err and not (tmp_path / "out.safetensors").exists()
+
+
+def test_a_damaged_or_foreign_checkpoint_is_named_on_resume(tmp_path, capsys):
+    from safetensors.numpy import save_file
+    from common.train import main
+    for name, write in (("cut", lambda p: p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")),
+                        ("bare", lambda p: save_file({"a": np.zeros(2, np.float32)}, str(p)))):
+        out = tmp_path / name
+        out.mkdir()
+        write(out / "checkpoint.safetensors")
+        code = main("torch", ["--dataset", "digits", "--resize", "0", "--out", str(out),
+                              "--resume", "--threads", "2"])
+        err = capsys.readouterr().err
+        assert code == 2 and str(out / "checkpoint.safetensors") in err, err
+        assert ("truncated" in err) if name == "cut" else ("not a checkpoint" in err)
