@@ -36,6 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
+from common.cli import Parser, suggestion
 from common.checks import PRECISIONS
 from common.data import batches
 from common.files import atomic_path
@@ -50,20 +51,21 @@ MARK = "BENCH "  # prefix of the worker's result lines on stdout
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="resnet-bench", description=__doc__.splitlines()[0])
-    p.add_argument("--arch", default="d2l_resnet18", choices=sorted(PRESETS))
-    p.add_argument("--input-size", type=int, default=96)
-    p.add_argument("--in-channels", type=int, default=None, help="default: the preset's")
-    p.add_argument("--num-classes", type=int, default=None, help="default: the preset's")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--phase", default="both", choices=("train", "infer", "both"))
+    p = Parser(prog="resnet-bench", description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="d2l_resnet18", choices=sorted(PRESETS), help="preset")
+    p.add_argument("--input-size", type=int, default=96, help="image side in pixels")
+    p.add_argument("--in-channels", type=int, default=None, help="None: the preset's")
+    p.add_argument("--num-classes", type=int, default=None, help="None: the preset's")
+    p.add_argument("--batch-size", type=int, default=64, help="examples per step")
+    p.add_argument("--phase", default="both", choices=("train", "infer", "both"),
+                   help="which steps to measure")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
-                   help="comma-separated subset of torch,tf,mx (default: all three)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+                   help="comma-separated subset of torch,tf,mx")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="arithmetic")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile, XLA (jit_compile), Gluon static_alloc/static_shape")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                   help="CPU threads per framework (default: all cores)")
+                   help="CPU threads per framework (all cores by default)")
     p.add_argument("--steps", type=int, default=2, help="steps per side in each round")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side after the first")
     p.add_argument("--rounds", type=int, default=5, help="rounds of A then B")
@@ -82,8 +84,9 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[st
         p.error(f"--warmup: expected 0 or more steps, got {args.warmup}")
     frameworks = tuple(f for f in args.frameworks.split(",") if f)
     if not frameworks or any(f not in FRAMEWORKS for f in frameworks):
+        unknown = next((f for f in frameworks if f not in FRAMEWORKS), "")
         p.error(f"--frameworks: expected names from {','.join(FRAMEWORKS)}, "
-                f"got {args.frameworks!r}")
+                f"got {args.frameworks!r}{suggestion(unknown, FRAMEWORKS)}")
     try:
         flops(bench_spec(args), args.input_size)  # too small an input is refused here
     except ValueError as err:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from common import bench
+from common.cli import suggestion
 from common.files import atomic_path
 from common.frameworks import FRAMEWORKS, NAMES
 from common.plots import plot_curves
@@ -135,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.description = __doc__.splitlines()[0]
     p.set_defaults(out="reports/compare")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
-                   help="comma-separated subset of torch,tf,mx (default: all three)")
+                   help="comma-separated subset of torch,tf,mx")
     p.add_argument("--bench-rounds", type=int, default=5,
                    help="rounds of resnet-bench for the speed section (0: no speed section)")
     args = p.parse_args(argv)
@@ -144,7 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--bench-rounds: expected 0 or more, got {args.bench_rounds}")
     frameworks = tuple(f for f in args.frameworks.split(",") if f)
     if not frameworks or any(f not in FRAMEWORKS for f in frameworks):
-        p.error(f"--frameworks: expected names from {','.join(FRAMEWORKS)}, got {args.frameworks!r}")
+        unknown = next((f for f in frameworks if f not in FRAMEWORKS), "")
+        p.error(f"--frameworks: expected names from {','.join(FRAMEWORKS)}, got "
+                f"{args.frameworks!r}{suggestion(unknown, FRAMEWORKS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the shape table loads TensorFlow here

@@ -7,11 +7,11 @@ The format follows the file name: `.pt`/`.pth` (PyTorch state_dict), `.weights.h
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from common.files import atomic_path
+from common.cli import Parser
 from common.frameworks import load
 from common.spec import PRESETS, ResNetSpec, get_spec
 from common.weights import Weights, canonical_layout, check_weights, load_weights, save_weights
@@ -60,7 +60,7 @@ def write(weights: Weights, path: str | Path, spec: ResNetSpec) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="resnet-convert", description=__doc__.splitlines()[0])
+    parser = Parser(prog="resnet-convert", description=__doc__.splitlines()[0])
     parser.add_argument("src", help="weights file to read")
     parser.add_argument("dst", help="weights file to write")
     parser.add_argument("--arch", default="d2l_resnet18", choices=sorted(PRESETS))

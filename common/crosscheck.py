@@ -6,13 +6,13 @@ differences of logits (eval and train mode), losses and gradients, for every pai
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 
 import numpy as np
 
 from common.checks import DTYPES
+from common.cli import Parser
 from common.frameworks import FRAMEWORKS, NAMES, load
 from common.init import init_weights
 from common.oracle import zero_gradient_biases
@@ -76,7 +76,7 @@ def crosscheck(spec: ResNetSpec, weights: Weights, input_size: int, batch: int =
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="resnet-crosscheck", description=__doc__.splitlines()[0])
+    parser = Parser(prog="resnet-crosscheck", description=__doc__.splitlines()[0])
     parser.add_argument("--weights", help="weights file (.safetensors, .npz, .pt, .weights.h5, "
                         ".params); default: the shared seeded initialisation")
     parser.add_argument("--arch", default="d2l_resnet18", choices=sorted(PRESETS))

@@ -15,10 +15,13 @@ NAMES = {"torch": "PyTorch", "tf": "TensorFlow/Keras", "mx": "MXNet Gluon"}
 
 
 def load(framework: str) -> ModuleType:
-    """The package `resnet_<framework>`; a failed import is an error, never a skip."""
+    """The package `resnet_<framework>`, with its framework imported (the packages import it
+    only on first use); a failed import is an error, never a skip."""
     if framework not in FRAMEWORKS:
         raise ValueError(f"framework: expected one of {FRAMEWORKS}, got {framework!r}")
-    return importlib.import_module(f"resnet_{framework}")
+    module = importlib.import_module(f"resnet_{framework}")
+    module.Adapter  # noqa: B018 - imports the framework now
+    return module
 
 
 def to_layout(x: np.ndarray, layout: str) -> np.ndarray:
@@ -34,3 +37,19 @@ def shape_as_nchw(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
     if layout == "NHWC" and len(shape) == 4:
         return (shape[0], shape[3], shape[1], shape[2])
     return shape
+
+
+def lazy_exports(package: str, where: dict[str, str]):
+    """__getattr__ and __dir__ for a framework package that imports its submodules (and so
+    its framework) only when one of its names is first used: `python -m resnet_X.train --help`
+    answers at once, and --threads can still be set before the framework loads."""
+    def __getattr__(name):
+        if name not in where:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{package}.{where[name]}"), name)
+        setattr(importlib.import_module(package), name, value)
+        return value
+
+    def __dir__():
+        return sorted(set(vars(importlib.import_module(package))) | set(where))
+    return __getattr__, __dir__

@@ -5,11 +5,11 @@ every framework's model, and whether they all agree.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 
+from common.cli import Parser
 from common.frameworks import FRAMEWORKS, NAMES, load, shape_as_nchw, to_layout
 from common.oracle import ParamCounts, part_table
 from common.spec import PRESETS, ResNetSpec, get_spec
@@ -55,7 +55,7 @@ def summary(spec: ResNetSpec, input_size: int = 224, frameworks=FRAMEWORKS,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="resnet-summary", description=__doc__.splitlines()[0])
+    parser = Parser(prog="resnet-summary", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="d2l_resnet18", choices=sorted(PRESETS),
                         help="preset (default: d2l_resnet18)")
     parser.add_argument("--input-size", type=int, default=224, help="height = width (default 224)")

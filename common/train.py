@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from common.cli import Parser
 from common.checks import PRECISIONS
 from common.data import DATASETS, DataError, Dataset, batches, load_dataset
 from common.files import atomic_path
@@ -42,16 +43,17 @@ RUN_DEFINING = ("arch", "dataset", "batch_size", "lr", "optimizer", "momentum", 
 
 def parser(prog: str) -> argparse.ArgumentParser:
     """The flags shared by every train script and by compare."""
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    p.add_argument("--arch", default="d2l_resnet18", choices=sorted(PRESETS))
+    p = Parser(prog=prog, description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="d2l_resnet18", choices=sorted(PRESETS),
+                   help="preset (README, Presets)")
     p.add_argument("--dataset", default="fashion_mnist", choices=DATASETS,
-                   help="digits and mnist5k are embedded (no network); default fashion_mnist")
+                   help="digits and mnist5k are embedded (no network)")
     p.add_argument("--data-dir", default=None, help="where data files are (or go)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
-    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs to train")
+    p.add_argument("--batch-size", type=int, default=256, help="examples per step")
+    p.add_argument("--lr", type=float, default=0.05, help="learning rate")
+    p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS, help="optimiser")
+    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
     p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay")
     p.add_argument("--resize", type=int, default=96, help="image side after resizing; 0 keeps it")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
@@ -59,14 +61,14 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--init", default="common", choices=INIT_CHOICES,
                    help="common: the shared seeded NumPy init; framework: the framework's own")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                   help="CPU threads for the framework (default: all cores, the fastest "
-                        "measured; see README, Performance)")
+                   help="CPU threads for the framework; all cores by default, the fastest "
+                        "measured (README, Performance)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="bf16: torch.autocast, Keras mixed_bfloat16, MXNet AMP; weights stay "
-                        "float32 (default fp32)")
+                        "float32")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile, XLA (jit_compile), Gluon static_alloc/static_shape")
-    p.add_argument("--out", default=None, help="run folder (default runs/<framework>)")
+    p.add_argument("--out", default=None, help="run folder; None: runs/<framework>")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     return p
 
@@ -78,6 +80,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"--{flag.replace('_', '-')}: expected a positive integer, got {getattr(args, flag)}")
     if args.resize < 0:
         p.error(f"--resize: expected 0 (keep) or a positive size, got {args.resize}")
+    if args.seed < 0:
+        p.error(f"--seed: expected an integer >= 0, got {args.seed}")
     if args.limit is not None and args.limit < 1:
         p.error(f"--limit: expected a positive number of examples, got {args.limit}")
     try:

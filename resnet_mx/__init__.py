@@ -5,9 +5,10 @@ x86 (it assumes hyper-threading: 1 of 2 cores here). So this package defaults th
 all cores, as PyTorch does, and imports mxnet only when one of its names is first used: that
 lets `python -m resnet_mx.train --threads N` set the variable before MXNet loads.
 """
-import importlib
 import os
 import sys
+
+from common.frameworks import lazy_exports
 
 if "mxnet" not in sys.modules:
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
@@ -21,15 +22,4 @@ _WHERE = {"Residual": "blocks", "resnet_block": "blocks", "Adapter": "adapter",
           "load_native": "weights", "save_native": "weights", "to_canonical": "weights"}
 
 __all__ = ["LAYOUT", *_WHERE]
-
-
-def __getattr__(name):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'resnet_mx' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"resnet_mx.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

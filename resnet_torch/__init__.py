@@ -1,12 +1,16 @@
-"""d2l's ResNet in PyTorch, built from the shared spec in `common`."""
-from resnet_torch.blocks import Residual, resnet_block
-from resnet_torch.adapter import Adapter
-from resnet_torch.model import (ResNet, build, param_counts, part_param_counts, part_shapes,
-                                resnet18, set_threads, get_threads)
-from resnet_torch.weights import from_canonical, load_native, save_native, to_canonical
+"""d2l's ResNet in PyTorch, built from the shared spec in `common`.
+
+Names are imported on first use (common.frameworks.lazy_exports), so that the train script's
+--help answers without loading the framework."""
+from common.frameworks import lazy_exports
 
 LAYOUT = "NCHW"
 
-__all__ = ["LAYOUT", "Residual", "resnet_block", "ResNet", "build", "resnet18", "param_counts",
-           "part_param_counts", "part_shapes", "to_canonical", "from_canonical", "Adapter",
-           "set_threads", "get_threads", "save_native", "load_native"]
+_WHERE = {"Residual": "blocks", "resnet_block": "blocks", "Adapter": "adapter",
+          "ResNet": "model", "build": "model", "param_counts": "model",
+          "part_param_counts": "model", "part_shapes": "model", "resnet18": "model",
+          "set_threads": "model", "get_threads": "model", "from_canonical": "weights",
+          "load_native": "weights", "save_native": "weights", "to_canonical": "weights"}
+
+__all__ = ["LAYOUT", *_WHERE]
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)

@@ -123,6 +123,9 @@ def test_bench_refuses_bad_flags():
     for argv, message in ((["--steps", "0"], "--steps: expected a positive integer, got 0"),
                           (["--frameworks", "torch,jax"], "--frameworks: expected names from "
                                                           "torch,tf,mx, got 'torch,jax'"),
+                          (["--frameworks", "torch,mxnet"], "got 'torch,mxnet'; did you mean "
+                                                            "'mx'?"),
+                          (["--arch", "d2l_resnet_18"], "did you mean 'd2l_resnet18'"),
                           (["--input-size", "0"], "--input-size: expected a positive integer, "
                                                   "got 0")):
         done = subprocess.run([sys.executable, "-m", "common.bench", *argv],

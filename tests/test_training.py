@@ -91,7 +91,12 @@ def test_resume_refuses_changed_settings_and_overwrite(tmp_path):
     (["--lr", "-1"], "--lr: expected a positive learning rate, got -1.0"),
     (["--optimizer", "adam", "--momentum", "0.9"], "--momentum: expected 0 with --optimizer adam"),
     (["--resize", "-2"], "--resize: expected 0 (keep) or a positive size, got -2"),
-    (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+    (["--dataset", "imagenet"], "--dataset: expected one of digits, mnist5k, fashion_mnist, "
+                                "mnist, cifar10, got 'imagenet'"),
+    (["--dataset", "fashion-mnist"], "got 'fashion-mnist'; did you mean 'fashion_mnist'?"),
+    (["--arch", "resnet_18"], "got 'resnet_18'; did you mean 'resnet18'"),
+    (["--seed", "-1"], "--seed: expected an integer >= 0, got -1"),
+    (["--weight-decay", "-0.1"], "--weight-decay: expected a value >= 0, got -0.1"),
 ])
 def test_bad_flags_get_clear_errors(argv, message, capsys):
     from common.train import main
@@ -110,3 +115,15 @@ def test_train_scripts_of_all_frameworks_take_the_same_flags():
     for flag in ("--dataset", "--data-dir", "--epochs", "--batch-size", "--lr", "--optimizer",
                  "--resize", "--limit", "--seed", "--out", "--resume"):
         assert flag in helps["torch"]
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_help_shows_defaults_without_importing_a_framework(fw):
+    code = ("import runpy, sys\nsys.argv = ['x', '--help']\ntry:\n"
+            f"    runpy.run_module('resnet_{fw}.train', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print('LOADED', [m for m in ('torch', 'tensorflow', 'mxnet') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert "LOADED []" in out
+    assert "(default: 0.05)" in " ".join(out.split()) and "(default: d2l_resnet18)" in out
