@@ -36,7 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
-from common.cli import Parser, suggestion
+from common.cli import Parser, frameworks_arg
 from common.checks import PRECISIONS
 from common.data import batches
 from common.files import atomic_path
@@ -82,11 +82,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[st
                     f"got {getattr(args, flag)}")
     if args.warmup < 0:
         p.error(f"--warmup: expected 0 or more steps, got {args.warmup}")
-    frameworks = tuple(f for f in args.frameworks.split(",") if f)
-    if not frameworks or any(f not in FRAMEWORKS for f in frameworks):
-        unknown = next((f for f in frameworks if f not in FRAMEWORKS), "")
-        p.error(f"--frameworks: expected names from {','.join(FRAMEWORKS)}, "
-                f"got {args.frameworks!r}{suggestion(unknown, FRAMEWORKS)}")
+    frameworks = frameworks_arg(p, args.frameworks, FRAMEWORKS)
     try:
         flops(bench_spec(args), args.input_size)  # too small an input is refused here
     except ValueError as err:

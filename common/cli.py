@@ -24,3 +24,13 @@ class Parser(argparse.ArgumentParser):
             raise argparse.ArgumentError(
                 action, f"expected one of {', '.join(map(str, action.choices))}, got {value!r}"
                         f"{suggestion(value, action.choices)}")
+
+
+def frameworks_arg(p: argparse.ArgumentParser, value: str, known) -> tuple[str, ...]:
+    """The names of a comma-separated --frameworks value; a parser error for an unknown one."""
+    names = tuple(f for f in value.split(",") if f)
+    unknown = [f for f in names if f not in known]
+    if not names or unknown:
+        p.error(f"--frameworks: expected names from {','.join(known)}, got {value!r}"
+                f"{suggestion(unknown[0], known) if unknown else ''}")
+    return names

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from common import bench
-from common.cli import suggestion
+from common.cli import frameworks_arg
 from common.files import atomic_path
 from common.frameworks import FRAMEWORKS, NAMES
 from common.plots import plot_curves
@@ -143,11 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_args(p, args)
     if args.bench_rounds < 0:
         p.error(f"--bench-rounds: expected 0 or more, got {args.bench_rounds}")
-    frameworks = tuple(f for f in args.frameworks.split(",") if f)
-    if not frameworks or any(f not in FRAMEWORKS for f in frameworks):
-        unknown = next((f for f in frameworks if f not in FRAMEWORKS), "")
-        p.error(f"--frameworks: expected names from {','.join(FRAMEWORKS)}, got "
-                f"{args.frameworks!r}{suggestion(unknown, FRAMEWORKS)}")
+    frameworks = frameworks_arg(p, args.frameworks, FRAMEWORKS)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the shape table loads TensorFlow here

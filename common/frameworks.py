@@ -39,6 +39,14 @@ def shape_as_nchw(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
     return shape
 
 
+# Every framework package's public names and the module of the package that defines each.
+EXPORTS = {"Residual": "blocks", "resnet_block": "blocks", "Adapter": "adapter",
+           "ResNet": "model", "build": "model", "param_counts": "model",
+           "part_param_counts": "model", "part_shapes": "model", "resnet18": "model",
+           "set_threads": "model", "get_threads": "model", "from_canonical": "weights",
+           "load_native": "weights", "save_native": "weights", "to_canonical": "weights"}
+
+
 def lazy_exports(package: str, where: dict[str, str]):
     """__getattr__ and __dir__ for a framework package that imports its submodules (and so
     its framework) only when one of its names is first used: `python -m resnet_X.train --help`

@@ -8,18 +8,14 @@ lets `python -m resnet_mx.train --threads N` set the variable before MXNet loads
 import os
 import sys
 
-from common.frameworks import lazy_exports
+from common.frameworks import EXPORTS, lazy_exports
 
 if "mxnet" not in sys.modules:
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 LAYOUT = "NCHW"
 
-_WHERE = {"Residual": "blocks", "resnet_block": "blocks", "Adapter": "adapter",
-          "ResNet": "model", "build": "model", "param_counts": "model",
-          "part_param_counts": "model", "part_shapes": "model", "resnet18": "model",
-          "set_threads": "model", "get_threads": "model", "from_canonical": "weights",
-          "load_native": "weights", "save_native": "weights", "to_canonical": "weights"}
+_WHERE = EXPORTS
 
 __all__ = ["LAYOUT", *_WHERE]
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE)
