@@ -36,10 +36,12 @@ from typing import Sequence
 
 import numpy as np
 
-from common.cli import Parser, frameworks_arg
+from common.cli import (Parser, guarded, frameworks_arg, non_negative_int, positive_float,
+                        positive_int)
 from common.checks import PRECISIONS
 from common.data import batches
-from common.files import atomic_path
+from common.devices import add_device_flag
+from common.files import atomic_path, writable_dir
 from common.frameworks import FRAMEWORKS, NAMES, load
 from common.oracle import flops
 from common.spec import PRESETS, get_spec
@@ -53,10 +55,10 @@ MARK = "BENCH "  # prefix of the worker's result lines on stdout
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="resnet-bench", description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="d2l_resnet18", choices=sorted(PRESETS), help="preset")
-    p.add_argument("--input-size", type=int, default=96, help="image side in pixels")
-    p.add_argument("--in-channels", type=int, default=None, help="None: the preset's")
-    p.add_argument("--num-classes", type=int, default=None, help="None: the preset's")
-    p.add_argument("--batch-size", type=int, default=64, help="examples per step")
+    p.add_argument("--input-size", type=positive_int, default=96, help="image side in pixels")
+    p.add_argument("--in-channels", type=positive_int, default=None, help="None: the preset's")
+    p.add_argument("--num-classes", type=positive_int, default=None, help="None: the preset's")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="examples per step")
     p.add_argument("--phase", default="both", choices=("train", "infer", "both"),
                    help="which steps to measure")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
@@ -64,29 +66,35 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="arithmetic")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile, XLA (jit_compile), Gluon static_alloc/static_shape")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+    p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
                    help="CPU threads per framework (all cores by default)")
-    p.add_argument("--steps", type=int, default=2, help="steps per side in each round")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per side after the first")
-    p.add_argument("--rounds", type=int, default=5, help="rounds of A then B")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds per framework process")
+    add_device_flag(p)
+    p.add_argument("--steps", type=positive_int, default=2, help="steps per side in each round")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed steps per side after the first")
+    p.add_argument("--rounds", type=positive_int, default=5, help="rounds of A then B")
+    p.add_argument("--timeout", type=positive_float, default=1800, help="seconds per framework process")
     p.add_argument("--out", default="reports/bench", help="folder for bench.jsonl and bench.md")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p
 
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, ...]:
-    for flag in ("input_size", "batch_size", "threads", "steps", "rounds"):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')}: expected a positive integer, "
-                    f"got {getattr(args, flag)}")
-    if args.warmup < 0:
-        p.error(f"--warmup: expected 0 or more steps, got {args.warmup}")
     frameworks = frameworks_arg(p, args.frameworks, FRAMEWORKS)
     try:
-        flops(bench_spec(args), args.input_size)  # too small an input is refused here
+        spec = bench_spec(args)
+        flops(spec, args.input_size)  # too small an input is refused here
     except ValueError as err:
         p.error(str(err))
+    # The plain reference steps (resnet_<fw>/reference.py) build the common structure only.
+    unusual = [what for what, there in (("an input BatchNorm", spec.input_bn),
+                                        ("a stem without BatchNorm", not spec.stem.norm),
+                                        ("a zero-padded stem pool", spec.stem.pool_zeros),
+                                        ("strides in the last block", spec.stride_at != "first"))
+               if there]
+    if unusual:
+        p.error(f"--arch: expected a preset the reference step can build, got {args.arch} "
+                f"with {', '.join(unusual)}; bench one of the same depth instead (for example "
+                f"resnet50 for keras_resnet50_v2)")
     return frameworks
 
 
@@ -125,9 +133,11 @@ def measure(module, reference, spec, phase: str, args) -> dict:
     x = rng.random((b, spec.in_channels, s, s), dtype=np.float32)
     y = rng.integers(0, spec.num_classes, b)
     adapter = module.Adapter(spec, init_weights(spec, 0), precision=args.precision,
-                             compile=args.compile)
+                             compile=args.compile, device=args.device)
     ours = (lambda: adapter.train_step(x, y)) if phase == "train" else (lambda: adapter.eval_step(x))
-    ref = reference.make_step(spec, phase, b, s, precision=args.precision, compile=args.compile)
+    # The reference on the same device, fed NumPy-made batches as the adapter is.
+    ref = reference.make_step(spec, phase, b, s, precision=args.precision, compile=args.compile,
+                              device=str(adapter.device))
     sides = {"ours": ours, "ref": ref}
     # reference.sync() waits for work a framework leaves running when a step returns (MXNet's
     # backward pass and update), so that none of it is charged to the other side.
@@ -146,7 +156,7 @@ def measure(module, reference, spec, phase: str, args) -> dict:
             reference.sync()
             wall[name].append((time.perf_counter() - w0) / args.steps)
             cpu[name].append((time.process_time() - c0) / args.steps)
-    out = {"phase": phase, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    out = {"phase": phase, "device": str(adapter.device), "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "data_seconds": _data_seconds(spec, b, s)}
     for name in sides:
         median = float(np.median(wall[name]))
@@ -169,6 +179,13 @@ def worker(framework: str, args) -> None:
     module.set_threads(args.threads)
     reference = importlib.import_module(f"resnet_{framework}.reference")
     spec = bench_spec(args)
+    # A GPU the framework does not see: one error row, before any measurement.
+    try:
+        importlib.import_module(f"resnet_{framework}.devices").select(args.device)
+    except ValueError as err:
+        print(MARK + json.dumps({"phase": args.phase, "framework": framework,
+                                 "error": str(err)}), flush=True)
+        return
     probe = reference.matmul_gflops()
     phases = PHASES if args.phase == "both" else (args.phase,)
     for phase in phases:
@@ -220,7 +237,8 @@ def worker_command(framework: str, args) -> list[str]:
     flags += ["--arch", args.arch, "--input-size", str(args.input_size), "--batch-size",
              str(args.batch_size), "--phase", args.phase, "--precision", args.precision,
              "--threads", str(args.threads), "--steps", str(args.steps), "--warmup",
-             str(args.warmup), "--rounds", str(args.rounds)] + (["--compile"] if args.compile else [])
+             str(args.warmup), "--rounds", str(args.rounds), "--device", args.device]
+    flags += ["--compile"] if args.compile else []
     return [sys.executable, "-m", "common.bench", "--worker", framework, *flags]
 
 
@@ -322,6 +340,7 @@ def run(frameworks: Sequence[str], args, log=print) -> tuple[list[dict], list[st
     return finish(rows), notes(rows, (load0, os.getloadavg()))
 
 
+@guarded
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
@@ -329,14 +348,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker(args.worker, args)
         return 0
     frameworks = check_args(p, args)
+    out = writable_dir(args.out)  # before minutes of measuring, not after
     rows, lines = run(frameworks, args)
     info = machine()
     command = shlex.join(["python", "-m", "common.bench", *(sys.argv[1:] if argv is None else argv)])
     print(render(HEADER, table_rows(rows)))
     for line in lines:
         print(line)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "bench.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r | {"machine": info, "command": command}) + "\n"
                                for r in rows))

@@ -5,9 +5,12 @@ from typing import Sequence
 
 import numpy as np
 
+from common.oracle import min_input_size, smallest_bn_map
+from common.spec import ResNetSpec
+
 
 DTYPES = ("float32", "float64")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class InputError(ValueError):
@@ -30,6 +33,29 @@ def check_batch(shape: Sequence[int | None], dtype: str, is_float: bool, channel
         raise InputError(f"input: expected a floating-point dtype (float32), got {dtype}")
 
 
+def check_geometry(spec: ResNetSpec, shape: Sequence[int | None], layout: str = "NCHW",
+                   training: bool = False) -> None:
+    """Raise InputError unless a batch of `shape` (already of the right rank) can run through
+    `spec`: at least one example; height and width at least the oracle's minimum for the spec;
+    and in training, more than one value per channel at every BatchNorm (batch x pixels of its
+    map), which BatchNorm needs for a batch variance. Unknown (None) sizes are not checked."""
+    n, h, w = (shape[layout.index(axis)] for axis in "NHW")
+    if n == 0:
+        raise InputError(f"input: expected at least one example, got shape {tuple(shape)}")
+    if h is None or w is None:
+        return
+    least = min_input_size(spec)
+    if h < least or w < least:
+        raise InputError(f"input: expected height and width of at least {least} for "
+                         f"{spec.name} (smaller inputs vanish before the head), got {h}x{w}")
+    if training and n is not None:
+        bh, bw, path = smallest_bn_map(spec, h, w)
+        if n * bh * bw < 2:
+            raise InputError(f"train mode: expected more than one value per channel for "
+                             f"BatchNorm, got a batch of {n} with a {bh}x{bw} map at {path}; "
+                             f"use a batch of 2 or more, or inference mode")
+
+
 def check_dtype(dtype: str) -> str:
     """The compute dtype of an adapter: float32 (the default, as the models are stored) or
     float64 (for checks of many training steps, free of float32 rounding)."""
@@ -40,14 +66,15 @@ def check_dtype(dtype: str) -> str:
 
 def check_precision(precision: str, dtype: str) -> str:
     """The arithmetic of an adapter's forward and backward passes: fp32 (the default, in the
-    compute `dtype`) or bf16 (mixed precision: convolutions and matrix products in bfloat16,
-    weights, optimiser step and loss in float32). bf16 is a speed option over float32 weights,
-    so it is refused with float64, whose purpose is to be free of rounding."""
+    compute `dtype`), bf16 or fp16 (mixed precision: convolutions and matrix products in
+    bfloat16 or float16, weights, optimiser step and loss in float32; fp16 also scales the loss,
+    as float16's range needs). Both are speed options over float32 weights, so they are refused
+    with float64, whose purpose is to be free of rounding."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "bf16" and dtype != "float32":
-        raise ValueError(f"precision: expected dtype float32 with bf16 (mixed precision keeps "
-                         f"float32 weights), got dtype {dtype!r}")
+    if precision != "fp32" and dtype != "float32":
+        raise ValueError(f"precision: expected dtype float32 with {precision} (mixed precision "
+                         f"keeps float32 weights), got dtype {dtype!r}")
     return precision
 
 
@@ -62,11 +89,13 @@ def check_finite(x: np.ndarray, what: str = "input") -> None:
         raise InputError(f"{what}: expected finite values, got {x[pos]} at position {pos}")
 
 
-def batch_as(x, dtype: str, channels: int) -> np.ndarray:
+def batch_as(x, dtype: str, spec: ResNetSpec, training: bool = False) -> np.ndarray:
     """An adapter's NCHW NumPy batch in its compute dtype, after the input checks: an integer
-    batch is refused, not silently converted, and so is a NaN or an infinity."""
+    batch is refused, not silently converted, and so is a NaN or an infinity, an input too
+    small for the network and (in training) a batch BatchNorm cannot normalise."""
     x = np.asarray(x)
-    check_batch(x.shape, x.dtype.name, np.issubdtype(x.dtype, np.floating), channels)
+    check_batch(x.shape, x.dtype.name, np.issubdtype(x.dtype, np.floating), spec.in_channels)
+    check_geometry(spec, x.shape, "NCHW", training)
     check_finite(x)
     return x.astype(dtype, copy=False)
 

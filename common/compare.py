@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Sequence
 
 from common import bench
-from common.cli import frameworks_arg
-from common.files import atomic_path
+from common.cli import frameworks_arg, guarded, non_negative_int, positive_int
+from common.files import atomic_path, writable_dir
 from common.frameworks import FRAMEWORKS, NAMES
 from common.plots import plot_curves
 from common.spec import get_spec
@@ -43,16 +43,31 @@ def train_flags(args, framework_out: Path) -> list[str]:
 
 
 def run_framework(framework: str, args, out: Path) -> dict:
-    """Train one framework in a child process, echoing its lines; returns its run.json."""
-    cmd = [sys.executable, "-m", f"resnet_{framework}.train", *train_flags(args, out / framework)]
+    """Train one framework in a child process, echoing its lines; returns its run.json, or
+    {"error": why} when it fails (its `error:` line, else its last line and exit status), so
+    that the other frameworks still run and the report lists the failure."""
+    flags = train_flags(args, out / framework)
+    cmd = [sys.executable, "-m", f"resnet_{framework}.train", *flags]
+    if args.workers > 1:  # data-parallel on the framework's own engine; --threads is shared
+        at = flags.index("--threads") + 1
+        flags[at] = str(max(1, args.threads // args.workers))
+        cmd = [sys.executable, "-m", "common.launch", "--framework", framework, "--workers",
+               str(args.workers), "--", *flags]
     print(f"== {NAMES[framework]}: {' '.join(cmd[1:])}", flush=True)
     # MXNet reads OMP_NUM_THREADS once, when it loads: set it for the child before it starts.
     env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": str(args.threads)}
-    done = subprocess.run(cmd, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"{NAMES[framework]}: expected its train script to finish with exit "
-                           f"status 0, got {done.returncode}")
-    return json.loads((out / framework / RUN).read_text())
+    last, error = "", ""
+    with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) as child:
+        for line in child.stderr:  # echoed as it comes; the last error line is kept
+            sys.stderr.write(line)
+            if line.strip():
+                last = line.strip()
+                error = last.removeprefix("error: ") if last.startswith("error: ") else error
+    if child.returncode == 0:
+        return json.loads((out / framework / RUN).read_text())
+    why = error or f"exit status {child.returncode}" + (f": {last}" if last else "")
+    print(f"== {NAMES[framework]} failed: {why}", file=sys.stderr, flush=True)
+    return {"error": why}
 
 
 def measure_speed(runs: dict[str, dict], args) -> tuple[list[dict], list[str]]:
@@ -62,7 +77,8 @@ def measure_speed(runs: dict[str, dict], args) -> tuple[list[dict], list[str]]:
     settings = argparse.Namespace(
         arch=first["arch"], input_size=first["input_size"], batch_size=args.batch_size,
         in_channels=first["in_channels"], num_classes=first["num_classes"], phase="both",
-        precision=args.precision, compile=args.compile, threads=args.threads, steps=2,
+        precision=args.precision, compile=args.compile, device=args.device,
+        threads=args.threads, steps=2,
         warmup=1, rounds=args.bench_rounds, timeout=1800)
     return bench.run(tuple(runs), settings)
 
@@ -97,8 +113,23 @@ def _num(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def report(runs: dict[str, dict], args, out: Path, speed: str = "") -> str:
-    """The markdown report, written to out/report.md, with curves.png beside it."""
+def failures_section(failed: dict[str, str]) -> str:
+    return ("## Failures\n\n" + render(["framework", "error"], [[NAMES[fw], why]
+                                                               for fw, why in failed.items()],
+                                       markdown=True) + "\n\n") if failed else ""
+
+
+def report(runs: dict[str, dict], args, out: Path, speed: str = "",
+           failed: dict[str, str] | None = None) -> str:
+    """The markdown report, written to out/report.md, with curves.png beside it. Frameworks in
+    `failed` (name -> error) are listed with their error under Failures."""
+    failed = failed or {}
+    if not runs:
+        text = (f"# {args.arch} on {args.dataset}: every framework failed\n\n"
+                + failures_section(failed))
+        with atomic_path(out / "report.md") as tmp:
+            tmp.write_text(text)
+        return text
     first = next(iter(runs.values()))
     rows = []
     for fw, run in runs.items():
@@ -120,9 +151,12 @@ def report(runs: dict[str, dict], args, out: Path, speed: str = "") -> str:
                 f"{first['arch']} on {first['dataset']}")
     text = (f"# {first['arch']} on {first['dataset']}: {', '.join(NAMES[f] for f in runs)}\n\n"
             f"Same initial weights, same data in the same order. Settings: {settings}, "
-            f"{os.cpu_count()} CPU cores.\n\n## Results\n\n{render(header, rows, markdown=True)}\n\n"
+            f"{os.cpu_count()} CPU cores"
+            + (f", {first['workers']} worker processes per framework (resnet-launch; peak RSS "
+               f"is the first worker's)" if first.get("workers", 1) > 1 else "")
+            + f".\n\n## Results\n\n{render(header, rows, markdown=True)}\n\n"
             f"Examples/sec and s/epoch count training steps only; peak RSS is each framework's "
-            f"own process.\n\n"
+            f"own process.\n\n" + failures_section(failed)
             + (f"## Speed and memory\n\n{speed}\n" if speed else "")
             + f"## Shapes and parameters per part (input {size}x{size})\n\n"
             f"{shapes}\n\n## Learning curves\n\n![learning curves](curves.png)\n")
@@ -131,34 +165,36 @@ def report(runs: dict[str, dict], args, out: Path, speed: str = "") -> str:
     return text
 
 
+@guarded
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser("resnet-compare")
     p.description = __doc__.splitlines()[0]
     p.set_defaults(out="reports/compare")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
                    help="comma-separated subset of torch,tf,mx")
-    p.add_argument("--bench-rounds", type=int, default=5,
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="train each framework on this many processes through resnet-launch "
+                        "(--batch-size is the global batch; --threads is shared among them)")
+    p.add_argument("--bench-rounds", type=non_negative_int, default=5,
                    help="rounds of resnet-bench for the speed section (0: no speed section)")
     args = p.parse_args(argv)
     check_args(p, args)
-    if args.bench_rounds < 0:
-        p.error(f"--bench-rounds: expected 0 or more, got {args.bench_rounds}")
     frameworks = frameworks_arg(p, args.frameworks, FRAMEWORKS)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(args.out)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the shape table loads TensorFlow here
-    try:
-        runs = {fw: run_framework(fw, args, out) for fw in frameworks}
-    except RuntimeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    results = {fw: run_framework(fw, args, out) for fw in frameworks}
+    runs = {fw: r for fw, r in results.items() if "error" not in r}
+    failed = {fw: r["error"] for fw, r in results.items() if "error" in r}
     speed = ""
-    if args.bench_rounds:
+    if args.bench_rounds and runs:
         print("== speed: resnet-bench at the same settings", flush=True)
         speed = speed_section(runs, *measure_speed(runs, args))
-    print(report(runs, args, out, speed))
-    print(f"report: {out / 'report.md'}, curves: {out / 'curves.png'}")
-    return 0
+    print(report(runs, args, out, speed, failed))
+    print(f"report: {out / 'report.md'}" + (f", curves: {out / 'curves.png'}" if runs else ""))
+    if failed:
+        print(f"error: {len(failed)} of {len(results)} frameworks failed: "
+              + "; ".join(f"{NAMES[fw]}: {why}" for fw, why in failed.items()), file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import itertools
 import sys
+from importlib import import_module
 
 import numpy as np
 
-from common.checks import DTYPES
-from common.cli import Parser
+from common.checks import DTYPES, check_geometry
+from common.cli import (Parser, add_spec_flags, guarded, non_negative_int, positive_int,
+                        spec_of)
+from common.devices import add_device_flag
 from common.frameworks import FRAMEWORKS, NAMES, load
 from common.init import init_weights
 from common.oracle import zero_gradient_biases
-from common.spec import PRESETS, ResNetSpec, get_spec
+from common.spec import ResNetSpec
 from common.tables import render
 from common.weights import Weights
 
@@ -24,16 +27,21 @@ TOLERANCES = {"eval logits": 1e-5, "train logits": 1e-5, "loss": 1e-5, "gradient
 
 
 def measure(spec: ResNetSpec, weights: Weights, x: np.ndarray, y: np.ndarray,
-            dtype: str = "float32") -> dict:
+            dtype: str = "float32", device: str = "cpu") -> dict:
     """Per framework: eval logits, train-mode logits, loss and gradients for one batch,
-    computed in `dtype`."""
+    computed in `dtype` on `device` (on a GPU with each framework's deterministic algorithms
+    and no TensorFloat-32: resnet_<fw>.devices.set_deterministic), and the device it used."""
     out = {}
     for fw in FRAMEWORKS:
-        new = lambda: load(fw).Adapter(spec, weights, dtype=dtype)  # noqa: E731
+        devices = import_module(f"resnet_{fw}.devices")
+        chosen = devices.select(device)  # a GPU the framework does not see is an error here
+        if chosen.is_gpu:
+            devices.set_deterministic()
+        new = lambda: load(fw).Adapter(spec, weights, dtype=dtype, device=str(chosen))  # noqa: E731
         loss, grads = new().loss_and_grads(x, y)
         out[fw] = {"eval logits": new().logits(x, training=False),
                    "train logits": new().logits(x, training=True),
-                   "loss": np.array(loss), "gradients": grads}
+                   "loss": np.array(loss), "gradients": grads, "device": str(chosen)}
     return out
 
 
@@ -48,11 +56,11 @@ def worst_gradient(ga: Weights, gb: Weights, skip: set[str]) -> tuple[float, str
 
 
 def crosscheck(spec: ResNetSpec, weights: Weights, input_size: int, batch: int = 4,
-               seed: int = 0, dtype: str = "float32") -> tuple[str, bool]:
+               seed: int = 0, dtype: str = "float32", device: str = "cpu") -> tuple[str, bool]:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(batch, spec.in_channels, input_size, input_size)).astype(np.float32)
     y = rng.integers(0, spec.num_classes, batch)
-    res = measure(spec, weights, x, y, dtype)
+    res = measure(spec, weights, x, y, dtype, device)
     rows, ok = [], True
     for a, b in itertools.combinations(FRAMEWORKS, 2):
         row: list[object] = [f"{a} vs {b}"]
@@ -68,39 +76,45 @@ def crosscheck(spec: ResNetSpec, weights: Weights, input_size: int, batch: int =
     header = ["pair", "max |eval logits diff|", "max |train logits diff|", "|loss diff|",
               "max relative gradient error"]
     scale = float(np.abs(res["torch"]["eval logits"]).max())
-    text = (render(header, rows) + f"\ncomputed in {dtype}; logit scale: max |logit| = "
+    where = ", ".join(f"{fw} {res[fw]['device']}" for fw in FRAMEWORKS)
+    text = (render(header, rows) + f"\ncomputed in {dtype} on {where}; logit scale: max |logit| = "
             f"{scale:.3f}; tolerances "
             + ", ".join(f"{k} {v:g}" for k, v in TOLERANCES.items())
             + f"\nwithin tolerance: {'yes' if ok else 'NO'} ({', '.join(NAMES.values())})")
     return text, ok
 
 
+@guarded
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="resnet-crosscheck", description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", help="weights file (.safetensors, .npz, .pt, .weights.h5, "
-                        ".params); default: the shared seeded initialisation")
-    parser.add_argument("--arch", default="d2l_resnet18", choices=sorted(PRESETS))
-    parser.add_argument("--input-size", type=int, default=96)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights", help="weights file in any format resnet-convert reads "
+                        "(.safetensors, .npz, .pt, .weights.h5, .params, torchvision/timm .pth, "
+                        ".bin), found from its contents; default: the shared seeded "
+                        "initialisation")
+    add_spec_flags(parser)
+    parser.add_argument("--input-size", type=positive_int, default=96)
+    parser.add_argument("--batch", type=positive_int, default=4)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--dtype", default="float32", choices=DTYPES,
                         help="compute dtype in every framework (default float32, as trained); "
                         "float64 shows the agreement free of float32 rounding and ReLU kinks")
+    add_device_flag(parser)
     args = parser.parse_args(argv)
-    for flag in ("input_size", "batch"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')}: expected a positive integer, "
-                         f"got {getattr(args, flag)}")
-    spec = get_spec(args.arch)
+    if args.device != "cpu" and "mxnet" not in sys.modules:
+        # MXNet reads its determinism switches once, when it sets up its first GPU operator:
+        # they are set before anything loads it (they change nothing on the CPU).
+        import_module("resnet_mx.devices").set_deterministic()
+    spec = spec_of(args)
+    # The batch runs in train mode too: refused here, before any framework loads, if it cannot.
+    check_geometry(spec, (args.batch, spec.in_channels, args.input_size, args.input_size),
+                   training=True)
     if args.weights:
         from common.convert import read
-        try:
-            weights = read(args.weights, spec)
-        except (ValueError, FileNotFoundError) as err:
-            parser.error(str(err))
+        weights = read(args.weights, spec)
     else:
         weights = init_weights(spec, args.seed)
-    text, ok = crosscheck(spec, weights, args.input_size, args.batch, args.seed, args.dtype)
+    text, ok = crosscheck(spec, weights, args.input_size, args.batch, args.seed, args.dtype,
+                          args.device)
     print(text)
     return 0 if ok else 1
 

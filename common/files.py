@@ -62,3 +62,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def writable_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """The folder `path`, created if needed and proven writable now (a probe file is written
+    and removed), so that a bad --out stops a command before its work, not after an epoch."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{flag}: expected a folder, got the file {path}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=f".write-test{PARTIAL}{os.getpid()}-"):
+            pass
+    except OSError as err:
+        raise PermissionError(f"{flag}: expected a folder this user can write, got {path} "
+                              f"({err.strerror or err})") from None
+    return path

@@ -6,6 +6,7 @@ stage, head) for any input size, and parameter counts per layer, per part and in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterator, NamedTuple
 
 from common.spec import ResNetSpec, SpecError
@@ -112,17 +113,22 @@ class BlockConfig:
     groups: int = 1
     stride_in_1x1: bool = False
     shortcut_bn: bool = False
-    conv_bias: bool = True
+    conv_bias: bool | tuple[str, ...] = True  # as ResNetSpec.conv_bias
     shortcut: str = "conv"
+    stride_at: str = "first"
+
+    def has_bias(self, conv: str) -> bool:
+        return self.conv_bias if isinstance(self.conv_bias, bool) else conv in self.conv_bias
 
     @classmethod
     def of(cls, spec: ResNetSpec) -> "BlockConfig":
         return cls(spec.block, spec.preact, spec.groups, spec.stride_in_1x1, spec.shortcut_bn,
-                   spec.conv_bias, spec.shortcut)
+                   spec.conv_bias, spec.shortcut, spec.stride_at)
 
 
 def block_layers(path: str, in_shape: tuple[int, ...], channels: int, stride: int = 1,
-                 project: bool = False, conv_bias: bool = True, *, width: int | None = None,
+                 project: bool = False, conv_bias: bool | tuple[str, ...] = True, *,
+                 width: int | None = None,
                  config: BlockConfig | None = None) -> list[Layer]:
     """The layers of one residual block in forward order, the shortcut projection last:
     basic (d2l's `Residual`): conv1 bn1 conv2 bn2 [conv3 (bn3) | shortcut];
@@ -137,7 +143,7 @@ def block_layers(path: str, in_shape: tuple[int, ...], channels: int, stride: in
         convs = [(1, mid, s1, 1), (3, mid, s3, cfg.groups), (1, channels, 1, 1)]
     out, shape = [], in_shape
     for i, (k, c, s, g) in enumerate(convs, start=1):
-        conv = _conv(f"{path}.conv{i}", shape, c, k, s, k // 2, cfg.conv_bias, g)
+        conv = _conv(f"{path}.conv{i}", shape, c, k, s, k // 2, cfg.has_bias(f"conv{i}"), g)
         bn = _bn(f"{path}.bn{i}", shape if cfg.preact else conv.out_shape)
         out += [bn, conv] if cfg.preact else [conv, bn]
         shape = conv.out_shape
@@ -147,8 +153,12 @@ def block_layers(path: str, in_shape: tuple[int, ...], channels: int, stride: in
                          (n, channels, conv_out(h, 1, stride, 0), conv_out(w, 1, stride, 0))))
     elif project:
         i = len(convs) + 1
-        conv = _conv(f"{path}.conv{i}", in_shape, channels, 1, stride, 0, cfg.conv_bias)
+        conv = _conv(f"{path}.conv{i}", in_shape, channels, 1, stride, 0, cfg.has_bias(f"conv{i}"))
         out += [conv] + ([_bn(f"{path}.bn{i}", conv.out_shape)] if cfg.shortcut_bn else [])
+    elif stride != 1 and in_shape[1] == channels and cfg.stride_at == "last":
+        n, c_in, h, w = in_shape  # Keras's ResNetV2: a 1x1 max-pool, x[:, :, ::s, ::s]
+        out.append(Layer(f"{path}.shortcut", "subsample", {},
+                         (n, c_in, conv_out(h, 1, stride, 0), conv_out(w, 1, stride, 0))))
     elif (in_shape[1], stride) != (channels, 1):
         raise SpecError(f"{path}: expected use_1x1conv=True to change {in_shape[1]} channels "
                         f"to {channels} or stride by {stride}, got use_1x1conv=False")
@@ -162,10 +172,15 @@ def block_output(layers_: list[Layer], config: BlockConfig) -> tuple[int, ...]:
 
 def _walk(spec: ResNetSpec, h: int, w: int, n: int) -> Iterator[Layer]:
     st, cfg = spec.stem, BlockConfig.of(spec)
+    if spec.input_bn:  # normalises the raw input with running statistics only
+        yield Layer("stem.input_bn", "bn", {name: (spec.in_channels,) for name in BN_STATS},
+                    (n, spec.in_channels, h, w))
     conv = _conv("stem.conv", (n, spec.in_channels, h, w), st.channels, st.kernel_size,
-                 st.stride, st.padding, spec.conv_bias)
+                 st.stride, st.padding, spec.has_bias("stem"))
     shape = conv.out_shape
-    yield from (conv, _bn("stem.bn", shape), Layer("stem.relu", "relu", {}, shape))
+    yield conv
+    if st.norm:
+        yield from (_bn("stem.bn", shape), Layer("stem.relu", "relu", {}, shape))
     if st.pool:
         shape = shape[:2] + (conv_out(shape[2], 3, 2, 1), conv_out(shape[3], 3, 2, 1))
         yield Layer("stem.pool", "maxpool", {}, shape)
@@ -173,7 +188,7 @@ def _walk(spec: ResNetSpec, h: int, w: int, n: int) -> Iterator[Layer]:
         for j in range(stage.blocks):
             first = j == 0
             block = block_layers(f"stage{i}.{j}", shape, stage.channels,
-                                 stage.stride if first else 1, first and stage.project,
+                                 spec.block_stride(stage, j), first and stage.project,
                                  width=spec.mid_channels(stage), config=cfg)
             yield from block
             shape = block_output(block, cfg)
@@ -225,6 +240,34 @@ def zero_gradient_biases(spec: ResNetSpec) -> set[str]:
         return {f"{a.path}.bias" for a in ls if a.kind == "conv" and "bias" in a.params}
     return {f"{a.path}.bias" for a, b in zip(ls, ls[1:])
             if a.kind == "conv" and b.kind == "bn" and "bias" in a.params}
+
+
+@lru_cache(maxsize=64)
+def min_input_size(spec: ResNetSpec) -> int:
+    """The smallest height (and width: the network treats both axes alike) for which every
+    layer keeps at least one pixel, so that a batch reaches the head."""
+    for size in range(1, 4097):
+        try:
+            _walk_all(spec, size, size)
+            return size
+        except SpecError:
+            if size == 4096:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _walk_all(spec: ResNetSpec, h: int, w: int) -> list[Layer]:
+    return list(_walk(spec, h, w, 1))
+
+
+@lru_cache(maxsize=256)
+def smallest_bn_map(spec: ResNetSpec, height: int, width: int) -> tuple[int, int, str]:
+    """(height, width, path) of the BatchNorm that sees the fewest pixels per example for this
+    input size: in train mode it needs more than one value per channel from the whole batch."""
+    maps = [(layer.out_shape[2] * layer.out_shape[3], i, layer)
+            for i, layer in enumerate(_walk_all(spec, height, width)) if layer.kind == "bn"]
+    _, _, layer = min(maps)
+    return layer.out_shape[2], layer.out_shape[3], layer.path
 
 
 def flops(spec: ResNetSpec, input_size: int | tuple[int, int] = 224, phase: str = "infer") -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 BLOCK_KINDS = ("basic", "bottleneck")
 SHORTCUTS = ("conv", "pad")
+BIAS_CONVS = ("stem", "conv1", "conv2", "conv3", "conv4")
 
 
 class SpecError(ValueError):
@@ -34,6 +35,9 @@ class Stem:
     kernel_size: int = 7
     stride: int = 2
     pool: bool = True  # 3x3 max-pool, stride 2, padding 1
+    norm: bool = True  # BatchNorm and ReLU after the conv; Keras's ResNetV2 has neither
+    pool_zeros: bool = False  # the pool's padding is zeros (Keras's ZeroPadding2D before a
+    #                           valid max-pool), not ignored: it shows where the map is < 0
 
     @property
     def padding(self) -> int:
@@ -46,6 +50,9 @@ class Stem:
                  self.kernel_size)
         _require(self.stride in (1, 2), "stem.stride", "1 or 2", self.stride)
         _require(isinstance(self.pool, bool), "stem.pool", "True or False", self.pool)
+        _require(isinstance(self.norm, bool), "stem.norm", "True or False", self.norm)
+        _require(isinstance(self.pool_zeros, bool), "stem.pool_zeros", "True or False",
+                 self.pool_zeros)
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,10 @@ class ResNetSpec:
     block: str = "basic"
     in_channels: int = 1
     num_classes: int = 10
-    conv_bias: bool = True
+    conv_bias: bool | tuple[str, ...] = True  # every convolution, none, or the named ones:
+    #                                 "stem" and a block's "conv1".."conv4" (has_bias)
+    input_bn: bool = False          # a BatchNorm of the raw input without gamma and beta
+    #                                 (Gluon's v2 model zoo): stem.input_bn, statistics only
     bn: BatchNormSpec = field(default_factory=BatchNormSpec)
     preact: bool = False            # v2: BN-ReLU-conv ordering, final BN-ReLU in the head
     groups: int = 1                 # ResNeXt cardinality (bottleneck 3x3 conv)
@@ -94,19 +104,37 @@ class ResNetSpec:
     shortcut: str = "conv"          # how a block that changes shape projects: "conv" (1x1,
     #                                 option B) or "pad" (subsample, zero-pad channels: option A)
     zero_init_last_bn: bool = False  # init the last BN gamma of each residual branch to 0
+    stride_at: str = "first"        # which block of a stage strides: "first", or "last" (Keras's
+    #                                 ResNetV2: its shortcut is a 1x1 max-pool, a subsampling)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
+        if isinstance(self.conv_bias, (list, set, frozenset)):
+            object.__setattr__(self, "conv_bias", tuple(sorted(self.conv_bias)))
         self.validate()
+
+    def has_bias(self, conv: str) -> bool:
+        """Whether a convolution has a bias: "stem", or a block's "conv1".."conv4" (the
+        projection is conv3 in a basic block, conv4 in a bottleneck)."""
+        return self.conv_bias if isinstance(self.conv_bias, bool) else conv in self.conv_bias
 
     def validate(self) -> None:
         _positive_int("in_channels", self.in_channels)
         _positive_int("num_classes", self.num_classes)
         _require(self.block in BLOCK_KINDS, "block", f"one of {BLOCK_KINDS}", self.block)
-        for flag in ("conv_bias", "preact", "stride_in_1x1", "shortcut_bn", "zero_init_last_bn"):
+        _require(isinstance(self.conv_bias, bool) or (
+            isinstance(self.conv_bias, tuple) and set(self.conv_bias) <= set(BIAS_CONVS)),
+            "conv_bias", f"True, False or a tuple of names from {BIAS_CONVS}", self.conv_bias)
+        for flag in ("input_bn", "preact", "stride_in_1x1", "shortcut_bn", "zero_init_last_bn"):
             _require(isinstance(getattr(self, flag), bool), flag, "True or False",
                      getattr(self, flag))
         _require(self.shortcut in SHORTCUTS, "shortcut", f"one of {SHORTCUTS}", self.shortcut)
+        _require(self.stride_at in ("first", "last"), "stride_at", "'first' or 'last'",
+                 self.stride_at)
+        if self.stride_at == "last":
+            _require(self.preact and self.block == "bottleneck", "stride_at",
+                     "'first' unless the blocks are pre-activation bottlenecks (Keras's "
+                     "ResNetV2)", self.stride_at)
         if self.shortcut == "pad":
             _require(self.block == "basic" and not self.preact and not self.shortcut_bn,
                      "shortcut", "'conv' unless the blocks are basic v1 without shortcut_bn "
@@ -154,7 +182,8 @@ class ResNetSpec:
                          f"{where}.channels", f"{channels} plus an even number, for a zero-padded "
                          f"shortcut", stage.channels)
             if not stage.project:
-                _require(stage.stride == 1 and stage.channels == channels, f"{where}.project",
+                _require((stage.stride == 1 or self.stride_at == "last")
+                         and stage.channels == channels, f"{where}.project",
                          f"True, since the identity shortcut cannot change {channels} channels "
                          f"to {stage.channels} or stride by {stage.stride}", stage.project)
             channels = stage.channels
@@ -179,6 +208,11 @@ class ResNetSpec:
         if self.block == "basic" and not self.preact:
             kw["pad_shortcut"] = self.shortcut == "pad"
         return kw
+
+    def block_stride(self, stage: Stage, j: int) -> int:
+        """The stride of block j of `stage`: on its first block, or its last (stride_at)."""
+        at = 0 if self.stride_at == "first" else stage.blocks - 1
+        return stage.stride if j == at else 1
 
     def part_names(self) -> list[str]:
         """Names of the top-level parts, in order: stem, stage1..stageN, head."""
@@ -242,8 +276,40 @@ for _depth, (_kind, _blocks) in DEPTHS.items():
         PRESETS[f"resnet{_depth}_v2"] = ResNetSpec(
             f"resnet{_depth}_v2", _stages(_kind, _blocks), block=_kind, preact=True,
             **(IMAGENET | {"shortcut_bn": False}))
-PRESETS["resnext50_32x4d"] = ResNetSpec("resnext50_32x4d", _stages("bottleneck", (3, 4, 6, 3)),
-                                        block="bottleneck", groups=32, base_width=4, **IMAGENET)
+        # keras.applications.ResNet50/101/152: every convolution has a bias (Keras's default),
+        # the stride sits on the first 1x1 (the paper's v1), BatchNorm eps 1.001e-5 and
+        # Keras's momentum 0.99.
+        PRESETS[f"keras_resnet{_depth}"] = ResNetSpec(
+            f"keras_resnet{_depth}", _stages(_kind, _blocks), block=_kind, stride_in_1x1=True,
+            bn=BatchNormSpec(eps=1.001e-5, momentum=0.01), **(IMAGENET | {"conv_bias": True}))
+        # keras.applications.ResNet50V2/101V2/152V2: a stem conv with a bias and without BN or
+        # ReLU, its max-pool padded with zeros; pre-activation blocks whose LAST block strides
+        # (its shortcut a 1x1 max-pool) while the first projects at stride 1; biases on the
+        # stem, the last 1x1 and the projection; stage 4 does not stride.
+        PRESETS[f"keras_resnet{_depth}_v2"] = ResNetSpec(
+            f"keras_resnet{_depth}_v2",
+            tuple(Stage(c, n, s, project=True) for c, n, s in zip(WIDE, _blocks, (2, 2, 2, 1))),
+            stem=Stem(norm=False, pool_zeros=True), block=_kind, preact=True, stride_at="last",
+            bn=BatchNormSpec(eps=1.001e-5, momentum=0.01),
+            **(IMAGENET | {"conv_bias": ("stem", "conv3", "conv4"), "shortcut_bn": False}))
+    # Gluon's model zoo, resnet*_v1: torchvision's network, except that the bottleneck strides
+    # its first 1x1 and gives the two 1x1 convolutions a bias (Gluon's Conv2D default).
+    PRESETS[f"gluon_resnet{_depth}_v1"] = ResNetSpec(
+        f"gluon_resnet{_depth}_v1", _stages(_kind, _blocks), block=_kind,
+        **(IMAGENET | ({"conv_bias": ("conv1", "conv3"), "stride_in_1x1": True}
+                       if _kind == "bottleneck" else {})))
+    # resnet*_v2: pre-activation blocks after a BatchNorm of the raw input (no gamma, beta).
+    PRESETS[f"gluon_resnet{_depth}_v2"] = ResNetSpec(
+        f"gluon_resnet{_depth}_v2", _stages(_kind, _blocks), block=_kind, preact=True,
+        input_bn=True, **(IMAGENET | {"shortcut_bn": False}))
+# torchvision's ResNeXt and wide ResNets: the same bottleneck, wider inside (mid_channels).
+for _name, _depth, _groups, _width in (("resnext50_32x4d", 50, 32, 4),
+                                       ("resnext101_32x8d", 101, 32, 8),
+                                       ("resnext101_64x4d", 101, 64, 4),
+                                       ("wide_resnet50_2", 50, 1, 128),
+                                       ("wide_resnet101_2", 101, 1, 128)):
+    PRESETS[_name] = ResNetSpec(_name, _stages(*DEPTHS[_depth]), block="bottleneck",
+                                groups=_groups, base_width=_width, **IMAGENET)
 for _groups, _width in ((2, 64), (4, 32), (8, 16), (16, 8), (32, 4)):
     _name = f"resnext26_{_groups}x{_width}d"
     PRESETS[_name] = ResNetSpec(_name, _stages("bottleneck", (2, 2, 2, 2)), stem=TUTORIAL_STEM,

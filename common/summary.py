@@ -9,10 +9,11 @@ import sys
 
 import numpy as np
 
-from common.cli import Parser
+from common.checks import check_geometry
+from common.cli import Parser, add_spec_flags, frameworks_arg, guarded, positive_int, spec_of
 from common.frameworks import FRAMEWORKS, NAMES, load, shape_as_nchw, to_layout
 from common.oracle import ParamCounts, part_table
-from common.spec import PRESETS, ResNetSpec, get_spec
+from common.spec import ResNetSpec
 from common.tables import render
 
 
@@ -54,22 +55,19 @@ def summary(spec: ResNetSpec, input_size: int = 224, frameworks=FRAMEWORKS,
     return render(header, rows, markdown) + "\n" + verdict, agree
 
 
+@guarded
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="resnet-summary", description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="d2l_resnet18", choices=sorted(PRESETS),
-                        help="preset (default: d2l_resnet18)")
-    parser.add_argument("--input-size", type=int, default=224, help="height = width (default 224)")
+    add_spec_flags(parser)
+    parser.add_argument("--input-size", type=positive_int, default=224, help="height = width (default 224)")
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS),
                         help="comma-separated subset of torch,tf,mx (default: all)")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = parser.parse_args(argv)
-    frameworks = tuple(f for f in args.frameworks.split(",") if f)
-    bad = [f for f in frameworks if f not in FRAMEWORKS]
-    if bad or not frameworks:
-        parser.error(f"--frameworks: expected names from {','.join(FRAMEWORKS)}, got {args.frameworks!r}")
-    if args.input_size < 1:
-        parser.error(f"--input-size: expected a positive integer, got {args.input_size}")
-    table, agree = summary(get_spec(args.arch), args.input_size, frameworks, args.markdown)
+    frameworks = frameworks_arg(parser, args.frameworks, FRAMEWORKS)
+    spec = spec_of(args)
+    check_geometry(spec, (1, spec.in_channels, args.input_size, args.input_size))
+    table, agree = summary(spec, args.input_size, frameworks, args.markdown)
     print(table)
     return 0 if agree else 1
 

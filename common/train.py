@@ -22,15 +22,18 @@ from typing import Sequence
 
 import numpy as np
 
-from common.cli import Parser
-from common.checks import PRECISIONS
-from common.data import DATASETS, DataError, Dataset, batches, load_dataset
-from common.files import atomic_path
+from common.cli import (Parser, guarded, non_negative_float, non_negative_int, positive_float,
+                        positive_int, unit_interval)
+from common.checks import PRECISIONS, check_geometry
+from common.data import DATASETS, Dataset, batches, load_dataset
+from common.devices import add_device_flag
+from common.files import atomic_path, writable_dir
 from common.frameworks import FRAMEWORKS, NAMES, load
 from common.init import INIT_CHOICES, init_weights
+from common.oracle import smallest_bn_map
 from common.optim import OPTIMIZERS, OptimizerConfig
 from common.plots import plot_curves
-from common.spec import PRESETS, get_spec
+from common.spec import PRESETS, ResNetSpec, get_spec
 from common.weights import WeightsError, save_weights
 
 CHECKPOINT, WEIGHTS, METRICS, RUN, CURVES = ("checkpoint.safetensors", "weights.safetensors",
@@ -38,7 +41,9 @@ CHECKPOINT, WEIGHTS, METRICS, RUN, CURVES = ("checkpoint.safetensors", "weights.
 # Flags that must not change when a run is resumed (--epochs may grow; --out, --resume,
 # --threads, --compile and --data-dir are about where and how, not what).
 RUN_DEFINING = ("arch", "dataset", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
-                "resize", "limit", "seed", "init", "precision")
+                "resize", "limit", "seed", "init", "precision", "weights", "new_head", "sync_bn")
+# A run saved before a flag existed was made with that flag's default.
+ADDED_LATER = {"weights": None, "new_head": False, "sync_bn": False}
 
 
 def parser(prog: str) -> argparse.ArgumentParser:
@@ -49,18 +54,26 @@ def parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="fashion_mnist", choices=DATASETS,
                    help="digits and mnist5k are embedded (no network)")
     p.add_argument("--data-dir", default=None, help="where data files are (or go)")
-    p.add_argument("--epochs", type=int, default=10, help="epochs to train")
-    p.add_argument("--batch-size", type=int, default=256, help="examples per step")
-    p.add_argument("--lr", type=float, default=0.05, help="learning rate")
+    p.add_argument("--epochs", type=positive_int, default=10, help="epochs to train")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="examples per step")
+    p.add_argument("--lr", type=positive_float, default=0.05, help="learning rate")
     p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS, help="optimiser")
-    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay")
-    p.add_argument("--resize", type=int, default=96, help="image side after resizing; 0 keeps it")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N training examples")
-    p.add_argument("--seed", type=int, default=0, help="initial weights and data order")
+    p.add_argument("--momentum", type=unit_interval, default=0.0, help="SGD momentum")
+    p.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="L2 weight decay")
+    p.add_argument("--resize", type=non_negative_int, default=96, help="image side after resizing; 0 keeps it")
+    p.add_argument("--limit", type=positive_int, default=None, help="use only the first N training examples")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="initial weights and data order")
     p.add_argument("--init", default="common", choices=INIT_CHOICES,
                    help="common: the shared seeded NumPy init; framework: the framework's own")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="start (fine-tune) from this file, in any format resnet-convert reads "
+                        "(canonical, .pt, .weights.h5, .params, torchvision/timm .pth, "
+                        ".safetensors); its head must fit the data set's classes, see --new-head")
+    p.add_argument("--new-head", action="store_true",
+                   help="with --weights: every weight from the file but the classifier "
+                        "(head.fc), which is new, for the data set's classes, from --init and "
+                        "--seed: fine-tuning a 1000-class ImageNet file on 10 classes")
+    p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
                    help="CPU threads for the framework; all cores by default, the fastest "
                         "measured (README, Performance)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
@@ -70,24 +83,21 @@ def parser(prog: str) -> argparse.ArgumentParser:
                    help="torch.compile, XLA (jit_compile), Gluon static_alloc/static_shape")
     p.add_argument("--out", default=None, help="run folder; None: runs/<framework>")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_device_flag(p)
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under resnet-launch: BatchNorm statistics over the global batch, as "
+                        "one process; without it each worker normalises its own share")
     return p
 
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Bad flags and impossible combinations: a parser error naming expected and given."""
-    for flag in ("epochs", "batch_size", "threads"):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')}: expected a positive integer, got {getattr(args, flag)}")
-    if args.resize < 0:
-        p.error(f"--resize: expected 0 (keep) or a positive size, got {args.resize}")
-    if args.seed < 0:
-        p.error(f"--seed: expected an integer >= 0, got {args.seed}")
-    if args.limit is not None and args.limit < 1:
-        p.error(f"--limit: expected a positive number of examples, got {args.limit}")
-    try:
+    try:  # each number flag is checked by its type; what is left are combinations
         OptimizerConfig(args.optimizer, args.lr, args.momentum, args.weight_decay)
     except ValueError as err:
         p.error(str(err))
+    if args.new_head and not args.weights:
+        p.error("--new-head: expected --weights too (it replaces the head of that file)")
 
 
 def optimizer_config(args: argparse.Namespace) -> OptimizerConfig:
@@ -117,12 +127,41 @@ class StepClock:
 
 
 def evaluate(adapter, x: np.ndarray, y: np.ndarray, batch_size: int, resize: int | None,
-             clock: StepClock | None = None) -> float:
-    """Accuracy in inference mode (running BatchNorm statistics); `clock` times the steps."""
+             clock: StepClock | None = None, engine=None) -> float:
+    """Accuracy in inference mode (running BatchNorm statistics); `clock` times the steps.
+    With an engine, each worker evaluates its slice of the test set and the counts are summed."""
     clock = clock or StepClock()
+    if engine is not None:
+        x, y = (np.array_split(a, engine.workers)[engine.rank] for a in (x, y))
     correct = sum(int((clock.time(lambda: adapter.eval_step(xb), len(yb)).argmax(1) == yb).sum())
-                  for xb, yb in batches(x, y, batch_size, resize))
-    return correct / len(y)
+                  for xb, yb in batches(x, y, batch_size, resize) if len(yb))
+    if engine is None:
+        return correct / len(y)
+    total = engine.all_sum(np.array([correct, len(y)], np.float64))
+    return float(total[0] / total[1])
+
+
+class Workers:
+    """This process's place in a launched run (common.launch sets RESNET3_WORKERS and
+    RESNET3_RANK; torchrun, also run directly, sets WORLD_SIZE and RANK); one worker alone
+    when nothing is set."""
+
+    def __init__(self, environ=os.environ):
+        self.count = int(environ.get("RESNET3_WORKERS", environ.get("WORLD_SIZE", "1")))
+        self.rank = int(environ.get("RESNET3_RANK", environ.get("RANK", "0")))
+        if not 0 <= self.rank < self.count:
+            raise ValueError(f"RESNET3_RANK: expected 0..{self.count - 1}, got {self.rank}")
+
+    @property
+    def first(self) -> bool:
+        """The first worker writes the run's files and speaks for it."""
+        return self.rank == 0
+
+    def share(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """This worker's equal, contiguous share of a global batch."""
+        n = len(y) // self.count
+        at = slice(self.rank * n, (self.rank + 1) * n)
+        return x[at], y[at]
 
 
 class Progress:
@@ -179,18 +218,71 @@ def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
     return model, opt, meta
 
 
+def weights_from_file(path: str, spec: ResNetSpec, init: dict, new_head: bool, dataset: str,
+                      log=print) -> dict:
+    """The starting weights of --weights: all of the file's, for the run's spec. A head of
+    another size is refused unless new_head: then the head (head.fc) is `init`'s, the rest the
+    file's, read for the file's own number of classes."""
+    from common.convert import file_classes, read, source_format
+    fmt, classes = source_format(path), file_classes(path)
+    if new_head:
+        weights = read(path, spec.with_overrides(num_classes=classes or spec.num_classes), fmt)
+        weights |= {name: init[name] for name in init if name.startswith("head.fc.")}
+        log(f"starting from {path} ({fmt}) with a new {spec.num_classes}-class head "
+            f"(--new-head; the file's has {classes or 'an unknown number of'} classes)")
+        return weights
+    if classes is not None and classes != spec.num_classes:
+        raise WeightsError(f"--weights: {path} has a {classes}-class head, the data set "
+                           f"{dataset} has {spec.num_classes} classes; pass --new-head to train "
+                           f"a new {spec.num_classes}-class head on the file's other weights "
+                           f"(fine-tuning)")
+    log(f"starting from {path} ({fmt})")
+    return read(path, spec, fmt)
+
+
 def train(framework: str, args: argparse.Namespace, data: Dataset | None = None,
           log=print) -> dict:
-    """Train one framework as the flags say; returns the run summary (also in run.json)."""
-    module = load(framework)
-    module.set_threads(args.threads)
+    """Train one framework as the flags say; returns the run summary (also in run.json).
+    Under resnet-launch, each worker trains on its share of every global batch through its
+    framework's data-parallel engine, and the first worker alone writes files and logs."""
+    workers = Workers()
+    if args.batch_size % workers.count:
+        raise ValueError(f"--batch-size: expected a multiple of the {workers.count} workers (it "
+                         f"is the global batch, shared equally), got {args.batch_size}")
+    if not workers.first:
+        log = lambda line: None  # noqa: E731 - the first worker speaks for the run
+    out = (writable_dir if workers.first else Path)(args.out or f"runs/{framework}")
     data = (data or load_dataset(args.dataset, args.data_dir)).limit(args.limit)
     spec = get_spec(args.arch, in_channels=data.in_channels, num_classes=data.num_classes)
-    out = Path(args.out or f"runs/{framework}")
-    out.mkdir(parents=True, exist_ok=True)
     config = {k: getattr(args, k) for k in RUN_DEFINING}
     resize = args.resize or None
+    n_train = len(data.train_y)
+    size = resize or int(data.train_x.shape[2])
+    # Without --sync-bn each worker's BatchNorm sees only its share of the batch.
+    local = args.batch_size if args.sync_bn else args.batch_size // workers.count
+    check_geometry(spec, (min(local, n_train), spec.in_channels, size, size), training=True)
+    module = load(framework)
+    module.set_threads(args.threads)
+    from importlib import import_module
+    # A GPU the framework does not see is refused here, before any work (never a fall-back).
+    import_module(f"resnet_{framework}.devices").select(args.device)
+    engine = None
+    if workers.count > 1:  # before anything else runs in the framework (TensorFlow's rule)
+        engine = import_module(f"resnet_{framework}.distributed").join(
+            workers.count, workers.rank, args.sync_bn)
+    try:
+        return _train(framework, args, data, spec, module, out, config, workers, engine, log)
+    finally:
+        if engine is not None:
+            engine.close()
 
+
+def _train(framework, args, data, spec, module, out, config, workers, engine, log) -> dict:
+    """train() once the engine (if any) is joined: a function of its own, so that the engine
+    is left whatever happens."""
+    resize = args.resize or None
+    n_train = len(data.train_y)
+    size = resize or int(data.train_x.shape[2])
     history: list[dict] = []
     start = 0
     ckpt = out / CHECKPOINT
@@ -199,7 +291,8 @@ def train(framework: str, args: argparse.Namespace, data: Dataset | None = None,
             raise FileNotFoundError(f"--resume: expected a checkpoint at {ckpt}, found none")
         weights, opt_state, meta = load_checkpoint(ckpt)
         saved = json.loads(meta["config"])
-        changed = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
+        changed = {k: (saved.get(k, ADDED_LATER.get(k)), v) for k, v in config.items()
+                   if saved.get(k, ADDED_LATER.get(k)) != v}
         if meta.get("framework") != framework or changed:
             what = "; ".join(f"--{k.replace('_', '-')}: expected {a!r}, got {b!r}"
                              for k, (a, b) in changed.items()) or \
@@ -216,13 +309,42 @@ def train(framework: str, args: argparse.Namespace, data: Dataset | None = None,
             weights = init_weights(spec, args.seed)
         else:
             weights = module.to_canonical(module.build(spec, init="framework"))
+        if args.weights:
+            weights = weights_from_file(args.weights, spec, weights, args.new_head, data.name,
+                                        lambda line: log(f"{NAMES[framework]}: {line}"))
+        if engine is not None and args.init == "framework":
+            # Each worker drew its own; every worker starts from the first worker's (the sum
+            # of its values and the others' zeros).
+            weights = {k: engine.all_sum(np.asarray(v, np.float64) if workers.first
+                                         else np.zeros(np.shape(v))).astype(np.float32)
+                       for k, v in weights.items()}
+    kwargs = {"engine": engine} if engine is not None else {}
     adapter = module.Adapter(spec, weights, optimizer=optimizer_config(args),
-                             precision=args.precision, compile=args.compile)
+                             precision=args.precision, compile=args.compile,
+                             device=args.device, **kwargs)
     if opt_state:
         adapter.set_optimizer_state(opt_state)
 
-    n_train = len(data.train_y)
     steps = math.ceil(n_train / args.batch_size)
+    # A last batch that BatchNorm cannot normalise (one value per channel: one example, and a
+    # 1x1 map somewhere) is dropped in training, as loaders with drop_last do; the adapters
+    # refuse such a batch (common.checks.check_geometry), the same in every framework.
+    bh, bw, where = smallest_bn_map(spec, size, size)
+    dropped = n_train % args.batch_size if (n_train % args.batch_size) * bh * bw == 1 else 0
+    if dropped:
+        steps -= 1
+        log(f"{NAMES[framework]}: the last training batch of each epoch ({dropped} example, "
+            f"a {bh}x{bw} map at {where}) is dropped: BatchNorm needs more than one value per "
+            f"channel in train mode")
+    n_train -= dropped
+    # A last batch that the workers cannot share equally is dropped too: unequal shares would
+    # weight the examples unequally in the averaged gradient.
+    last = n_train % args.batch_size
+    if last % workers.count:
+        steps -= 1
+        n_train -= last
+        log(f"{NAMES[framework]}: the last training batch of each epoch ({last} examples) is "
+            f"dropped: {workers.count} workers need equal shares")
     if start >= args.epochs:
         log(f"{NAMES[framework]}: the run in {out} already has {start} of {args.epochs} epochs")
     # The first training and inference steps of this process (tracing, compiling) are timed
@@ -234,21 +356,29 @@ def train(framework: str, args: argparse.Namespace, data: Dataset | None = None,
         seconds0, examples0 = train_clock.seconds, train_clock.examples
         for step, (xb, yb) in enumerate(batches(data.train_x, data.train_y, args.batch_size,
                                                 resize, seed=args.seed, epoch=epoch), start=1):
-            loss, right = train_clock.time(lambda: adapter.train_step(xb, yb), len(yb))
+            if step > steps:  # the dropped last batch
+                break
+            xs, ys = workers.share(xb, yb) if engine is not None else (xb, yb)
+            # examples/sec counts the global batch: every worker's examples
+            loss, right = train_clock.time(lambda: adapter.train_step(xs, ys), len(yb))
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss: expected a finite value, got {loss} at epoch "
                                          f"{epoch + 1} step {step}; try a lower --lr")
-            loss_sum += loss * len(yb)
+            loss_sum += loss * len(ys)
             correct += right
             progress.update(step, loss)
         progress.close()
+        if engine is not None:  # the workers' sums: the epoch's figures for the global batches
+            loss_sum, correct = engine.all_sum(np.array([loss_sum, correct], np.float64))
+            correct = int(round(correct))
         seconds = train_clock.seconds - seconds0
         examples = train_clock.examples - examples0
         eval_seconds0, eval_examples0 = eval_clock.seconds, eval_clock.examples
-        test_acc = evaluate(adapter, data.test_x, data.test_y, args.batch_size, resize, eval_clock)
+        test_acc = evaluate(adapter, data.test_x, data.test_y, args.batch_size, resize, eval_clock,
+                            engine)
         eval_seconds = eval_clock.seconds - eval_seconds0
         row = {"epoch": epoch + 1, "train_loss": loss_sum / n_train, "train_acc": correct / n_train,
-               "test_acc": test_acc,
+               "test_acc": test_acc, "examples": n_train, "test_examples": len(data.test_y),
                "examples_per_sec": examples / seconds if seconds else None, "seconds": seconds,
                "infer_examples_per_sec": ((eval_clock.examples - eval_examples0) / eval_seconds
                                           if eval_seconds else None)}
@@ -258,12 +388,14 @@ def train(framework: str, args: argparse.Namespace, data: Dataset | None = None,
         first = (f", first step {train_clock.first:.2f} s apart" if epoch == start else "")
         log(f"epoch {row['epoch']}/{args.epochs}: loss {row['train_loss']:.3f}, train acc "
             f"{row['train_acc']:.3f}, test acc {row['test_acc']:.3f}, "
-            f"{speed} on cpu ({NAMES[framework]}, {args.precision}{first})")
-        save_checkpoint(out, adapter, epoch + 1, history, config)
-        _write_text_atomically(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+            f"{speed} on {adapter.device} ({NAMES[framework]}, {args.precision}{first})")
+        if workers.first:
+            save_checkpoint(out, adapter, epoch + 1, history, config)
+            _write_text_atomically(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
 
-    save_weights(adapter.get_weights(), out / WEIGHTS)
-    if history:
+    if workers.first:
+        save_weights(adapter.get_weights(), out / WEIGHTS)
+    if history and workers.first:
         plot_curves({NAMES[framework]: history}, out / CURVES, f"{spec.name} on {data.name}")
     counts = module.param_counts(adapter.model)
     summary = {"framework": framework, "arch": spec.name, "dataset": data.name,
@@ -277,11 +409,15 @@ def train(framework: str, args: argparse.Namespace, data: Dataset | None = None,
                "train_examples_per_sec": train_clock.rate(),
                "infer_examples_per_sec": eval_clock.rate(),
                "threads": module.get_threads(), "precision": args.precision,
-               "compile": args.compile, "config": config}
-    _write_text_atomically(out / RUN, json.dumps(summary, indent=1))
+               "compile": args.compile, "device": str(adapter.device),
+               "workers": workers.count, "sync_bn": args.sync_bn,
+               "config": config}
+    if workers.first:
+        _write_text_atomically(out / RUN, json.dumps(summary, indent=1))
     return summary
 
 
+@guarded
 def main(framework: str, argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m resnet_<framework>.train`."""
     if framework not in FRAMEWORKS:
@@ -292,9 +428,5 @@ def main(framework: str, argv: Sequence[str] | None = None) -> int:
     # OpenMP and MXNet read the thread count once, when they load, which has not happened yet
     # in a train script: --threads alone is enough, in every framework.
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    try:
-        train(framework, args)
-    except (DataError, FileNotFoundError, FileExistsError, ValueError, FloatingPointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    train(framework, args)
     return 0

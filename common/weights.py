@@ -32,7 +32,7 @@ def canonical_layout(spec: ResNetSpec) -> dict[str, tuple[int, ...]]:
             for name, shape in layer.params.items()}
 
 
-def _some(names: list[str], most: int = 5) -> str:
+def few_names(names: list[str], most: int = 5) -> str:
     """A few names and the count, so that a wrong file does not print thousands of names."""
     shown = ", ".join(names[:most])
     return f"{len(names)}: {shown}" + (f", ... ({len(names) - most} more)" if len(names) > most
@@ -56,27 +56,62 @@ def check_values(name: str, array) -> None:
                            f"position {pos}")
 
 
-def check_weights(spec: ResNetSpec, weights: Mapping[str, np.ndarray]) -> None:
-    """Raise WeightsError naming the missing, unexpected and mis-shaped entries (a few of each,
-    with their counts), or the first tensor with a non-float dtype, a NaN or an infinity, or a
-    negative running variance."""
-    layout = canonical_layout(spec)
+def layout_problems(layout: Mapping[str, tuple[int, ...]],
+                    weights: Mapping[str, object]) -> list[str]:
+    """What keeps `weights` (name -> array or shape) from fitting `layout` (name -> shape): the
+    missing, unexpected and mis-shaped names, a few of each with their counts; [] if it fits.
+    Names are whatever the layout uses: canonical ones, or a foreign file's (torchvision's)."""
     missing = [n for n in layout if n not in weights]
     unexpected = [n for n in weights if n not in layout]
     misshaped = [f"{n}: expected {layout[n]}, got {tuple(np.shape(weights[n]))}"
                  for n in layout if n in weights and tuple(np.shape(weights[n])) != layout[n]]
     problems = []
     if missing:
-        problems.append(f"missing {_some(missing)}")
+        problems.append(f"missing {few_names(missing)}")
     if unexpected:
-        problems.append(f"unexpected {_some(unexpected)}")
+        problems.append(f"unexpected {few_names(unexpected)}")
     if misshaped:
         problems.append(f"mis-shaped {len(misshaped)}: {'; '.join(misshaped[:5])}"
                         + (f"; ... ({len(misshaped) - 5} more)" if len(misshaped) > 5 else ""))
+    return problems
+
+
+def check_weights(spec: ResNetSpec, weights: Mapping[str, np.ndarray]) -> None:
+    """Raise WeightsError naming the missing, unexpected and mis-shaped entries (a few of each,
+    with their counts), or the first tensor with a non-float dtype, a NaN or an infinity, or a
+    negative running variance."""
+    layout = canonical_layout(spec)
+    problems = layout_problems(layout, weights)
     if problems:
         raise WeightsError(f"weights do not fit {spec.name!r}: " + " | ".join(problems))
     for name in layout:
         check_values(name, weights[name])
+
+
+def unreadable(path, kind: str, err: BaseException | None = None) -> WeightsError:
+    """The error for a weights file that its reader could not read: the path, the format
+    expected and (briefly) what the reader said. A reader's message that advises loading the
+    file with pickle (torch.load's `weights_only=False`) is left out: never unpickle a file
+    you did not write."""
+    lines = [line.strip() for line in str(err or "").splitlines() if line.strip()]
+    if lines and lines[0].startswith("Traceback"):  # MXNet's C++ backtrace: its last line
+        lines = lines[-1:]
+    first = lines[0].removeprefix(f"{type(err).__name__}: ").split(". ")[0][:160] if lines else ""
+    said = "" if err is None else (f"{type(err).__name__}: {first}" if first
+                                   else type(err).__name__)
+    if "weights_only" in said or "pickle" in said.lower():
+        said = type(err).__name__
+    return WeightsError(f"weights file {path}: expected {kind}, could not read it"
+                        + (f" ({said})" if said else "") + "; is it truncated or of another format?")
+
+
+def fit_file(path, load):
+    """load() (a framework's from_canonical of a file's arrays), with the file's path put before
+    a WeightsError: which file does not fit is the first thing a user needs to know."""
+    try:
+        return load()
+    except WeightsError as err:
+        raise WeightsError(f"weights file {path}: {err}") from None
 
 
 def save_weights(weights: Mapping[str, np.ndarray], path: str | os.PathLike) -> Path:
@@ -110,6 +145,4 @@ def load_weights(path: str | os.PathLike) -> Weights:
             return {n: data[n] for n in data.files}
     except Exception as err:  # noqa: BLE001 - each reader has its own errors for a bad file
         kind = "safetensors" if path.suffix == ".safetensors" else "npz (zip of .npy arrays)"
-        raise WeightsError(f"weights file {path}: expected a {kind} file, could not read it "
-                           f"({type(err).__name__}: {str(err)[:200]}); is it truncated or of "
-                           f"another format?") from None
+        raise unreadable(path, f"a {kind} file", err) from None

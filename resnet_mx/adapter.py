@@ -3,7 +3,15 @@
 Every adapter takes and returns NumPy: batches NCHW float32, labels int, weights and gradients
 as canonical dicts. The only thing an adapter knows is its framework.
 
-Two options, both off by default so that the default step is a plain Gluon step:
+device= ("auto", "cpu", "gpu", "gpu:N"; resnet_mx.devices): the model's Parameters live on that
+context (`mx.gpu(N)` or `mx.cpu()`) from the start, and each batch goes to it once, as
+`mx.nd.array(x, ctx=)`: MXNet's engine copies it on its own copy worker, beside the previous
+step's backward pass and update still queued on the device. `adapter.device` is the resolved
+common.devices.Device, `adapter.ctx` MXNet's context. A step waits for the device only where it
+returns: the loss and the logits of the correct count (both ready after the forward pass), and
+with fp16, the loss scaler's overflow check (below), which waits for the gradients.
+
+Options, all off by default so that the default step is a plain Gluon step:
 - precision="bf16": MXNet 1.9.1's AMP rewrites this adapter's graph
   (`mxnet.contrib.amp.convert_symbol`, the pass behind `amp.convert_hybrid_block`): an
   `amp_cast` to bfloat16 before every Convolution and FullyConnected (inputs and weights), so
@@ -21,22 +29,65 @@ Two options, both off by default so that the default step is a plain Gluon step:
   this adapter. In a process where someone else called `amp.init()`, no adapter can compute in
   float32 any more, so every adapter refuses to be made there (RuntimeError) rather than
   silently computing in lower precision.
+- precision="fp16": the same rewrite with target float16, for GPUs (cuDNN's float16 kernels,
+  on tensor cores): AMP's float16 lists put Convolution and FullyConnected in float16, and the
+  BatchNorm, ReLU, pooling, padding and residual sums after them follow their input; float32
+  master weights, shared as above. Loss scaling: AMP's dynamic loss scaler
+  (`mxnet.contrib.amp.loss_scaler.LossScaler`, attached to the Trainer as `amp.init_trainer`
+  attaches it; init_trainer itself insists on amp.init()): the loss is multiplied by the scale
+  before the backward pass (`amp.scale_loss`), the step divides the gradients by it, and a
+  step whose gradients hold an infinity or NaN is skipped and halves the scale; 2000 good
+  steps in a row double it (from 2**16, at most 2**24). Checking for overflow reads one flag
+  from the device each step. The scaler's state is part of optimizer_state (`amp.loss_scale`,
+  `amp.next_loss_scale`, `amp.unskipped`), so a resumed run goes on with the same scale.
+  Refused on the CPU (ValueError): MXNet 1.9's CPU has no float16 matrix product (tried: a
+  float16 Convolution fails with "FP16 gemm on cpu not implemented!",
+  src/operator/linalg_impl.h), so fp16's arithmetic runs on GPUs only; its loss scaling is
+  tested on the CPU over a float32 graph. bf16 on a GPU is not refused, and not tried: MXNet
+  1.9's bfloat16 support was written for oneDNN, its CPU backend.
 - compile=True: `hybridize(static_alloc=True, static_shape=True)`: memory planned once and
   the graph assumed to keep its input shape, instead of the plain `hybridize()`.
+
+engine= (resnet_mx.distributed.join): data-parallel training on a KVStore `dist_sync`. The
+Trainer pushes each worker's gradient and pulls the workers' sum (update_on_kvstore=False),
+then runs the single process's optimiser on it; train_step takes this worker's share of the
+global batch, and `step(workers)` makes the mean of the workers' mean losses the loss that is
+differentiated, as one process's mean over the whole batch. Works in both modes (measured:
+NumPy-mode workers match a classic single process as classic ones do, 7e-8 after 3 steps).
+
+Both of MXNet's modes (resnet_mx.modes): an adapter made after `npx.set_np()` builds its model
+with mx.np parameters and hands it mx.np batches; the NumPy it takes and returns is the same.
+The optimiser's slots are classic NDArrays in both modes (Gluon's Updater hands the optimiser
+classic views of the weights). bf16 and fp16 are refused in NumPy mode: AMP's operator lists
+name the classic operators, and a NumPy-mode graph's ReLUs and sums (_npx_relu, _npi_add) are
+on none of them, so its rewrite is not the measured and documented one above (tried with bf16:
+its logits differed from classic-mode bf16 ones by up to 3e-3 on d2l_resnet18).
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 from mxnet.contrib import amp
+from mxnet.contrib.amp.loss_scaler import LossScaler
 
 from common.checks import batch_as, check_dtype, check_precision, labels_as
+from common.devices import Device
 from common.optim import OptimizerConfig
 from common.spec import ResNetSpec
 from common.weights import Weights
+from resnet_mx.devices import native, select
 from resnet_mx.model import build
+from resnet_mx.modes import array, numpy_mode, zeros_like
 from resnet_mx.weights import canonical_parameters, from_canonical, to_canonical
+
+if TYPE_CHECKING:  # not imported here: importing it as a KVStore server runs the server
+    from resnet_mx.distributed import Engine
+
+# The low-precision type of each mixed precision, as AMP names it.
+_TARGET = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 class Adapter:
@@ -44,7 +95,8 @@ class Adapter:
 
     def __init__(self, spec: ResNetSpec, weights: Weights, lr: float = 0.05,
                  optimizer: OptimizerConfig | None = None, dtype: str = "float32",
-                 precision: str = "fp32", compile: bool = False):
+                 precision: str = "fp32", compile: bool = False, engine: Engine | None = None,
+                 device: str | Device = "auto"):
         self.spec = spec
         self.dtype = check_dtype(dtype)
         self.precision = check_precision(precision, self.dtype)
@@ -53,14 +105,29 @@ class Adapter:
                                "which mxnet.contrib.amp.init() was called (it makes every network "
                                "compute in float16 or bfloat16, and cannot be undone); make "
                                "adapters in a process that does not call it")
+        if self.precision != "fp32" and numpy_mode():
+            raise ValueError(f"precision: expected fp32 under npx.set_np() (MXNet 1.9's AMP "
+                             f"lists only classic operators), got {self.precision!r}; use "
+                             f"{self.precision} in a process without npx.set_np()")
+        self.device = select(device)
+        self.ctx = native(self.device)
+        if self.precision == "fp16" and not self.device.is_gpu:
+            raise ValueError(f"precision: expected fp32 or bf16 on the CPU, got 'fp16' on "
+                             f"device {self.device}; MXNet 1.9 has no float16 matrix product "
+                             f"on the CPU (its float16 Convolution fails with 'FP16 gemm on "
+                             f"cpu not implemented!'): use fp16 on a GPU, or bf16 on the CPU")
         self.compiled = bool(compile)
         self.model = from_canonical(build(spec, init="framework"), weights)
         self.model.cast(self.dtype)
+        # Built and loaded on the CPU, then moved (a copy of each Parameter and a fresh
+        # gradient buffer on the device); the Trainer and the hybridized graph see only the
+        # device's copy.
+        self.model.collect_params().reset_ctx(self.ctx)
         # One cached graph: the same results as imperative mode (bit for bit on d2l_resnet18;
         # elsewhere up to the order of float32 sums), with fewer Python calls.
         graph = dict(static_alloc=True, static_shape=True) if self.compiled else {}
         self.model.hybridize(**graph)
-        self._net = self._bf16_net(graph) if self.precision == "bf16" else self.model
+        self._net = self._mixed_net(graph) if self.precision in _TARGET else self.model
         self.opt = optimizer or OptimizerConfig(lr=lr)
         self.trainable = {n: p for n, p in canonical_parameters(self.model).items()
                           if p.grad_req != "null"}
@@ -71,15 +138,26 @@ class Adapter:
             settings = dict(learning_rate=self.opt.lr, beta1=self.opt.betas[0],
                             beta2=self.opt.betas[1], epsilon=self.opt.eps,
                             wd=self.opt.weight_decay)
-        # Parameter i of this list is the optimiser's index i (see optimizer_state).
+        self.engine = engine
+        # Parameter i of this list is the optimiser's index i (see optimizer_state), and the
+        # KVStore's key i.
         self.trainer = gluon.Trainer(list(self.trainable.values()), self.opt.name, settings,
-                                     kvstore=None)
+                                     kvstore=engine.kvstore if engine else None,
+                                     update_on_kvstore=False if engine else None)
+        self.loss_scaler = None
+        if self.precision == "fp16":  # what amp.init_trainer does, without amp.init()
+            self.loss_scaler = LossScaler()
+            self.trainer._amp_loss_scaler = self.loss_scaler
+            self.trainer._amp_original_scale = self.trainer._scale
+        if engine is not None:
+            engine.attach(self.trainer)
         self.loss = gluon.loss.SoftmaxCrossEntropyLoss()
 
-    def _bf16_net(self, graph: dict) -> gluon.SymbolBlock:
-        """The model's graph rewritten by AMP for bfloat16, on the model's own Parameters."""
+    def _mixed_net(self, graph: dict) -> gluon.SymbolBlock:
+        """The model's graph rewritten by AMP for bfloat16 or float16, on the model's own
+        Parameters."""
         data = mx.sym.var("data", dtype="float32")
-        rewritten = amp.convert_symbol(self.model(data), target_dtype="bfloat16",
+        rewritten = amp.convert_symbol(self.model(data), target_dtype=_TARGET[self.precision],
                                        data_names=["data"])
         net = gluon.SymbolBlock(rewritten, data, params=self.model.collect_params())
         net.hybridize(**graph)
@@ -88,40 +166,58 @@ class Adapter:
     def logits(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Forward pass. training=True normalises with batch statistics and updates the running
         ones, as a training step does; False uses the running statistics."""
-        X = mx.nd.array(batch_as(x, self.dtype, self.spec.in_channels), dtype=self.dtype)
+        X = array(batch_as(x, self.dtype, self.spec, training), dtype=self.dtype, ctx=self.ctx)
         if not training:
             return self._net(X).asnumpy()
         with autograd.record(train_mode=True):
             out = self._net(X)
         # MXNet updates BatchNorm's running statistics in the backward pass; a backward pass
         # with a zero head gradient updates them and leaves only zeros in .grad() (no step).
-        out.backward(mx.nd.zeros_like(out))
+        out.backward(zeros_like(out))
         return out.asnumpy()
 
     eval_step = logits
 
     def _loss(self, x: np.ndarray, y: np.ndarray) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
         """Mean cross-entropy in train mode, with the gradients in every parameter's .grad()."""
-        X = mx.nd.array(batch_as(x, self.dtype, self.spec.in_channels), dtype=self.dtype)
-        Y = mx.nd.array(labels_as(y, X.shape[0], self.spec.num_classes), dtype=self.dtype)
+        X = array(batch_as(x, self.dtype, self.spec, True), dtype=self.dtype, ctx=self.ctx)
+        Y = array(labels_as(y, X.shape[0], self.spec.num_classes), dtype=self.dtype,
+                  ctx=self.ctx)
         with autograd.record(train_mode=True):
             logits = self._net(X)
             loss = self.loss(logits, Y).mean()
-        loss.backward()
+            head = loss if self.loss_scaler is None else self._scaled(loss)
+        head.backward()
         return loss, logits
+
+    def _scaled(self, loss: mx.nd.NDArray) -> mx.nd.NDArray:
+        """fp16: the loss times the loss scale (recorded), and the Trainer told to divide the
+        gradients by that scale in its next step (AMP's scale_loss)."""
+        with amp.scale_loss(loss, self.trainer) as scaled:
+            return scaled
+
+    def _grad_scale(self) -> float:
+        """What the gradients in .grad() are multiplied by: the loss scale under fp16."""
+        return 1.0 if self.loss_scaler is None else self.loss_scaler.loss_scale
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Weights]:
         """Mean cross-entropy in train mode and its gradient for every trainable canonical name."""
         loss, _ = self._loss(x, y)
-        return float(loss.asscalar()), {n: p.grad().asnumpy() for n, p in self.trainable.items()}
+        scale = self._grad_scale()
+        grads = {n: p.grad().asnumpy() for n, p in self.trainable.items()}
+        if scale != 1:  # a power of two: dividing is exact
+            grads = {n: g / np.float32(scale) for n, g in grads.items()}
+        return loss.asnumpy().item(), grads
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         """One optimiser step; returns the batch's mean loss and correct predictions, both
         from the forward pass before the step (as d2l's train_ch6 counts them)."""
         loss, logits = self._loss(x, y)
         # The loss already is a batch mean; step(batch_size) would divide the gradient again.
-        self.trainer.step(1)
-        return float(loss.asscalar()), int((logits.asnumpy().argmax(1) == y).sum())
+        # dist_sync sums the workers' gradients of their mean losses: divide by the workers.
+        self.trainer.step(self.engine.workers if self.engine else 1)
+        # .item(): mx.np arrays have no asscalar; a classic mean has shape (1,), NumPy's ().
+        return loss.asnumpy().item(), int((logits.asnumpy().argmax(1) == y).sum())
 
     def get_weights(self) -> Weights:
         return to_canonical(self.model)
@@ -133,9 +229,16 @@ class Adapter:
     # so the slots are read from and written to the trainer's one updater (one device) directly.
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """The optimiser's slots keyed `<canonical name>.<slot>`, in Gluon's own conventions:
-        SGD `momentum` (= -lr * PyTorch's momentum_buffer), Adam `mean`, `var` and `step`."""
+        SGD `momentum` (= -lr * PyTorch's momentum_buffer), Adam `mean`, `var` and `step`;
+        under fp16 also the loss scaler's `amp.loss_scale` (this step's scale),
+        `amp.next_loss_scale` and `amp.unskipped` (good steps since the scale last changed)."""
         updater, opt = self.trainer._updaters[0], self.trainer.optimizer
         out = {}
+        if self.loss_scaler is not None:  # powers of two and counts < 2000: exact in float32
+            ls = self.loss_scaler
+            out |= {"amp.loss_scale": np.asarray(ls._loss_scale, np.float32),
+                    "amp.next_loss_scale": np.asarray(ls._next_loss_scale, np.float32),
+                    "amp.unskipped": np.asarray(ls._unskipped, np.float32)}
         for i, name in enumerate(self.trainable):
             state = updater.states.get(i)
             if state is None:  # not stepped yet, or SGD without momentum: no slots
@@ -149,12 +252,20 @@ class Adapter:
 
     def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
         updater, opt = self.trainer._updaters[0], self.trainer.optimizer
+        if self.loss_scaler is not None and "amp.loss_scale" in state:
+            ls = self.loss_scaler
+            ls._loss_scale = float(state["amp.loss_scale"])
+            ls._next_loss_scale = float(state["amp.next_loss_scale"])
+            ls._unskipped = int(state["amp.unskipped"])
+        # Classic arrays in both modes, as the optimiser makes its own (see the module's doc),
+        # on the weights' device.
         for i, name in enumerate(self.trainable):
             if self.opt.name == "sgd" and f"{name}.momentum" in state:
-                updater.states[i] = mx.nd.array(state[f"{name}.momentum"], dtype=self.dtype)
+                updater.states[i] = mx.nd.array(state[f"{name}.momentum"], dtype=self.dtype,
+                                                ctx=self.ctx)
             elif self.opt.name == "adam" and f"{name}.mean" in state:
-                updater.states[i] = tuple(mx.nd.array(state[f"{name}.{s}"], dtype=self.dtype)
-                                          for s in ("mean", "var"))
+                updater.states[i] = tuple(mx.nd.array(state[f"{name}.{s}"], dtype=self.dtype,
+                                                      ctx=self.ctx) for s in ("mean", "var"))
                 opt._index_update_count[i] = int(state[f"{name}.step"])
                 opt.num_update = max(opt.num_update, opt._index_update_count[i])
             else:

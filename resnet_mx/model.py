@@ -3,6 +3,9 @@
 MXNet 1.x quirk, written once here: BatchNorm folds the batch statistics into its running ones
 in the *backward* pass, not the forward one; a forward pass in train mode alone leaves them as
 they were. The adapter runs a backward pass where a training-mode forward must update them.
+
+Works in both of MXNet's modes (resnet_mx.modes): a model built after `npx.set_np()` has
+mx.np parameters and takes and returns mx.np arrays; one built without it, mx.nd ones.
 """
 from __future__ import annotations
 
@@ -13,17 +16,28 @@ import numpy as np
 from mxnet import autograd
 from mxnet.gluon import nn
 
-from common.checks import check_batch
+from common.checks import check_batch, check_geometry
 from common.init import build_spec, init_weights
 from common.oracle import ParamCounts
 from common.spec import ResNetSpec
 from resnet_mx.blocks import Bottleneck, PreActBottleneck, PreActResidual, Residual
+from resnet_mx.modes import array, numpy_mode
 
 _LOADED_THREADS = os.environ.get("OMP_NUM_THREADS")  # what MXNet read when it loaded
 
 
 BLOCKS = {("basic", False): Residual, ("bottleneck", False): Bottleneck,
           ("basic", True): PreActResidual, ("bottleneck", True): PreActBottleneck}
+
+
+def _zero_padded_max_pool(F, X):
+    """3x3/2 max-pool over X padded with one ring of zeros (Keras's ResNetV2 stem), in the
+    operators of the mode in force: Gluon's MaxPool2D would pad with -inf."""
+    if numpy_mode():
+        return F.npx.pooling(F.np.pad(X, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="constant"),
+                             kernel=(3, 3), stride=(2, 2), pool_type="max")
+    return F.Pooling(F.pad(X, mode="constant", pad_width=(0, 0, 0, 0, 1, 1, 1, 1)),
+                     kernel=(3, 3), stride=(2, 2), pool_type="max")
 
 
 def _named_sequence(**layers: nn.HybridBlock) -> nn.HybridSequential:
@@ -45,12 +59,19 @@ class ResNet(nn.HybridBlock):
         bn = dict(epsilon=spec.bn.eps, momentum=1 - spec.bn.momentum)  # Gluon weights the old value
         st = spec.stem
         with self.name_scope():
-            stem = dict(conv=nn.Conv2D(st.channels, st.kernel_size, strides=st.stride,
-                                       padding=st.padding, use_bias=spec.conv_bias,
-                                       in_channels=spec.in_channels),
-                        bn=nn.BatchNorm(in_channels=st.channels, **bn),
-                        relu=nn.Activation("relu"))
-            if st.pool:  # Gluon's max-pool pads with -inf, as PyTorch's
+            stem = {}
+            if spec.input_bn:  # the model zoo's v2: the raw input normalised, no gamma or beta
+                stem["input_bn"] = nn.BatchNorm(in_channels=spec.in_channels, center=False,
+                                                scale=False, **bn)
+            stem["conv"] = nn.Conv2D(st.channels, st.kernel_size, strides=st.stride,
+                                     padding=st.padding, use_bias=spec.has_bias("stem"),
+                                     in_channels=spec.in_channels)
+            if st.norm:
+                stem |= dict(bn=nn.BatchNorm(in_channels=st.channels, **bn),
+                             relu=nn.Activation("relu"))
+            if st.pool and st.pool_zeros:  # Keras's ResNetV2: zeros around a map that may be < 0
+                stem["pool"] = nn.HybridLambda(_zero_padded_max_pool)
+            elif st.pool:  # Gluon's max-pool pads with -inf, as PyTorch's
                 stem["pool"] = nn.MaxPool2D(pool_size=3, strides=2, padding=1)
             self.stem = _named_sequence(**stem)
             channels, block = st.channels, BLOCKS[spec.block, spec.preact]
@@ -60,7 +81,7 @@ class ResNet(nn.HybridBlock):
                     first = j == 0
                     project = first and stage.project and spec.shortcut == "conv"
                     blocks.add(block(stage.channels, use_1x1conv=project,
-                                     strides=stage.stride if first else 1, in_channels=channels,
+                                     strides=spec.block_stride(stage, j), in_channels=channels,
                                      **spec.block_kwargs(stage, momentum_of_old=True)))
                     channels = stage.channels
                 setattr(self, f"stage{i}", blocks)
@@ -74,10 +95,11 @@ class ResNet(nn.HybridBlock):
 
     def forward(self, X, *args):
         # Checked here, before Gluon's cached graph (after hybridize()) sees the batch.
-        if isinstance(X, mx.nd.NDArray):
+        if isinstance(X, mx.nd.NDArray):  # mx.np.ndarray is one too
             dtype = np.dtype(X.dtype)
             check_batch(X.shape, dtype.name, np.issubdtype(dtype, np.floating),
                         self.spec.in_channels, "NCHW")
+            check_geometry(self.spec, X.shape, "NCHW", autograd.is_training())
         return super().forward(X, *args)
 
     def hybrid_forward(self, F, X):
@@ -109,7 +131,9 @@ def param_counts(block: nn.Block) -> ParamCounts:
     """Trainable parameters and BatchNorm running statistics (Gluon's grad_req 'null'),
     read from Gluon's own parameters."""
     trainable = stats = 0
-    for p in block.collect_params().values():
+    for name, p in block.collect_params().items():
+        if p.grad_req == "null" and name.endswith(("gamma", "beta")):
+            continue  # BatchNorm(scale=False, center=False) keeps a fixed gamma 1 and beta 0
         if p.shape is None or any(d <= 0 for d in p.shape):
             raise ValueError(f"{p.name}: expected a known shape, got {p.shape}; pass in_channels "
                              f"or run one batch through the block first")
@@ -127,11 +151,10 @@ def part_param_counts(model: ResNet) -> dict[str, ParamCounts]:
 
 
 def part_shapes(model: ResNet, X: np.ndarray | mx.nd.NDArray) -> dict[str, tuple[int, ...]]:
-    """Output shape (NCHW) after each part for the batch X, in inference mode (BatchNorm
-    statistics are not touched)."""
-    if not isinstance(X, mx.nd.NDArray):
-        X = np.asarray(X)
-        X = mx.nd.array(X, dtype=X.dtype)
+    """Output shape (NCHW) after each part for the batch X (NumPy, or an MXNet array of the
+    mode in force), in inference mode (BatchNorm statistics are not touched)."""
+    if not isinstance(X, mx.nd.NDArray):  # mx.np.ndarray is one too
+        X = array(X)
     dtype = np.dtype(X.dtype)
     check_batch(X.shape, dtype.name, np.issubdtype(dtype, np.floating), model.spec.in_channels)
     shapes = {}

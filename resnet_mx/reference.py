@@ -11,6 +11,7 @@ import time
 import mxnet as mx
 from mxnet import autograd, gluon
 from mxnet.contrib import amp
+from mxnet.contrib.amp.loss_scaler import LossScaler
 from mxnet.gluon import nn
 
 VERSION = mx.__version__
@@ -32,14 +33,15 @@ class Block(nn.HybridBlock):
         with self.name_scope():
             self.convs = nn.HybridSequential()
             self.bns = nn.HybridSequential()
-            for i, o, k, s, g in convs:
+            for n, (i, o, k, s, g) in enumerate(convs, start=1):
                 self.convs.add(nn.Conv2D(o, k, s, padding=k // 2, groups=g,
-                                         use_bias=spec.conv_bias, in_channels=i))
+                                         use_bias=spec.has_bias(f"conv{n}"), in_channels=i))
                 self.bns.add(nn.BatchNorm(in_channels=i if spec.preact else o, **bn))
             self.proj = None
             if project and spec.shortcut == "conv":
                 self.proj = nn.HybridSequential()
-                self.proj.add(nn.Conv2D(c_out, 1, stride, use_bias=spec.conv_bias,
+                self.proj.add(nn.Conv2D(c_out, 1, stride,
+                                        use_bias=spec.has_bias(f"conv{len(convs) + 1}"),
                                         in_channels=c_in))
                 if spec.shortcut_bn:
                     self.proj.add(nn.BatchNorm(in_channels=c_out, **bn))
@@ -69,13 +71,23 @@ class Block(nn.HybridBlock):
         return F.relu(Y + X)
 
 
-def network(spec) -> nn.HybridSequential:
-    """The spec's network as one HybridSequential, initialised as d2l does (Xavier)."""
+def context(device="cpu"):
+    """MXNet's context for a device written as "cpu" or "gpu:N" (what str() of the project's
+    resolved device gives), or a context itself."""
+    if isinstance(device, mx.Context):
+        return device
+    kind, _, index = str(device).partition(":")
+    return mx.gpu(int(index or 0)) if kind == "gpu" else mx.cpu()
+
+
+def network(spec, ctx=None) -> nn.HybridSequential:
+    """The spec's network as one HybridSequential, initialised as d2l does (Xavier), on ctx
+    (the CPU by default)."""
     st, bn = spec.stem, dict(epsilon=spec.bn.eps, momentum=1 - spec.bn.momentum)
     net = nn.HybridSequential()
     with net.name_scope():
         net.add(nn.Conv2D(st.channels, st.kernel_size, st.stride, padding=st.kernel_size // 2,
-                          use_bias=spec.conv_bias, in_channels=spec.in_channels),
+                          use_bias=spec.has_bias("stem"), in_channels=spec.in_channels),
                 nn.BatchNorm(in_channels=st.channels, **bn), nn.Activation("relu"))
         if st.pool:
             net.add(nn.MaxPool2D(3, 2, padding=1))
@@ -88,7 +100,7 @@ def network(spec) -> nn.HybridSequential:
         if spec.preact:
             net.add(nn.BatchNorm(in_channels=c, **bn), nn.Activation("relu"))
         net.add(nn.GlobalAvgPool2D(), nn.Dense(spec.num_classes, in_units=c))
-    net.initialize(mx.init.Xavier())
+    net.initialize(mx.init.Xavier(), ctx=ctx)
     return net
 
 
@@ -98,30 +110,43 @@ def count_params(net) -> tuple[int, int]:
     return sum(n for null, n in sizes if not null), sum(n for null, n in sizes if null)
 
 
-def make_step(spec, phase, batch_size, input_size, precision="fp32", compile=False, lr=0.05):
+def make_step(spec, phase, batch_size, input_size, precision="fp32", compile=False, lr=0.05,
+              device="cpu"):
     """A no-argument function running one training step (forward, loss, backward, SGD step;
     returns the loss and the correct count, as d2l's train_ch6 adds them up) or one inference
-    step (returns the logits), on a random batch made once, in NCHW. bf16 converts the block
-    with MXNet's AMP; compile=True hybridizes with static_alloc and static_shape."""
+    step (returns the logits), on a random batch made once on the device, in NCHW. bf16 and
+    fp16 convert the block with MXNet's AMP (fp16 also scales the loss with AMP's dynamic loss
+    scaler, as amp.init_trainer would); compile=True hybridizes with static_alloc and
+    static_shape. device: "cpu" or "gpu:N"."""
     mx.random.seed(0)
-    net = network(spec)
+    ctx = context(device)
+    net = network(spec, ctx)
     net.hybridize(static_alloc=compile, static_shape=compile)
-    X = mx.nd.random.uniform(shape=(batch_size, spec.in_channels, input_size, input_size))
-    if precision == "bf16":  # AMP's conversion of a run Gluon block (float32 parameters kept)
+    X = mx.nd.random.uniform(shape=(batch_size, spec.in_channels, input_size, input_size),
+                             ctx=ctx)
+    target = {"bf16": "bfloat16", "fp16": "float16"}.get(precision)
+    if target:  # AMP's conversion of a run Gluon block (float32 parameters kept)
         net(X)
-        net = amp.convert_hybrid_block(net, target_dtype="bfloat16", ctx=mx.cpu())
+        net = amp.convert_hybrid_block(net, target_dtype=target, ctx=ctx)
         net.hybridize(static_alloc=compile, static_shape=compile)
-    y = mx.nd.random.randint(0, spec.num_classes, shape=(batch_size,)).astype("float32")
+    y = mx.nd.random.randint(0, spec.num_classes, shape=(batch_size,), ctx=ctx).astype("float32")
     if phase == "infer":
         return lambda: net(X).asnumpy()
     loss = gluon.loss.SoftmaxCrossEntropyLoss()
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": lr}, kvstore=None)
+    if precision == "fp16":  # amp.init_trainer's work; it needs amp.init(), which is global
+        trainer._amp_loss_scaler = LossScaler()
+        trainer._amp_original_scale = trainer._scale
 
     def train():
         with autograd.record():
             y_hat = net(X)
             l = loss(y_hat, y)
-        l.backward()
+            if precision == "fp16":
+                with amp.scale_loss(l, trainer) as l_scaled:
+                    autograd.backward(l_scaled)
+        if precision != "fp16":
+            l.backward()
         trainer.step(batch_size)
         return l.mean().asscalar(), int((y_hat.argmax(axis=1) == y).sum().asscalar())
     return train

@@ -9,4 +9,8 @@ LAYOUT = "NHWC"
 _WHERE = {"ResnetBlock": "blocks", **EXPORTS}
 
 __all__ = ["LAYOUT", *_WHERE]
-__getattr__, __dir__ = lazy_exports(__name__, _WHERE)
+# MXNet 1.9 crashes (a segfault, or "random_device could not be read") when it is imported
+# after TensorFlow 2.17 in the same process, and works when imported before it: where MXNet is
+# installed, this package imports it first (through resnet_mx, which sets its thread count),
+# so that convert, crosscheck and the tests can use both (docs/framework-differences.md, 23).
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, first=("resnet_mx", "mxnet"))

@@ -4,7 +4,8 @@ Imports only tensorflow and the standard library: copy this one file into your c
 Batches are NHWC, TensorFlow's layout. `Residual`, `ResnetBlock` and `resnet_block` are d2l's;
 the keyword-only arguments after `strides` are this project's additions, with defaults that keep
 d2l's behaviour:
-- `use_bias`: torchvision-style networks turn conv biases off;
+- `use_bias`: torchvision-style networks turn conv biases off (or name the convolutions
+  that keep one);
 - `shortcut_bn`: BatchNorm after the 1x1 projection (torchvision), d2l has none;
 - `pad_shortcut`: the ResNet paper's CIFAR shortcut (option A): subsample, zero-pad channels;
 - `bn_eps`, `bn_momentum`: the same BatchNorm in all three frameworks of this project.
@@ -18,6 +19,12 @@ Two departures from d2l's TensorFlow code, each for the same numbers as PyTorch 
 """
 import tensorflow as tf
 
+
+
+def _has_bias(use_bias, conv):
+    """use_bias is True or False for every convolution, or the names of those with a bias
+    (Gluon's v1 bottleneck: ("conv1", "conv3"))."""
+    return use_bias if isinstance(use_bias, bool) else conv in use_bias
 
 def _pad(X, padding, value=0.0):
     if not padding:
@@ -127,11 +134,12 @@ class Residual(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         # d2l writes padding='same', which pads a strided conv on the bottom-right only.
         self.conv1 = PaddedConv2D(num_channels, kernel_size=3, padding=1, strides=strides,
-                                  use_bias=use_bias)
-        self.conv2 = PaddedConv2D(num_channels, kernel_size=3, padding=1, use_bias=use_bias)
+                                  use_bias=_has_bias(use_bias, "conv1"))
+        self.conv2 = PaddedConv2D(num_channels, kernel_size=3, padding=1,
+                                  use_bias=_has_bias(use_bias, "conv2"))
         if use_1x1conv:
             self.conv3 = tf.keras.layers.Conv2D(num_channels, kernel_size=1, strides=strides,
-                                                use_bias=use_bias)
+                                                use_bias=_has_bias(use_bias, "conv3"))
         else:
             self.conv3 = None
         self.bn1 = _bn(bn_eps, bn_momentum)
@@ -163,13 +171,15 @@ class Bottleneck(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         width = width or num_channels // 4
         s1, s2 = (strides, 1) if stride_in_1x1 else (1, strides)
-        self.conv1 = tf.keras.layers.Conv2D(width, kernel_size=1, strides=s1, use_bias=use_bias)
+        self.conv1 = tf.keras.layers.Conv2D(width, kernel_size=1, strides=s1,
+                                            use_bias=_has_bias(use_bias, "conv1"))
         self.conv2 = PaddedConv2D(width, kernel_size=3, padding=1, strides=s2, groups=groups,
-                                  use_bias=use_bias)
-        self.conv3 = tf.keras.layers.Conv2D(num_channels, kernel_size=1, use_bias=use_bias)
+                                  use_bias=_has_bias(use_bias, "conv2"))
+        self.conv3 = tf.keras.layers.Conv2D(num_channels, kernel_size=1,
+                                            use_bias=_has_bias(use_bias, "conv3"))
         if use_1x1conv:
             self.conv4 = tf.keras.layers.Conv2D(num_channels, kernel_size=1, strides=strides,
-                                                use_bias=use_bias)
+                                                use_bias=_has_bias(use_bias, "conv4"))
         else:
             self.conv4 = None
         self.bn1 = _bn(bn_eps, bn_momentum)
@@ -197,12 +207,13 @@ class PreActResidual(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         self.bn1 = _bn(bn_eps, bn_momentum)
         self.conv1 = PaddedConv2D(num_channels, kernel_size=3, padding=1, strides=strides,
-                                  use_bias=use_bias)
+                                  use_bias=_has_bias(use_bias, "conv1"))
         self.bn2 = _bn(bn_eps, bn_momentum)
-        self.conv2 = PaddedConv2D(num_channels, kernel_size=3, padding=1, use_bias=use_bias)
+        self.conv2 = PaddedConv2D(num_channels, kernel_size=3, padding=1,
+                                  use_bias=_has_bias(use_bias, "conv2"))
         if use_1x1conv:
             self.conv3 = tf.keras.layers.Conv2D(num_channels, kernel_size=1, strides=strides,
-                                                use_bias=use_bias)
+                                                use_bias=_has_bias(use_bias, "conv3"))
         else:
             self.conv3 = None
 
@@ -223,22 +234,27 @@ class PreActBottleneck(tf.keras.layers.Layer):
         width = width or num_channels // 4
         s1, s2 = (strides, 1) if stride_in_1x1 else (1, strides)
         self.bn1 = _bn(bn_eps, bn_momentum)
-        self.conv1 = tf.keras.layers.Conv2D(width, kernel_size=1, strides=s1, use_bias=use_bias)
+        self.conv1 = tf.keras.layers.Conv2D(width, kernel_size=1, strides=s1,
+                                            use_bias=_has_bias(use_bias, "conv1"))
         self.bn2 = _bn(bn_eps, bn_momentum)
         self.conv2 = PaddedConv2D(width, kernel_size=3, padding=1, strides=s2, groups=groups,
-                                  use_bias=use_bias)
+                                  use_bias=_has_bias(use_bias, "conv2"))
         self.bn3 = _bn(bn_eps, bn_momentum)
-        self.conv3 = tf.keras.layers.Conv2D(num_channels, kernel_size=1, use_bias=use_bias)
+        self.conv3 = tf.keras.layers.Conv2D(num_channels, kernel_size=1,
+                                            use_bias=_has_bias(use_bias, "conv3"))
         if use_1x1conv:
             self.conv4 = tf.keras.layers.Conv2D(num_channels, kernel_size=1, strides=strides,
-                                                use_bias=use_bias)
+                                                use_bias=_has_bias(use_bias, "conv4"))
         else:
             self.conv4 = None
+        self.strides = strides
 
     def call(self, X):
         Y = tf.keras.activations.relu(self.bn1(X))
         if self.conv4 is not None:
             X = self.conv4(Y)
+        elif self.strides > 1:  # Keras's ResNetV2 strides a block without projecting: a 1x1
+            X = X[:, ::self.strides, ::self.strides, :]  # max-pool, which subsamples
         Y = self.conv1(Y)
         Y = self.conv2(tf.keras.activations.relu(self.bn2(Y)))
         Y = self.conv3(tf.keras.activations.relu(self.bn3(Y)))

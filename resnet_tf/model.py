@@ -10,9 +10,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow import keras
 
-from common.checks import check_batch
+from common.checks import check_batch, check_geometry
 from common.init import build_spec, init_weights
-from common.oracle import ParamCounts
+from common.oracle import ParamCounts, min_input_size
 from common.spec import ResNetSpec
 from resnet_tf.blocks import (Bottleneck, PaddedConv2D, PaddedMaxPool2D, PreActBottleneck,
                               PreActResidual, Residual, _same_on)
@@ -21,13 +21,14 @@ BLOCKS = {("basic", False): Residual, ("bottleneck", False): Bottleneck,
           ("basic", True): PreActResidual, ("bottleneck", True): PreActBottleneck}
 
 
-def check_input(X, channels: int) -> None:
+def check_input(X, spec: ResNetSpec, training: bool = False) -> None:
     """Raise common.checks.InputError unless X (NumPy, TensorFlow or Keras symbolic) is an NHWC
-    floating-point batch of `channels` channels."""
+    floating-point batch of the spec's channels that the network can run (common.checks)."""
     if not (hasattr(X, "shape") and hasattr(X, "dtype")):
         X = np.asarray(X)
     dtype = tf.as_dtype(X.dtype)
-    check_batch(tuple(X.shape), dtype.name, dtype.is_floating, channels, "NHWC")
+    check_batch(tuple(X.shape), dtype.name, dtype.is_floating, spec.in_channels, "NHWC")
+    check_geometry(spec, tuple(X.shape), "NHWC", bool(training))
 
 
 class Part(keras.layers.Layer):
@@ -52,6 +53,18 @@ class Part(keras.layers.Layer):
         return X
 
 
+class ZeroPaddedMaxPool2D(keras.layers.MaxPool2D):
+    """Keras's ResNetV2 stem pool: ZeroPadding2D(1), then a valid max-pool (the zeros win where
+    the un-normalised map is negative)."""
+    def call(self, X):
+        return super().call(tf.pad(X, [[0, 0], [1, 1], [1, 1], [0, 0]]))
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        return super().compute_output_shape((n, None if h is None else h + 2,
+                                             None if w is None else w + 2, c))
+
+
 class Stem(Part):
     """stem.conv, bn, relu and pool. Where TensorFlow's 'same' gives PyTorch's symmetric windows
     on the same reversed axes for both the strided convolution and the max-pool (even sizes),
@@ -61,7 +74,8 @@ class Stem(Part):
     resnet-bench: 2-3% of a d2l ResNet-18 step at 96 px."""
 
     def reversed_axes(self, shape) -> list[int] | None:
-        if "pool" not in self.order or not self.conv.explicit_padding:
+        if ("pool" not in self.order or "bn" not in self.order
+                or not isinstance(self.pool, PaddedMaxPool2D) or not self.conv.explicit_padding):
             return None
         conv, pool = self.conv, self.pool
         how = [_same_on(shape[a], conv.kernel_size[a - 1], conv.strides[a - 1],
@@ -78,6 +92,8 @@ class Stem(Part):
         axes = self.reversed_axes(X.shape)
         if axes is None or not self.conv.built:  # Keras builds a layer on its first __call__
             return super().call(X)
+        if "input_bn" in self.order:  # per pixel: the same before or after the reversal
+            X = self.input_bn(X)
         Y = self.relu(self.bn(self.conv.same(tf.reverse(X, axes), axes)))
         return tf.reverse(self.pool.same(Y, axes), axes)
 
@@ -94,18 +110,24 @@ class ResNet(keras.Model):
         # flip=False: where the stem cannot run whole on reversed axes (see Stem), its input,
         # which needs no gradient, is padded: a copy of a small input, cheaper than reversing
         # the large output (measured with resnet-bench).
-        stem = dict(conv=PaddedConv2D(st.channels, st.kernel_size, strides=st.stride,
-                                      padding=st.padding, use_bias=spec.conv_bias, flip=False),
-                    bn=keras.layers.BatchNormalization(**bn),
-                    relu=keras.layers.ReLU())
-        if st.pool:
+        stem = {}
+        if spec.input_bn:  # Gluon v2: the raw input normalised, no gamma or beta
+            stem["input_bn"] = keras.layers.BatchNormalization(center=False, scale=False, **bn)
+        stem["conv"] = PaddedConv2D(st.channels, st.kernel_size, strides=st.stride,
+                                    padding=st.padding, use_bias=spec.has_bias("stem"),
+                                    flip=False)
+        if st.norm:
+            stem |= dict(bn=keras.layers.BatchNormalization(**bn), relu=keras.layers.ReLU())
+        if st.pool and st.pool_zeros:  # Keras's ResNetV2: zeros around a map that may be < 0
+            stem["pool"] = ZeroPaddedMaxPool2D(3, strides=2)
+        elif st.pool:
             stem["pool"] = PaddedMaxPool2D(3, strides=2, padding=1)
         self.stem = Stem(stem, "stem")
         block = BLOCKS[spec.block, spec.preact]
         for i, stage in enumerate(spec.stages, start=1):
             blocks = {str(j): block(stage.channels,
                                     use_1x1conv=j == 0 and stage.project and spec.shortcut == "conv",
-                                    strides=stage.stride if j == 0 else 1,
+                                    strides=spec.block_stride(stage, j),
                                     **spec.block_kwargs(stage, momentum_of_old=True))
                       for j in range(stage.blocks)}
             setattr(self, f"stage{i}", Part(blocks, f"stage{i}"))
@@ -117,11 +139,12 @@ class ResNet(keras.Model):
         self.head = Part(head, "head")
         # Keras creates weights on the first batch; one small batch (in inference mode, so no
         # statistics move) creates them all now. Any size works with symmetric padding.
-        self(tf.zeros((1, 8, 8, spec.in_channels)), training=False)
+        size = max(8, min_input_size(spec))
+        self(tf.zeros((1, size, size, spec.in_channels)), training=False)
 
     def __call__(self, X, *args, **kwargs):
         # Checked here, before Keras converts the batch, so the message is ours alone.
-        check_input(X, self.spec.in_channels)
+        check_input(X, self.spec, kwargs.get("training", args[0] if args else False))
         return super().__call__(X, *args, **kwargs)
 
     def call(self, X):
@@ -166,7 +189,7 @@ def part_param_counts(model: ResNet) -> dict[str, ParamCounts]:
 def part_shapes(model: ResNet, X: np.ndarray | tf.Tensor) -> dict[str, tuple[int, ...]]:
     """Output shape (NHWC, TensorFlow's layout) after each part for the NHWC batch X, in
     inference mode (BatchNorm statistics are not touched)."""
-    check_input(X, model.spec.in_channels)
+    check_input(X, model.spec)
     X = tf.convert_to_tensor(X)
     shapes = {}
     for name in model.spec.part_names():

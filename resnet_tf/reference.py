@@ -8,6 +8,7 @@ from this project; it reads the values of a spec (stem, stages, block kind, ...)
 else. The bench runs it interleaved with the project's `Adapter` step on the same network, batch
 and threads, so that any difference is the cost of the project's code.
 """
+import contextlib
 import time
 
 import tensorflow as tf
@@ -28,11 +29,13 @@ class Block(keras.layers.Layer):
             convs = [(width, 1, s1, 1), (width, 3, s2, spec.groups), (c_out, 1, 1, 1)]
         bn = dict(epsilon=spec.bn.eps, momentum=1 - spec.bn.momentum)
         self.convs = [keras.layers.Conv2D(o, k, s, padding="same", groups=g,
-                                          use_bias=spec.conv_bias) for o, k, s, g in convs]
+                                          use_bias=spec.has_bias(f"conv{n}"))
+                      for n, (o, k, s, g) in enumerate(convs, start=1)]
         self.bns = [keras.layers.BatchNormalization(**bn) for _ in convs]
         self.proj, self.pad, self.preact, self.stride = None, 0, spec.preact, stride
         if project and spec.shortcut == "conv":
-            self.proj = [keras.layers.Conv2D(c_out, 1, stride, use_bias=spec.conv_bias)]
+            self.proj = [keras.layers.Conv2D(c_out, 1, stride,
+                                             use_bias=spec.has_bias(f"conv{len(convs) + 1}"))]
             if spec.shortcut_bn:
                 self.proj.append(keras.layers.BatchNormalization(**bn))
         elif project:
@@ -67,7 +70,7 @@ def network(spec) -> keras.Sequential:
     """The spec's network as one keras.Sequential, with Keras's own initialisation, built."""
     st, bn = spec.stem, dict(epsilon=spec.bn.eps, momentum=1 - spec.bn.momentum)
     layers = [keras.layers.Conv2D(st.channels, st.kernel_size, st.stride, padding="same",
-                                  use_bias=spec.conv_bias),
+                                  use_bias=spec.has_bias("stem")),
               keras.layers.BatchNormalization(**bn), keras.layers.ReLU()]
     if st.pool:
         layers.append(keras.layers.MaxPool2D(3, 2, padding="same"))
@@ -91,40 +94,69 @@ def count_params(net) -> tuple[int, int]:
     return count(net.trainable_weights), count(net.non_trainable_weights)
 
 
-def make_step(spec, phase, batch_size, input_size, precision="fp32", compile=False, lr=0.05):
+def make_step(spec, phase, batch_size, input_size, precision="fp32", compile=False, lr=0.05,
+              device=None):
     """A no-argument function running one training step (forward, loss, backward, SGD step;
     returns the loss and the correct count, as d2l's train_ch6 adds them up) or one inference
-    step (returns the logits), on a random batch made once, in NHWC. bf16 uses Keras's
-    mixed_bfloat16 policy; compile=True compiles the step with XLA."""
+    step (returns the logits), on a random batch made once, in NHWC. bf16 and fp16 use Keras's
+    mixed_bfloat16 and mixed_float16 policies (fp16 with a LossScaleOptimizer, as Keras's
+    mixed-precision guide writes it); compile=True compiles the step with XLA. device: where
+    the network, the batch and the step live ("cpu", "gpu:N" or a TensorFlow name such as
+    "/GPU:0"); None leaves it to TensorFlow (its first GPU if it has one)."""
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision: expected fp32, bf16 or fp16, got {precision!r}")
+    place = contextlib.nullcontext if device is None else lambda: tf.device(_tf_name(device))
     tf.random.set_seed(0)
     policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bf16" else "float32")
+    keras.config.set_dtype_policy({"bf16": "mixed_bfloat16",
+                                   "fp16": "mixed_float16"}.get(precision, "float32"))
     try:
-        net = network(spec)
+        with place():
+            net = network(spec)
     finally:
         keras.config.set_dtype_policy(policy)
-    X = tf.random.uniform((batch_size, input_size, input_size, spec.in_channels))
-    y = tf.random.uniform((batch_size,), 0, spec.num_classes, dtype=tf.int64)
+    with place():
+        X = tf.random.uniform((batch_size, input_size, input_size, spec.in_channels))
+        y = tf.random.uniform((batch_size,), 0, spec.num_classes, dtype=tf.int64)
     if phase == "infer":
         predict = tf.function(lambda X: tf.cast(net(X, training=False), tf.float32),
                               jit_compile=compile)
-        return lambda: predict(X).numpy()
+
+        def infer():
+            with place():
+                return predict(X).numpy()
+        return infer
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    optimizer = keras.optimizers.SGD(learning_rate=lr)
+    with place():
+        optimizer = keras.optimizers.SGD(learning_rate=lr)
+        if precision == "fp16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(net.trainable_variables)
 
     @tf.function(jit_compile=compile)
     def train_step(X, y):
         with tf.GradientTape() as tape:
             y_hat = tf.cast(net(X, training=True), tf.float32)
             l = loss(y, y_hat)
-        grads = tape.gradient(l, net.trainable_variables)
+            scaled = optimizer.scale_loss(l) if precision == "fp16" else l
+        grads = tape.gradient(scaled, net.trainable_variables)
         optimizer.apply_gradients(zip(grads, net.trainable_variables))
         return l, tf.reduce_sum(tf.cast(tf.argmax(y_hat, 1) == y, tf.int32))
 
     def train():
-        l, correct = train_step(X, y)
+        with place():
+            l, correct = train_step(X, y)
         return float(l), int(correct)
     return train
+
+
+def _tf_name(device) -> str:
+    """TensorFlow's name for "cpu", "gpu" or "gpu:N" (also what str() of this project's
+    common.devices.Device gives); a TensorFlow name passes unchanged."""
+    kind, _, index = str(device).lower().partition(":")
+    if kind in ("cpu", "gpu") and (index.isdigit() or not index):
+        return f"/{kind.upper()}:{index or 0}"
+    return str(device)
 
 
 def sync():

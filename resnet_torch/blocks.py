@@ -3,7 +3,8 @@
 Imports only torch and the standard library: copy this one file into your coursework.
 `Residual` and `resnet_block` are d2l's; the keyword-only arguments after `strides` are this
 project's additions, with defaults that keep d2l's behaviour:
-- `use_bias`: torchvision-style networks turn conv biases off;
+- `use_bias`: torchvision-style networks turn conv biases off (or name the convolutions
+  that keep one);
 - `shortcut_bn`: BatchNorm after the 1x1 projection (torchvision), d2l has none;
 - `pad_shortcut`: the ResNet paper's CIFAR shortcut (option A): subsample, zero-pad channels;
 - `bn_eps`, `bn_momentum`: the same BatchNorm in all three frameworks of this project.
@@ -13,6 +14,12 @@ project's additions, with defaults that keep d2l's behaviour:
 from torch import nn
 from torch.nn import functional as F
 
+
+
+def _has_bias(use_bias, conv):
+    """use_bias is True or False for every convolution, or the names of those with a bias
+    (Gluon's v1 bottleneck: ("conv1", "conv3"))."""
+    return use_bias if isinstance(use_bias, bool) else conv in use_bias
 
 def pad_shortcut(X, num_channels, strides):
     """Option A of the ResNet paper: X[:, :, ::s, ::s] with zero channels on both sides."""
@@ -33,12 +40,12 @@ class Residual(nn.Module):
                  bn_momentum=0.1):
         super().__init__()
         self.conv1 = nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1,
-                               stride=strides, bias=use_bias)
+                               stride=strides, bias=_has_bias(use_bias, "conv1"))
         self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1,
-                               bias=use_bias)
+                               bias=_has_bias(use_bias, "conv2"))
         if use_1x1conv:
             self.conv3 = nn.Conv2d(input_channels, num_channels, kernel_size=1,
-                                   stride=strides, bias=use_bias)
+                                   stride=strides, bias=_has_bias(use_bias, "conv3"))
         else:
             self.conv3 = None
         self.bn1 = _bn(num_channels, bn_eps, bn_momentum)
@@ -70,13 +77,15 @@ class Bottleneck(nn.Module):
         super().__init__()
         width = width or num_channels // 4
         s1, s2 = (strides, 1) if stride_in_1x1 else (1, strides)
-        self.conv1 = nn.Conv2d(input_channels, width, kernel_size=1, stride=s1, bias=use_bias)
+        self.conv1 = nn.Conv2d(input_channels, width, kernel_size=1, stride=s1,
+                               bias=_has_bias(use_bias, "conv1"))
         self.conv2 = nn.Conv2d(width, width, kernel_size=3, padding=1, stride=s2,
-                               groups=groups, bias=use_bias)
-        self.conv3 = nn.Conv2d(width, num_channels, kernel_size=1, bias=use_bias)
+                               groups=groups, bias=_has_bias(use_bias, "conv2"))
+        self.conv3 = nn.Conv2d(width, num_channels, kernel_size=1,
+                               bias=_has_bias(use_bias, "conv3"))
         if use_1x1conv:
             self.conv4 = nn.Conv2d(input_channels, num_channels, kernel_size=1,
-                                   stride=strides, bias=use_bias)
+                                   stride=strides, bias=_has_bias(use_bias, "conv4"))
         else:
             self.conv4 = None
         self.bn1 = _bn(width, bn_eps, bn_momentum)
@@ -104,13 +113,13 @@ class PreActResidual(nn.Module):
         super().__init__()
         self.bn1 = _bn(input_channels, bn_eps, bn_momentum)
         self.conv1 = nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1,
-                               stride=strides, bias=use_bias)
+                               stride=strides, bias=_has_bias(use_bias, "conv1"))
         self.bn2 = _bn(num_channels, bn_eps, bn_momentum)
         self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1,
-                               bias=use_bias)
+                               bias=_has_bias(use_bias, "conv2"))
         if use_1x1conv:
             self.conv3 = nn.Conv2d(input_channels, num_channels, kernel_size=1,
-                                   stride=strides, bias=use_bias)
+                                   stride=strides, bias=_has_bias(use_bias, "conv3"))
         else:
             self.conv3 = None
 
@@ -132,22 +141,27 @@ class PreActBottleneck(nn.Module):
         width = width or num_channels // 4
         s1, s2 = (strides, 1) if stride_in_1x1 else (1, strides)
         self.bn1 = _bn(input_channels, bn_eps, bn_momentum)
-        self.conv1 = nn.Conv2d(input_channels, width, kernel_size=1, stride=s1, bias=use_bias)
+        self.conv1 = nn.Conv2d(input_channels, width, kernel_size=1, stride=s1,
+                               bias=_has_bias(use_bias, "conv1"))
         self.bn2 = _bn(width, bn_eps, bn_momentum)
         self.conv2 = nn.Conv2d(width, width, kernel_size=3, padding=1, stride=s2,
-                               groups=groups, bias=use_bias)
+                               groups=groups, bias=_has_bias(use_bias, "conv2"))
         self.bn3 = _bn(width, bn_eps, bn_momentum)
-        self.conv3 = nn.Conv2d(width, num_channels, kernel_size=1, bias=use_bias)
+        self.conv3 = nn.Conv2d(width, num_channels, kernel_size=1,
+                               bias=_has_bias(use_bias, "conv3"))
         if use_1x1conv:
             self.conv4 = nn.Conv2d(input_channels, num_channels, kernel_size=1,
-                                   stride=strides, bias=use_bias)
+                                   stride=strides, bias=_has_bias(use_bias, "conv4"))
         else:
             self.conv4 = None
+        self.strides = strides
 
     def forward(self, X):
         Y = F.relu(self.bn1(X))
         if self.conv4:
             X = self.conv4(Y)
+        elif self.strides > 1:  # Keras's ResNetV2 strides a block without projecting: a 1x1
+            X = X[:, :, ::self.strides, ::self.strides]  # max-pool, which subsamples
         Y = self.conv1(Y)
         Y = self.conv2(F.relu(self.bn2(Y)))
         Y = self.conv3(F.relu(self.bn3(Y)))

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.checks import check_batch
+from common.checks import check_batch, check_geometry
 from common.init import build_spec, init_weights
 from common.oracle import ParamCounts
 from common.spec import ResNetSpec
@@ -24,12 +24,16 @@ class ResNet(nn.Sequential):
     def __init__(self, spec: ResNetSpec):
         bn = dict(eps=spec.bn.eps, momentum=spec.bn.momentum)
         st = spec.stem
-        stem = OrderedDict(
-            conv=nn.Conv2d(spec.in_channels, st.channels, kernel_size=st.kernel_size,
-                           stride=st.stride, padding=st.padding, bias=spec.conv_bias),
-            bn=nn.BatchNorm2d(st.channels, **bn),
-            relu=nn.ReLU())
-        if st.pool:
+        stem = OrderedDict()
+        if spec.input_bn:  # Gluon v2: the raw input normalised, no gamma or beta
+            stem["input_bn"] = nn.BatchNorm2d(spec.in_channels, affine=False, **bn)
+        stem["conv"] = nn.Conv2d(spec.in_channels, st.channels, kernel_size=st.kernel_size,
+                                 stride=st.stride, padding=st.padding, bias=spec.has_bias("stem"))
+        if st.norm:
+            stem |= dict(bn=nn.BatchNorm2d(st.channels, **bn), relu=nn.ReLU())
+        if st.pool and st.pool_zeros:  # Keras's ResNetV2: zeros around a map that may be < 0
+            stem["pool"] = nn.Sequential(nn.ZeroPad2d(1), nn.MaxPool2d(kernel_size=3, stride=2))
+        elif st.pool:
             stem["pool"] = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         parts = OrderedDict(stem=nn.Sequential(stem))
         channels, block = st.channels, BLOCKS[spec.block, spec.preact]
@@ -39,7 +43,7 @@ class ResNet(nn.Sequential):
                 first = j == 0
                 blocks.append(block(channels, stage.channels,
                                     use_1x1conv=first and stage.project and spec.shortcut == "conv",
-                                    strides=stage.stride if first else 1,
+                                    strides=spec.block_stride(stage, j),
                                     **spec.block_kwargs(stage)))
                 channels = stage.channels
             parts[f"stage{i}"] = nn.Sequential(*blocks)
@@ -53,8 +57,10 @@ class ResNet(nn.Sequential):
         self.spec = spec
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        check_batch(tuple(X.shape), str(X.dtype).replace("torch.", ""),
-                    X.is_floating_point(), self.spec.in_channels, "NCHW")
+        if not torch.compiler.is_compiling():  # checked on the batch, not traced into a graph
+            check_batch(tuple(X.shape), str(X.dtype).replace("torch.", ""),
+                        X.is_floating_point(), self.spec.in_channels, "NCHW")
+            check_geometry(self.spec, tuple(X.shape), "NCHW", self.training)
         return super().forward(X)
 
 

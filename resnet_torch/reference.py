@@ -5,6 +5,11 @@ their own padding, BatchNorm2d, an SGD step, random tensors made in NCHW. It imp
 from this project; it reads the values of a spec (stem, stages, block kind, ...) and nothing else.
 The bench runs it interleaved with the project's `Adapter` step on the same network, batch and
 threads, so that any difference is the cost of the project's code.
+
+On a GPU (`device="gpu:N"`) it is d2l's train_ch6 step: the network on the device and the batch
+copied to it from ordinary host memory in every step (`X, y = X.to(device), y.to(device)`, as
+d2l does with each batch of its loader), so that it pays the copy the project's adapter pays
+for its NumPy batch; fp16 is the standard mixed-precision recipe (autocast, GradScaler).
 """
 import time
 
@@ -13,6 +18,18 @@ from torch import nn
 from torch.nn import functional as F
 
 VERSION = torch.__version__
+_CUDA_USED = set()  # the CUDA devices that sync() waits for
+
+
+def torch_device(device) -> torch.device:
+    """A torch.device from "cpu", "gpu", "gpu:N" (or a torch.device, or anything whose str() is
+    one of those: a common.devices.Device)."""
+    if isinstance(device, torch.device):
+        return device
+    kind, _, index = str(device).partition(":")
+    if kind == "gpu":
+        return torch.device("cuda", int(index or 0))
+    return torch.device(str(device))
 
 
 class Block(nn.Module):
@@ -27,11 +44,13 @@ class Block(nn.Module):
             convs = [(c_in, width, 1, s1, 1), (width, width, 3, s2, spec.groups),
                      (width, c_out, 1, 1, 1)]
         self.convs = nn.ModuleList(nn.Conv2d(i, o, k, s, padding=k // 2, groups=g,
-                                             bias=spec.conv_bias) for i, o, k, s, g in convs)
+                                             bias=spec.has_bias(f"conv{n}"))
+                                   for n, (i, o, k, s, g) in enumerate(convs, start=1))
         self.bns = nn.ModuleList(nn.BatchNorm2d(i if spec.preact else o) for i, o, *_ in convs)
         self.proj, self.pad, self.preact, self.stride = None, 0, spec.preact, stride
         if project and spec.shortcut == "conv":
-            proj = [nn.Conv2d(c_in, c_out, 1, stride, bias=spec.conv_bias)]
+            proj = [nn.Conv2d(c_in, c_out, 1, stride,
+                              bias=spec.has_bias(f"conv{len(convs) + 1}"))]
             self.proj = nn.Sequential(*proj, *([nn.BatchNorm2d(c_out)] if spec.shortcut_bn else []))
         elif project:
             self.pad = c_out - c_in
@@ -61,7 +80,7 @@ def network(spec) -> nn.Sequential:
     """The spec's network as one nn.Sequential, with PyTorch's own initialisation."""
     st = spec.stem
     layers = [nn.Conv2d(spec.in_channels, st.channels, st.kernel_size, st.stride,
-                        padding=st.kernel_size // 2, bias=spec.conv_bias),
+                        padding=st.kernel_size // 2, bias=spec.has_bias("stem")),
               nn.BatchNorm2d(st.channels), nn.ReLU()]
     if st.pool:
         layers.append(nn.MaxPool2d(3, 2, padding=1))
@@ -83,50 +102,70 @@ def count_params(net: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in net.parameters()), stats
 
 
-def make_step(spec, phase, batch_size, input_size, precision="fp32", compile=False, lr=0.05):
+def make_step(spec, phase, batch_size, input_size, precision="fp32", compile=False, lr=0.05,
+              device="cpu"):
     """A no-argument function running one training step (forward, loss, backward, SGD step;
     returns the loss and the correct count, as d2l's train_ch6 adds them up) or one inference
-    step (returns the logits), on a random batch made once, in NCHW."""
+    step (returns the logits), on a random batch made once on the host, in NCHW, and copied to
+    `device` in every step (on the CPU that copy is the tensor itself)."""
     torch.manual_seed(0)
-    net = network(spec)
+    dev = torch_device(device)
+    net = network(spec).to(dev)
     run = torch.compile(net) if compile else net
     X = torch.rand(batch_size, spec.in_channels, input_size, input_size)
     y = torch.randint(0, spec.num_classes, (batch_size,))
-    bf16 = precision == "bf16"
+    if dev.type == "cuda":
+        _CUDA_USED.add(dev)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = torch.autocast(dev.type, amp or torch.bfloat16, enabled=amp is not None)
     if phase == "infer":
         net.eval()
 
         def infer():
-            with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-                return run(X).float().numpy()
+            with torch.no_grad(), autocast:
+                return run(X.to(dev)).float().cpu().numpy()
         return infer
     loss = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
     net.train()
 
     def train():
-        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-            y_hat = run(X)
-            l = loss(y_hat, y)
+        Xd, yd = X.to(dev), y.to(dev)
+        with autocast:
+            y_hat = run(Xd)
+            l = loss(y_hat, yd)
         optimizer.zero_grad()
-        l.backward()
-        optimizer.step()
-        return l.item(), int((y_hat.argmax(1) == y).sum())
+        if scaler is None:
+            l.backward()
+            optimizer.step()
+        else:
+            scaler.scale(l).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        return l.item(), int((y_hat.argmax(1) == yd).sum())
     return train
 
 
 def sync():
-    """Nothing to wait for: PyTorch runs CPU operators before it returns."""
+    """Wait for the CUDA devices that make_step used (on the CPU, PyTorch runs the operators
+    before it returns: nothing to wait for)."""
+    for dev in _CUDA_USED:
+        torch.cuda.synchronize(dev)
 
 
-def matmul_gflops(n=1024, seconds=0.5):
+def matmul_gflops(n=1024, seconds=0.5, device="cpu"):
     """The best float32 matrix-multiply rate (GFLOP/s) of a short probe: an n x n product,
-    repeated for about `seconds`."""
-    a, b = torch.rand(n, n), torch.rand(n, n)
+    repeated for about `seconds` (on a GPU, each product waited for)."""
+    dev = torch_device(device)
+    wait = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    a, b = torch.rand(n, n, device=dev), torch.rand(n, n, device=dev)
     a @ b
+    wait()
     best, end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < end:
         t0 = time.perf_counter()
         a @ b
+        wait()
         best = max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
     return best

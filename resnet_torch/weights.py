@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from common.weights import Weights, canonical_layout, check_weights
+from common.weights import Weights, canonical_layout, check_weights, fit_file
 from resnet_torch.model import ResNet
 
 _BN_NAMES = {"gamma": "weight", "beta": "bias"}
@@ -16,8 +16,7 @@ def canonical_tensors(model: ResNet) -> dict[str, torch.Tensor]:
     state = dict(model.named_parameters()) | dict(model.named_buffers())
     out = {}
     for name in canonical_layout(model.spec):
-        layer, param = name.rsplit(".", 1)
-        out[name] = state[f"{layer}.{_BN_NAMES.get(param, param)}"]
+        out[name] = state[_torch_name(name)]
     return out
 
 
@@ -41,6 +40,21 @@ def save_native(model: ResNet, path: str) -> None:
 
 
 def load_native(model: ResNet, path: str) -> ResNet:
-    """Load a `.pt` state_dict; `weights_only=True`, so the file cannot run code."""
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model
+    """Load a `.pt` state_dict; `weights_only=True`, so the file cannot run code. A damaged or
+    foreign file is a WeightsError naming the path; a state_dict of another network lists a
+    few of its names and the counts (common.weights.check_weights)."""
+    from common.ecosystem import from_torchvision_state, is_torchvision, load_torch_state
+    state = load_torch_state(path)  # the one reader of .pt files
+    if is_torchvision(state) and not any(k.startswith("stem.") for k in state):
+        # torchvision's or timm's names: the ecosystem's own format of PyTorch
+        return from_canonical(model, from_torchvision_state(
+            {k: v.numpy() for k, v in state.items()}, model.spec, path))
+    names = {_torch_name(n): n for n in canonical_layout(model.spec)}
+    weights = {names.get(k, k): v.numpy() for k, v in state.items()
+               if not k.endswith("num_batches_tracked")}
+    return fit_file(path, lambda: from_canonical(model, weights))
+
+
+def _torch_name(canonical: str) -> str:
+    layer, param = canonical.rsplit(".", 1)
+    return f"{layer}.{_BN_NAMES.get(param, param)}"

@@ -13,6 +13,37 @@ from common.frameworks import FRAMEWORKS, load, shape_as_nchw, to_layout
 
 MODULES = {fw: load(fw) for fw in FRAMEWORKS}
 
+# RESNET3_MX_NUMPY=1 runs the tests in MXNet's NumPy mode (d2l's `npx.set_np()`), which is
+# process-wide state: tests/test_mx_modes.py starts such a run in a child process. It is set
+# after resnet_mx is imported, as a user may do: the package reads the mode at call time.
+MX_NUMPY = os.environ.get("RESNET3_MX_NUMPY") == "1"
+if MX_NUMPY:
+    from mxnet import npx
+    npx.set_np()
+
+
+def mx_array(x: np.ndarray):
+    """x as an MXNet array of the mode the tests run in (mx.np after npx.set_np())."""
+    from resnet_mx.modes import array
+    return array(x)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu("torch") (or tf, mx) run where that framework sees a GPU, and are
+    skipped with that reason elsewhere: the one skip this suite allows (a framework that does
+    not import fails the run instead)."""
+    seen = {}
+    for item in items:
+        for marker in item.iter_markers("gpu"):  # gpu("torch"), gpu("tf"), ...: all must see one
+            framework = marker.args[0]
+            if framework not in seen:
+                from importlib import import_module
+                seen[framework] = import_module(f"resnet_{framework}.devices").visible_gpus()
+            if not seen[framework]:
+                item.add_marker(pytest.mark.skip(reason=f"needs a GPU: {framework} sees none "
+                                                        f"here"))
+                break
+
 
 @pytest.fixture(params=FRAMEWORKS)
 def fw(request):
@@ -45,8 +76,7 @@ def run_block(module, blk, x_nchw: np.ndarray) -> np.ndarray:
         import torch
         return blk(torch.from_numpy(x_nchw)).detach().numpy()
     if name == "mx":
-        import mxnet as mx
-        return blk(mx.nd.array(x_nchw)).asnumpy()
+        return blk(mx_array(x_nchw)).asnumpy()
     out = np.asarray(blk(to_layout(x_nchw, "NHWC")))
     return np.transpose(out, (0, 3, 1, 2))
 

@@ -72,8 +72,9 @@ class Recorder:
         outer = self
 
         class Adapter:
-            def __init__(self, spec, weights, precision="fp32", compile=False):
+            def __init__(self, spec, weights, precision="fp32", compile=False, device="auto"):
                 outer.calls.append(("init", precision, compile))
+                self.device = device  # the bench runs the reference where the adapter runs
 
             def train_step(self, x, y):
                 outer.calls.append("A")
@@ -85,7 +86,8 @@ class Recorder:
 
         self.Adapter = Adapter
 
-    def make_step(self, spec, phase, b, s, precision="fp32", compile=False):
+    def make_step(self, spec, phase, b, s, precision="fp32", compile=False, device="cpu"):
+        self.calls.append(("reference on", device))
         return lambda: self.calls.append("B")
 
     def sync(self):
@@ -94,12 +96,13 @@ class Recorder:
 
 def test_bench_alternates_project_and_reference_steps():
     fake = Recorder()
-    args = Namespace(batch_size=2, input_size=8, precision="bf16", compile=True, warmup=1,
-                     rounds=3, steps=2)
+    args = Namespace(batch_size=2, input_size=8, precision="bf16", compile=True, device="cpu",
+                     warmup=1, rounds=3, steps=2)
     row = bench.measure(fake, fake, get_spec("cifar_resnet20"), "train", args)
-    assert fake.calls[0] == ("init", "bf16", True)
+    assert fake.calls[:2] == [("init", "bf16", True), ("reference on", "cpu")]
+    assert row["device"] == "cpu"
     # first steps (each waited for), one warm-up pair, then rounds of A A | B B |
-    assert "".join(c for c in fake.calls[1:]) == "A|B|" + "AB|" + "AA|BB|" * 3
+    assert "".join(c for c in fake.calls[2:]) == "A|B|" + "AB|" + "AA|BB|" * 3
     ours, ref = row["ours"], row["ref"]
     assert len(ours["rounds_s"]) == len(ref["rounds_cpu_s"]) == 3
     assert row["ratio_wall"] == np.median(np.divide(ref["rounds_s"], ours["rounds_s"]))
@@ -120,14 +123,14 @@ def test_peak_share_uses_the_best_probe_of_the_run():
 
 
 def test_bench_refuses_bad_flags():
-    for argv, message in ((["--steps", "0"], "--steps: expected a positive integer, got 0"),
+    for argv, message in ((["--steps", "0"], "--steps: expected a positive integer, got '0'"),
                           (["--frameworks", "torch,jax"], "--frameworks: expected names from "
                                                           "torch,tf,mx, got 'torch,jax'"),
                           (["--frameworks", "torch,mxnet"], "got 'torch,mxnet'; did you mean "
                                                             "'mx'?"),
                           (["--arch", "d2l_resnet_18"], "did you mean 'd2l_resnet18'"),
                           (["--input-size", "0"], "--input-size: expected a positive integer, "
-                                                  "got 0")):
+                                                  "got '0'")):
         done = subprocess.run([sys.executable, "-m", "common.bench", *argv],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and message in done.stderr, done.stderr

@@ -31,7 +31,7 @@ def third_party_modules(folder: Path) -> set[str]:
     return {n for n in names if n not in sys.stdlib_module_names and n not in local}
 
 
-def declared(extras=("torch", "tf", "mx")) -> set[str]:
+def declared(extras=("torch", "tf", "mx", "onnx")) -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = list(project["dependencies"])
     for extra in extras:
@@ -51,4 +51,15 @@ def test_every_import_of_common_is_a_declared_dependency():
 def test_requirements_pin_every_declared_dependency():
     pinned = {_norm(line.split("==")[0]) for line in (ROOT / "requirements.txt").read_text()
               .splitlines() if "==" in line}
-    assert declared() <= pinned, declared() - pinned
+    every = declared(("torch", "tf", "mx", "onnx", "dev"))  # dev: the tests' own (nbclient, ...)
+    assert every <= pinned, every - pinned
+
+
+def test_the_gpu_requirements_are_the_cpu_ones_with_the_three_gpu_builds():
+    def pins(name):
+        return {line.split("==")[0]: line.split("==")[1].split()[0]
+                for line in (ROOT / name).read_text().splitlines() if "==" in line}
+    cpu, gpu = pins("requirements.txt"), pins("requirements-gpu.txt")
+    swapped = {"tensorflow-cpu": "tensorflow", "mxnet": "mxnet-cu117"}
+    assert {swapped.get(k, k): v for k, v in cpu.items()} == gpu
+    assert gpu["torch"] == cpu["torch"] and gpu["tensorflow"] == cpu["tensorflow-cpu"]

@@ -108,8 +108,10 @@ def test_bf16_training_lowers_the_loss_and_keeps_float32_weights(fw):
 @pytest.mark.parametrize("precision, dtype, message", [
     ("bf16", "float64", "precision: expected dtype float32 with bf16 (mixed precision keeps "
                         "float32 weights), got dtype 'float64'"),
-    ("fp16", "float32", "precision: expected one of fp32, bf16, got 'fp16'"),
-    ("bfloat16", "float32", "precision: expected one of fp32, bf16, got 'bfloat16'"),
+    ("fp16", "float64", "precision: expected dtype float32 with fp16 (mixed precision keeps "
+                        "float32 weights), got dtype 'float64'"),
+    ("half", "float32", "precision: expected one of fp32, bf16, fp16, got 'half'"),
+    ("bfloat16", "float32", "precision: expected one of fp32, bf16, fp16, got 'bfloat16'"),
 ])
 def test_bad_precision_is_refused_with_the_same_message_everywhere(fw, precision, dtype, message):
     with pytest.raises(ValueError) as err:

@@ -19,11 +19,31 @@ def test_oracle_counts_d2l_resnet18_parameters():
     assert (counts.trainable, counts.non_trainable, counts.total) == (11_178_378, 7_808, 11_186_186)
 
 
-def test_part_counts_add_up_to_total():
+def _conv(c_in, c_out, k):  # d2l's convolutions carry a bias
+    return c_out * c_in * k * k + c_out
+
+
+def _basic(c_in, c_out, project):  # two 3x3 convs, two BNs (gamma, beta), a 1x1 projection
+    return (_conv(c_in, c_out, 3) + _conv(c_out, c_out, 3) + 4 * c_out
+            + (_conv(c_in, c_out, 1) if project else 0))
+
+
+# d2l's ResNet-18 (1 channel, 10 classes) by hand, part by part: (trainable, BN statistics).
+D2L_PARTS = {"stem": (_conv(1, 64, 7) + 2 * 64, 2 * 64),
+             "stage1": (2 * _basic(64, 64, False), 2 * 2 * 2 * 64),
+             "stage2": (_basic(64, 128, True) + _basic(128, 128, False), 2 * 2 * 2 * 128),
+             "stage3": (_basic(128, 256, True) + _basic(256, 256, False), 2 * 2 * 2 * 256),
+             "stage4": (_basic(256, 512, True) + _basic(512, 512, False), 2 * 2 * 2 * 512),
+             "head": (512 * 10 + 10, 0)}
+
+
+def test_part_counts_equal_a_count_by_hand():
+    """Each part's count from the oracle equals the one written out above from d2l's
+    description, and the parts add up to the published total (11,178,378 + 7,808)."""
     spec = get_spec("d2l_resnet18")
-    rows = part_table(spec, 96)
-    assert sum(r.counts.trainable for r in rows) == param_counts(spec).trainable
-    assert sum(r.counts.non_trainable for r in rows) == param_counts(spec).non_trainable
+    assert {r.name: (r.counts.trainable, r.counts.non_trainable)
+            for r in part_table(spec, 96)} == D2L_PARTS
+    assert tuple(map(sum, zip(*D2L_PARTS.values()))) == (11_178_378, 7_808)
 
 
 @pytest.mark.parametrize("size,k,s,p,expected", [(224, 7, 2, 3, 112), (95, 7, 2, 3, 48),
