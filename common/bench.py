@@ -31,7 +31,6 @@ import shlex
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -40,7 +39,7 @@ from common.cli import (Parser, guarded, frameworks_arg, non_negative_int, posit
                         positive_int)
 from common.checks import PRECISIONS
 from common.data import batches
-from common.devices import add_device_flag
+from common.devices import add_device_flag, cpu
 from common.files import atomic_path, writable_dir
 from common.frameworks import FRAMEWORKS, NAMES, load
 from common.oracle import flops
@@ -215,16 +214,8 @@ def _children_cpu() -> float:
 
 def machine() -> dict:
     """What the figures were measured on."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
+    model, flags = cpu()
+    flags = flags or frozenset()
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
     return {"cpu": model, "cores": os.cpu_count(), "features": [f for f in wanted if f in flags],
             "python": platform.python_version(), "system": platform.platform(terse=True),

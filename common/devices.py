@@ -10,8 +10,11 @@ answers `visible_gpus()` (how many it sees, and what they are called) and turns 
 from __future__ import annotations
 
 import argparse
+import functools
+import platform
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 CHOICES = "auto, cpu, gpu, gpu:N"
 _FORM = re.compile(r"^(auto|cpu|gpu)(?::(\d+))?$")
@@ -71,3 +74,20 @@ def add_device_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device_arg, default="auto",
                    help="auto: the framework's first GPU if it sees one, else the CPU; cpu; "
                         "gpu (gpu:0); gpu:N")
+
+
+@functools.cache
+def cpu() -> tuple[str, frozenset[str] | None]:
+    """This machine's CPU model and feature flags, from /proc/cpuinfo (Linux); flags are None
+    where that cannot be read, so callers can tell "unknown" from "absent"."""
+    model, flags = platform.processor() or platform.machine(), None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags" and flags is None:
+                flags = frozenset(value.split())
+    except OSError:
+        pass
+    return model, flags

@@ -127,22 +127,37 @@ def plan(framework: str, workers: int, command: Sequence[str], hosts: Sequence[s
                          for r in range(first, first + per_host)])
 
 
-def _children(pid: int) -> list[int]:
-    """Every descendant of pid (Linux /proc), deepest last."""
-    parents: dict[int, list[int]] = {}
+def _processes() -> dict[int, tuple[int, int, str]]:
+    """Every live process (Linux /proc): pid -> (parent pid, process group, state)."""
+    out = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                out[int(entry.name)] = (int(fields[1]), int(fields[2]), fields[0])
             except (OSError, IndexError, ValueError):
                 continue
-            parents.setdefault(ppid, []).append(int(entry.name))
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of pid, deepest last."""
+    parents: dict[int, list[int]] = {}
+    for child, (ppid, _, _) in _processes().items():
+        parents.setdefault(ppid, []).append(child)
     out, todo = [], [pid]
     while todo:
         kids = parents.get(todo.pop(), [])
         out += kids
         todo += kids
     return out
+
+
+def _running(pids: Sequence[int], groups: Sequence[int]) -> list[int]:
+    """Those of pids, and the members of groups, that have not ended (a zombie has)."""
+    wanted, groups = set(pids), set(groups)
+    return [pid for pid, (_, group, state) in _processes().items()
+            if (pid in wanted or group in groups) and state not in "ZX"]
 
 
 def _signal(pids: Sequence[int], groups: Sequence[int], sig: int) -> None:
@@ -158,7 +173,8 @@ def stop(processes: Sequence[Process], grace: float = 5.0) -> None:
     """SIGTERM every process, its process group (each was started in its own, so a child
     orphaned by a worker that died is still found) and its descendants (which may have made
     groups of their own, as torchrun's workers); SIGKILL what remains after `grace` seconds;
-    reap them."""
+    reap them, and return only when none of them runs any more (a signal is delivered
+    asynchronously: a busy machine may take a moment to end a process that was sent one)."""
     groups = [p.popen.pid for p in processes]
     pids = [pid for p in processes if p.popen.poll() is None
             for pid in (p.popen.pid, *_children(p.popen.pid))]
@@ -172,6 +188,10 @@ def stop(processes: Sequence[Process], grace: float = 5.0) -> None:
     _signal(pids, groups, signal.SIGKILL)
     for p in processes:
         p.popen.wait()
+    end = time.monotonic() + 30  # SIGKILL cannot be ignored: this is only delivery time
+    while (left := _running(pids, groups)) and time.monotonic() < end:
+        _signal(left, [], signal.SIGKILL)
+        time.sleep(0.05)
 
 
 def _read(p: Process, echo) -> None:

@@ -78,7 +78,7 @@ from common.devices import Device
 from common.optim import OptimizerConfig
 from common.spec import ResNetSpec
 from common.weights import Weights
-from resnet_mx.devices import native, select
+from resnet_mx.devices import check_bf16_cpu, native, select
 from resnet_mx.model import build
 from resnet_mx.modes import array, numpy_mode, zeros_like
 from resnet_mx.weights import canonical_parameters, from_canonical, to_canonical
@@ -111,6 +111,8 @@ class Adapter:
                              f"{self.precision} in a process without npx.set_np()")
         self.device = select(device)
         self.ctx = native(self.device)
+        if self.precision == "bf16":
+            check_bf16_cpu(self.device)
         if self.precision == "fp16" and not self.device.is_gpu:
             raise ValueError(f"precision: expected fp32 or bf16 on the CPU, got 'fp16' on "
                              f"device {self.device}; MXNet 1.9 has no float16 matrix product "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from common.devices import Device, DeviceError, resolve
+from common.devices import Device, DeviceError, cpu, resolve
 
 NAME = "MXNet"
 
@@ -48,6 +48,24 @@ def native(device: Device):
     """The device as an MXNet context: mx.gpu(N) or mx.cpu()."""
     import mxnet as mx
     return mx.gpu(device.index) if device.is_gpu else mx.cpu()
+
+
+# oneDNN, MXNet's CPU backend, has bfloat16 convolutions only on AVX-512 CPUs ("avx512_core":
+# these four; native with avx512_bf16 or AMX, emulated in float32 otherwise). Elsewhere MXNet
+# 1.9.1 fails in its first bfloat16 convolution with "could not create a primitive descriptor
+# iterator" (seen on an AMD EPYC with AVX2 only).
+BF16_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq")
+
+
+def check_bf16_cpu(device: Device) -> None:
+    """Refuse bf16 on a CPU whose oneDNN cannot compute it, naming the CPU and what it lacks.
+    Where the flags cannot be read (not Linux), bf16 is tried and MXNet says the rest."""
+    model, flags = cpu()
+    missing = [f for f in BF16_CPU_FLAGS if flags is not None and f not in flags]
+    if not device.is_gpu and missing:
+        raise ValueError(f"precision: expected a CPU with AVX-512 for bf16 in MXNet (oneDNN, "
+                         f"its CPU backend, computes bfloat16 only there), got {model} without "
+                         f"{', '.join(missing)}; use fp32 here, or bf16 in PyTorch or TensorFlow")
 
 
 def set_deterministic() -> None:

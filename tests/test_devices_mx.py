@@ -333,3 +333,60 @@ def test_on_the_gpu_fp16_steps_on_float32_weights_with_a_loss_scale(on_gpu):
     assert list(on_gpu["fp16.dtypes"]) == ["float32"]
     assert on_gpu["fp16.scale"] == 2.0 ** 16
     assert np.isfinite(on_gpu["fp16.step"][0])
+
+
+# 5. bf16 needs an AVX-512 CPU.
+
+def test_bf16_is_refused_on_a_cpu_without_avx512_naming_it(monkeypatch):
+    import resnet_mx.devices as devices
+    from common.devices import Device
+    monkeypatch.setattr(devices, "cpu", lambda: ("Old CPU", frozenset({"avx2", "avx512f"})))
+    message = ("precision: expected a CPU with AVX-512 for bf16 in MXNet (oneDNN, its CPU "
+               "backend, computes bfloat16 only there), got Old CPU without avx512bw, "
+               "avx512vl, avx512dq; use fp32 here, or bf16 in PyTorch or TensorFlow")
+    with pytest.raises(ValueError) as err:
+        resnet_mx.Adapter(SPEC, init_weights(SPEC, 0), precision="bf16", device="cpu")
+    if MX_NUMPY:  # refused first for the mode
+        assert str(err.value).startswith("precision: expected fp32 under npx.set_np()")
+        return
+    assert str(err.value) == message
+    devices.check_bf16_cpu(Device("gpu", 0))  # a GPU computes bf16 without the CPU's help
+    every = frozenset(devices.BF16_CPU_FLAGS)
+    monkeypatch.setattr(devices, "cpu", lambda: ("New CPU", every | {"avx2"}))
+    devices.check_bf16_cpu(Device("cpu"))
+    monkeypatch.setattr(devices, "cpu", lambda: ("Unknown", None))  # no /proc/cpuinfo: tried
+    devices.check_bf16_cpu(Device("cpu"))
+
+
+def test_bf16_train_command_on_such_a_cpu_is_one_line(monkeypatch, capsys, tmp_path):
+    import resnet_mx.devices as devices
+    from common.train import main
+    monkeypatch.setattr(devices, "cpu", lambda: ("Old CPU", frozenset({"avx2"})))
+    code = main("mx", ["--dataset", "digits", "--epochs", "1", "--precision", "bf16",
+                       "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert "expected a CPU with AVX-512 for bf16 in MXNet" in err or MX_NUMPY, err
+
+
+def test_mxnet_bf16_fails_without_avx512_and_runs_with_it(monkeypatch):
+    """Why the refusal: without it, MXNet's own error on a CPU that lacks AVX-512 is oneDNN's
+    "could not create a primitive descriptor iterator"; where the CPU has it, bf16 runs. If a
+    later MXNet computed bf16 on AVX2, the first branch fails and the refusal should go."""
+    import resnet_mx.adapter as adapter
+    import resnet_mx.devices as devices
+    from common.devices import Device
+    monkeypatch.setattr(adapter, "check_bf16_cpu", lambda device: None)
+    if MX_NUMPY:  # refused for the mode before the CPU is asked
+        with pytest.raises(ValueError, match="expected fp32 under npx.set_np"):
+            resnet_mx.Adapter(SPEC, init_weights(SPEC, 0), precision="bf16", device="cpu")
+        return
+    a = resnet_mx.Adapter(SPEC, init_weights(SPEC, 0), precision="bf16", device="cpu")
+    x = np.random.default_rng(0).normal(size=(2, SPEC.in_channels, 16, 16)).astype(np.float32)
+    try:
+        devices.check_bf16_cpu(Device("cpu"))
+    except ValueError:
+        with pytest.raises(mx.base.MXNetError, match="could not create a primitive descriptor"):
+            a.logits(x)
+    else:
+        assert np.isfinite(a.logits(x)).all()

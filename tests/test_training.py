@@ -65,13 +65,23 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(framework, tm
     assert [r["epoch"] for r in history] == [1, 2]
 
 
-def test_first_steps_agree_across_frameworks(tmp_path):
-    """Shared init and data: first-epoch mean losses of the three frameworks agree to 5e-3
-    (four SGD steps of 16 examples at lr 0.05, where float32 differences grow from step to
-    step; step-level agreement is pinned in test_fidelity)."""
-    runs = {fw: run(fw, tmp_path, name=fw) for fw in FRAMEWORKS}
-    first = {fw: r["history"][0]["train_loss"] for fw, r in runs.items()}
-    assert max(first.values()) - min(first.values()) <= 5e-3, first
+def test_the_loop_gives_the_same_losses_in_every_framework(tmp_path, monkeypatch):
+    """Shared init and data through the whole loop (shuffling, batches, steps, the epoch's
+    mean loss and accuracy), with float64 adapters: the frameworks' train losses agree to
+    float64 rounding, and the train accuracies exactly. In float32 this setting
+    (lr 0.05 on 64 examples, losses up to 4.4) amplifies the frameworks' different float32
+    rounding, by a factor that depends on the CPU's kernels: first-epoch means 1e-2 apart were
+    seen on an AVX2 CPU (docs/framework-differences.md, "ReLU kinks"). Test accuracies are not
+    compared: PyTorch's running variance is the unbiased one (row 6 there), which moves its
+    eval logits on this 1x1-map network."""
+    import functools
+    from tests.conftest import MODULES
+    for module in MODULES.values():
+        monkeypatch.setattr(module, "Adapter", functools.partial(module.Adapter, dtype="float64"))
+    runs = {fw: run(fw, tmp_path, "--epochs", "1", name=fw) for fw in FRAMEWORKS}
+    losses = [r["history"][0]["train_loss"] for r in runs.values()]
+    assert max(losses) - min(losses) <= 1e-9 * max(losses), losses  # measured 6e-13
+    assert len({r["history"][0]["train_acc"] for r in runs.values()}) == 1
 
 
 def test_resume_refuses_changed_settings_and_overwrite(tmp_path):
