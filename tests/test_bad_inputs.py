@@ -597,6 +597,7 @@ def test_a_last_batch_of_one_is_dropped_alike_in_training(tmp_path):
         summary_ = run(fw, args, log=said.append)
         assert any("last training batch" in s and "dropped" in s for s in said), said
         losses[fw] = summary_["history"][0]["train_loss"]
+        assert summary_["history"][0]["examples"] == 64, summary_["history"][0]
     assert max(losses.values()) - min(losses.values()) < 1e-4, losses
 
 
