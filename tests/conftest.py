@@ -28,23 +28,10 @@ def mx_array(x: np.ndarray):
     return array(x)
 
 
-# The files that take longest, longest first (measured with --durations on 2 cores). The suite
-# runs on two pytest-xdist workers, a file at a time (pyproject: -n 2 --dist loadfile); handing
-# out the long files first keeps one worker from running a long file alone at the end.
-LONGEST_FIRST = ("test_family.py", "test_launch.py", "test_fidelity.py", "test_notebooks.py",
-                 "test_zoo.py", "test_commands.py", "test_training.py", "test_mx_modes.py",
-                 "test_precision.py", "test_speed_paths.py", "test_bad_inputs.py",
-                 "test_convert.py", "test_distributed_tf.py", "test_export.py",
-                 "test_ecosystem.py", "test_metrics.py", "test_bench.py")
-
-
 def pytest_collection_modifyitems(config, items):
-    """Long files first (above), each file's tests in their own order. Tests marked
-    gpu("torch") (or tf, mx) run where that framework sees a GPU, and are skipped with that
-    reason elsewhere: the one skip this suite allows (a framework that does not import fails
-    the run instead)."""
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within
+    """Tests marked gpu("torch") (or tf, mx) run where that framework sees a GPU, and are
+    skipped with that reason elsewhere: the one skip this suite allows (a framework that does
+    not import fails the run instead)."""
     seen = {}
     for item in items:
         for marker in item.iter_markers("gpu"):  # gpu("torch"), gpu("tf"), ...: all must see one

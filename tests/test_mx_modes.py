@@ -255,8 +255,8 @@ def test_mx_tests_pass_in_the_other_mode():
     """The selection above, in a pytest child in the other mode: every test passes, none is
     skipped, and the mode check among them ran."""
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider",
-                          *MODE_RUN], cwd=ROOT, env=OTHER_MODE_ENV, capture_output=True,
-                         text=True, timeout=300)
+                          "-n", "0", *MODE_RUN],  # in the child's own process, not on workers
+                         cwd=ROOT, env=OTHER_MODE_ENV, capture_output=True, text=True, timeout=300)
     tail = run.stdout[-3000:]
     assert run.returncode == 0, tail
     assert re.search(r"^PASSED tests/test_mx_modes.py::test_mxnet_runs_in_the_mode_the_environment",
