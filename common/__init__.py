@@ -2,9 +2,9 @@
 
 Nothing in this package imports a deep-learning framework.
 """
-from common.spec import (BatchNormSpec, ResNetSpec, SpecError, Stage, Stem, PRESETS,
+from common.core.spec import (BatchNormSpec, ResNetSpec, SpecError, Stage, Stem, PRESETS,
                          get_spec)
-from common.oracle import ParamCounts, part_table, layer_table, param_counts
+from common.core.oracle import ParamCounts, part_table, layer_table, param_counts
 
 __all__ = ["BatchNormSpec", "ResNetSpec", "SpecError", "Stage", "Stem", "PRESETS", "get_spec",
            "ParamCounts", "part_table", "layer_table", "param_counts"]

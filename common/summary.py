@@ -1,76 +1,7 @@
-"""Side-by-side summary: per part, the output shape and parameter counts of the oracle and of
-every framework's model, and whether they all agree.
-
-    python -m common.summary --arch d2l_resnet18 --input-size 224
-"""
-from __future__ import annotations
-
+"""`python -m common.summary`, the command's older spelling: runs common/commands/summary.py (`resnet3 summary`)."""
 import sys
 
-import numpy as np
-
-from common.checks import check_geometry
-from common.cli import Parser, add_spec_flags, frameworks_arg, guarded, positive_int, spec_of
-from common.frameworks import FRAMEWORKS, NAMES, load, shape_as_nchw, to_layout
-from common.oracle import ParamCounts, part_table
-from common.spec import ResNetSpec
-from common.tables import render
-
-
-def framework_parts(framework: str, spec: ResNetSpec, input_size: int, batch: int = 1
-                    ) -> dict[str, tuple[tuple[int, ...], ParamCounts]]:
-    """Per part: (output shape as NCHW, parameter counts) read from the framework's model."""
-    module = load(framework)
-    model = module.build(spec)
-    x = np.zeros((batch, spec.in_channels, input_size, input_size), np.float32)
-    shapes = module.part_shapes(model, to_layout(x, module.LAYOUT))
-    counts = module.part_param_counts(model)
-    return {name: (shape_as_nchw(shapes[name], module.LAYOUT), counts[name]) for name in shapes}
-
-
-def summary(spec: ResNetSpec, input_size: int = 224, frameworks=FRAMEWORKS,
-            markdown: bool = False) -> tuple[str, bool]:
-    """The side-by-side table and whether every framework agrees with the oracle."""
-    oracle = {r.name: (r.out_shape, r.counts) for r in part_table(spec, input_size)}
-    columns = {"oracle": oracle} | {fw: framework_parts(fw, spec, input_size) for fw in frameworks}
-    header = ["part"]
-    for col in columns:
-        header += [f"{col} shape", f"{col} trainable", f"{col} BN stats"]
-    rows, agree = [], True
-    for part in oracle:
-        row: list[object] = [part]
-        for col, parts in columns.items():
-            shape, counts = parts.get(part, ((), ParamCounts(0, 0)))
-            agree &= parts.get(part) == oracle[part]
-            row += [shape, counts.trainable, counts.non_trainable]
-        rows.append(row)
-    totals: list[object] = ["total"]
-    for parts in columns.values():
-        t = sum((c for _, c in parts.values()), ParamCounts(0, 0))
-        totals += [f"{t.total:,} in all", t.trainable, t.non_trainable]
-    rows.append(totals)
-    names = ", ".join(NAMES[fw] for fw in frameworks)
-    verdict = (f"all agree: {'yes' if agree else 'NO'} ({names} vs the oracle, "
-               f"{spec.name}, input {input_size}x{input_size})")
-    return render(header, rows, markdown) + "\n" + verdict, agree
-
-
-@guarded
-def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="resnet-summary", description=__doc__.splitlines()[0])
-    add_spec_flags(parser)
-    parser.add_argument("--input-size", type=positive_int, default=224, help="height = width (default 224)")
-    parser.add_argument("--frameworks", default=",".join(FRAMEWORKS),
-                        help="comma-separated subset of torch,tf,mx (default: all)")
-    parser.add_argument("--markdown", action="store_true", help="print a markdown table")
-    args = parser.parse_args(argv)
-    frameworks = frameworks_arg(parser, args.frameworks, FRAMEWORKS)
-    spec = spec_of(args)
-    check_geometry(spec, (1, spec.in_channels, args.input_size, args.input_size))
-    table, agree = summary(spec, args.input_size, frameworks, args.markdown)
-    print(table)
-    return 0 if agree else 1
-
+from common.commands.summary import main
 
 if __name__ == "__main__":
     sys.exit(main())

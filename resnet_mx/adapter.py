@@ -7,7 +7,7 @@ device= ("auto", "cpu", "gpu", "gpu:N"; resnet_mx.devices): the model's Paramete
 context (`mx.gpu(N)` or `mx.cpu()`) from the start, and each batch goes to it once, as
 `mx.nd.array(x, ctx=)`: MXNet's engine copies it on its own copy worker, beside the previous
 step's backward pass and update still queued on the device. `adapter.device` is the resolved
-common.devices.Device, `adapter.ctx` MXNet's context. A step waits for the device only where it
+common.core.devices.Device, `adapter.ctx` MXNet's context. A step waits for the device only where it
 returns: the loss and the logits of the correct count (both ready after the forward pass), and
 with fp16, the loss scaler's overflow check (below), which waits for the gradients.
 
@@ -73,11 +73,11 @@ from mxnet import autograd, gluon
 from mxnet.contrib import amp
 from mxnet.contrib.amp.loss_scaler import LossScaler
 
-from common.checks import batch_as, check_dtype, check_precision, labels_as
-from common.devices import Device
-from common.optim import OptimizerConfig
-from common.spec import ResNetSpec
-from common.weights import Weights
+from common.core.checks import batch_as, check_dtype, check_precision, labels_as
+from common.core.devices import Device
+from common.core.optim import OptimizerConfig
+from common.core.spec import ResNetSpec
+from common.core.weights import Weights
 from resnet_mx.devices import check_bf16_cpu, native, select
 from resnet_mx.model import build
 from resnet_mx.modes import array, numpy_mode, zeros_like

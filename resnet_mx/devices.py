@@ -1,6 +1,6 @@
 """Which device MXNet computes on: `mx.gpu(N)` or `mx.cpu()`.
 
-`select("auto" | "cpu" | "gpu" | "gpu:N")` resolves a request with common.devices against the
+`select("auto" | "cpu" | "gpu" | "gpu:N")` resolves a request with common.core.devices against the
 GPUs MXNet sees (`mx.context.num_gpus()`: CUDA's count, narrowed by CUDA_VISIBLE_DEVICES; 0 on
 a CPU-only build of MXNet, such as the `mxnet` wheel); `native` turns the resolved device into
 MXNet's context. MXNet 1.9 has no call that names a GPU (its Context knows a type and an index),
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from common.devices import Device, DeviceError, cpu, resolve
+from common.core.devices import Device, DeviceError, cpu, resolve
 
 NAME = "MXNet"
 
@@ -40,7 +40,7 @@ def visible_gpus() -> list[str]:
 
 def select(requested: str | Device = "auto") -> Device:
     """The device for `requested` ("auto", "cpu", "gpu", "gpu:N"); a GPU MXNet does not see is
-    a common.devices.DeviceError naming the GPUs it sees, never a fall-back to the CPU."""
+    a common.core.devices.DeviceError naming the GPUs it sees, never a fall-back to the CPU."""
     return resolve(requested, NAME, visible_gpus())
 
 

@@ -1,6 +1,6 @@
 """Data-parallel MXNet: a Gluon Trainer on a KVStore `dist_sync` (a parameter server).
 
-`common.launch` starts one scheduler and one server (`python -m resnet_mx.distributed`, this
+`common.commands.launch` starts one scheduler and one server (`python -m resnet_mx.distributed`, this
 file; importing mxnet with DMLC_ROLE=scheduler or server runs that role until the workers
 leave) and N workers, all with the DMLC_* variables. Each worker calls `join`, and hands the
 engine to its `Adapter(..., engine=)`.
@@ -84,7 +84,7 @@ class Engine:
     def __init__(self, workers: int, rank: int, sync_bn: bool = False):
         _refuse_sync_bn(sync_bn)
         if os.environ.get("DMLC_ROLE") != "worker":
-            raise ValueError(f"DMLC_ROLE: expected 'worker' (common.launch sets it), got "
+            raise ValueError(f"DMLC_ROLE: expected 'worker' (common.commands.launch sets it), got "
                              f"{os.environ.get('DMLC_ROLE')!r}")
         self.workers, self.rank, self.sync_bn = workers, rank, sync_bn
         self.kvstore = mx.kv.create("dist_sync")
@@ -142,7 +142,7 @@ class Engine:
 
 
 def join(workers: int, rank: int, sync_bn: bool = False) -> Engine:
-    """Join the `dist_sync` group that common.launch started (DMLC_* variables)."""
+    """Join the `dist_sync` group that common.commands.launch started (DMLC_* variables)."""
     _refuse_sync_bn(sync_bn)  # before anything connects: the refusal must not hang
     engine = Engine(workers, rank, sync_bn)
     atexit.register(engine.close)
@@ -162,4 +162,4 @@ if __name__ == "__main__":
     # Reached only as a worker or without DMLC_ROLE: the scheduler and server ran and exited
     # inside `import mxnet` above.
     sys.exit(f"python -m resnet_mx.distributed: expected DMLC_ROLE=scheduler or server "
-             f"(common.launch starts these), got {os.environ.get('DMLC_ROLE')!r}")
+             f"(common.commands.launch starts these), got {os.environ.get('DMLC_ROLE')!r}")

@@ -16,10 +16,10 @@ import numpy as np
 from mxnet import autograd
 from mxnet.gluon import nn
 
-from common.checks import check_batch, check_geometry
-from common.init import build_spec, init_weights
-from common.oracle import ParamCounts
-from common.spec import ResNetSpec
+from common.core.checks import check_batch, check_geometry
+from common.core.init import build_spec, init_weights
+from common.core.oracle import ParamCounts
+from common.core.spec import ResNetSpec
 from resnet_mx.blocks import Bottleneck, PreActBottleneck, PreActResidual, Residual
 from resnet_mx.modes import array, numpy_mode
 

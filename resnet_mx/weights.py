@@ -17,9 +17,9 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
-from common.ecosystem import load_mx_params
-from common.spec import ResNetSpec
-from common.weights import (Weights, WeightsError, canonical_layout, check_weights, few_names,
+from common.formats.libraries import load_mx_params
+from common.core.spec import ResNetSpec
+from common.core.weights import (Weights, WeightsError, canonical_layout, check_weights, few_names,
                             fit_file, unreadable)
 from resnet_mx.model import ResNet
 from resnet_mx.modes import classic, param_array
@@ -65,7 +65,7 @@ def save_native(model: ResNet, path: str) -> None:
 def load_native(model: ResNet, path: str) -> ResNet:
     """Load a `.params` file; MXNet's NDArray format, not pickle, so the file cannot run code.
     A damaged or foreign file is a WeightsError naming the path; the parameters of another
-    network list a few of their names and the counts (common.weights.check_weights)."""
+    network list a few of their names and the counts (common.core.weights.check_weights)."""
     kind = "a Gluon .params file (save_parameters)"
     try:
         arrays = load_mx_params(path)
@@ -74,7 +74,7 @@ def load_native(model: ResNet, path: str) -> ResNet:
     if not isinstance(arrays, dict):
         raise WeightsError(f"weights file {path}: expected {kind}, got a list of "
                            f"{len(arrays)} unnamed arrays")
-    from common.ecosystem import is_gluon_zoo
+    from common.formats.libraries import is_gluon_zoo
     if is_gluon_zoo(arrays):  # the model zoo's names: the ecosystem's own format of Gluon
         return from_canonical(model, load_zoo(model.spec, path))
     # Files written by HybridBlock.export name parameters arg:... and aux:...

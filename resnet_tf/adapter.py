@@ -46,12 +46,12 @@ import numpy as np
 import tensorflow as tf
 from tensorflow import keras
 
-from common.checks import batch_as, check_dtype, check_precision, labels_as
-from common.devices import Device, DeviceError, parse
+from common.core.checks import batch_as, check_dtype, check_precision, labels_as
+from common.core.devices import Device, DeviceError, parse
 from common.frameworks import to_layout
-from common.optim import OptimizerConfig
-from common.spec import ResNetSpec
-from common.weights import Weights
+from common.core.optim import OptimizerConfig
+from common.core.spec import ResNetSpec
+from common.core.weights import Weights
 from resnet_tf.devices import native, select
 from resnet_tf.model import ResNet
 from resnet_tf.weights import (canonical_variables, from_canonical, to_canonical,

@@ -1,6 +1,6 @@
 """Which device TensorFlow computes on: its GPUs, with memory growth on, or the CPU.
 
-`select("auto" | "cpu" | "gpu" | "gpu:N")` resolves a request with common.devices against the
+`select("auto" | "cpu" | "gpu" | "gpu:N")` resolves a request with common.core.devices against the
 GPUs TensorFlow sees; `native` names the resolved device as TensorFlow does ("/GPU:N",
 "/CPU:0") for `tf.device`.
 
@@ -24,7 +24,7 @@ import_first(("resnet_mx", "mxnet"))  # MXNet loads before TensorFlow (resnet_tf
 import tensorflow as tf  # noqa: E402
 from tensorflow.python.eager import context
 
-from common.devices import Device, resolve
+from common.core.devices import Device, resolve
 
 NAME = "TensorFlow"
 
@@ -72,7 +72,7 @@ def enable_memory_growth() -> list[str]:
 
 def select(requested: str | Device = "auto") -> Device:
     """The device for `requested` ("auto", "cpu", "gpu", "gpu:N"); a GPU TensorFlow does not
-    see is a common.devices.DeviceError naming the GPUs it sees, never a fall-back."""
+    see is a common.core.devices.DeviceError naming the GPUs it sees, never a fall-back."""
     device = resolve(requested, NAME, visible_gpus())
     if device.is_gpu:
         enable_memory_growth()

@@ -1,6 +1,6 @@
 """Data-parallel training on TensorFlow's own engine: MultiWorkerMirroredStrategy.
 
-`common.launch` starts N worker processes, each with `TF_CONFIG` naming every worker's address
+`common.commands.launch` starts N worker processes, each with `TF_CONFIG` naming every worker's address
 and its own index; `join` makes the strategy from it. The adapter (resnet_tf.adapter, engine=)
 then makes its model and optimiser in the strategy's scope, so every variable is mirrored and
 the optimiser sums the workers' gradients; Keras's loss divides each worker's mean loss by the
@@ -71,8 +71,8 @@ def _cluster() -> tuple[list[str], int]:
     """The workers' addresses and this worker's index from TF_CONFIG."""
     raw = os.environ.get("TF_CONFIG")
     if not raw:
-        raise ValueError("TF_CONFIG: expected the cluster's JSON (set by common.launch), got "
-                         "none; start the workers with python -m common.launch --framework tf")
+        raise ValueError("TF_CONFIG: expected the cluster's JSON (set by common.commands.launch), got "
+                         "none; start the workers with python -m common.commands.launch --framework tf")
     try:
         config = json.loads(raw)
         return list(config["cluster"]["worker"]), int(config["task"]["index"])

@@ -10,10 +10,10 @@ import numpy as np
 import tensorflow as tf
 from tensorflow import keras
 
-from common.checks import check_batch, check_geometry
-from common.init import build_spec, init_weights
-from common.oracle import ParamCounts, min_input_size
-from common.spec import ResNetSpec
+from common.core.checks import check_batch, check_geometry
+from common.core.init import build_spec, init_weights
+from common.core.oracle import ParamCounts, min_input_size
+from common.core.spec import ResNetSpec
 from resnet_tf.blocks import (Bottleneck, PaddedConv2D, PaddedMaxPool2D, PreActBottleneck,
                               PreActResidual, Residual, _same_on)
 
@@ -22,8 +22,8 @@ BLOCKS = {("basic", False): Residual, ("bottleneck", False): Bottleneck,
 
 
 def check_input(X, spec: ResNetSpec, training: bool = False) -> None:
-    """Raise common.checks.InputError unless X (NumPy, TensorFlow or Keras symbolic) is an NHWC
-    floating-point batch of the spec's channels that the network can run (common.checks)."""
+    """Raise common.core.checks.InputError unless X (NumPy, TensorFlow or Keras symbolic) is an NHWC
+    floating-point batch of the spec's channels that the network can run (common.core.checks)."""
     if not (hasattr(X, "shape") and hasattr(X, "dtype")):
         X = np.asarray(X)
     dtype = tf.as_dtype(X.dtype)

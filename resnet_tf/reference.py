@@ -152,7 +152,7 @@ def make_step(spec, phase, batch_size, input_size, precision="fp32", compile=Fal
 
 def _tf_name(device) -> str:
     """TensorFlow's name for "cpu", "gpu" or "gpu:N" (also what str() of this project's
-    common.devices.Device gives); a TensorFlow name passes unchanged."""
+    common.core.devices.Device gives); a TensorFlow name passes unchanged."""
     kind, _, index = str(device).lower().partition(":")
     if kind in ("cpu", "gpu") and (index.isdigit() or not index):
         return f"/{kind.upper()}:{index or 0}"

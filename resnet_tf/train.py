@@ -1,7 +1,7 @@
 """`python -m resnet_tf.train`: d2l's training recipe for ResNet in TensorFlow/Keras (flags: --help)."""
 import sys
 
-from common.train import main
+from common.commands.train import main
 
 if __name__ == "__main__":
     sys.exit(main("tf"))

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 from tensorflow import keras
 
-from common.spec import ResNetSpec
-from common.weights import (Weights, WeightsError, canonical_layout, check_weights, fit_file,
+from common.core.spec import ResNetSpec
+from common.core.weights import (Weights, WeightsError, canonical_layout, check_weights, fit_file,
                             unreadable)
 from resnet_tf.model import ResNet
 
@@ -75,7 +75,7 @@ def load_native(model: ResNet, path: str) -> ResNet:
     give the counts of arrays on both sides and Keras's first complaint."""
     import h5py  # Keras's own HDF5 reader
 
-    from common.ecosystem import is_keras_app
+    from common.formats.libraries import is_keras_app
 
     kind = "a Keras .weights.h5 file (save_weights)"
     try:

@@ -4,7 +4,7 @@ Every adapter takes and returns NumPy: batches NCHW float32, labels int, weights
 as canonical dicts. The only thing an adapter knows is its framework.
 
 Device (`device="auto"`, resnet_torch.devices): auto takes PyTorch's first CUDA device when it
-sees one, else the CPU; "cpu", "gpu", "gpu:N" or a common.devices.Device choose; a GPU that
+sees one, else the CPU; "cpu", "gpu", "gpu:N" or a common.core.devices.Device choose; a GPU that
 PyTorch does not see is a DeviceError, never the CPU instead. `self.device` is the resolved
 common Device. The model is built there, and each batch is copied there once: on a GPU from
 pinned host memory with `non_blocking=True`, so the host does not wait for the copy. A training
@@ -44,11 +44,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from common.checks import batch_as, check_dtype, check_precision, labels_as
-from common.devices import Device
-from common.optim import OptimizerConfig
-from common.spec import ResNetSpec
-from common.weights import Weights
+from common.core.checks import batch_as, check_dtype, check_precision, labels_as
+from common.core.devices import Device
+from common.core.optim import OptimizerConfig
+from common.core.spec import ResNetSpec
+from common.core.weights import Weights
 from resnet_torch import devices
 from resnet_torch.devices import for_engine, native, select
 from resnet_torch.model import ResNet

@@ -1,5 +1,5 @@
 """Which device PyTorch computes on: the CUDA devices it sees, `--device`/`device=` resolved
-against them (common.devices), the matching `torch.device`, and the switches that make a GPU
+against them (common.core.devices), the matching `torch.device`, and the switches that make a GPU
 run deterministic for crosscheck.
 
 A data-parallel engine (resnet_torch.distributed) has already placed its worker on a device
@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from common.devices import Device, DeviceError, parse, resolve
+from common.core.devices import Device, DeviceError, parse, resolve
 
 NAME = "PyTorch"
 # CUBLAS_WORKSPACE_CONFIG values that make cuBLAS deterministic (NVIDIA's cuBLAS docs).
@@ -59,7 +59,7 @@ def select(requested: str | Device = "auto") -> Device:
 def native(device: Device) -> torch.device:
     """PyTorch's own device: torch.device("cuda", N) for gpu:N, torch.device("cpu")."""
     if not isinstance(device, Device):
-        raise TypeError(f"device: expected a common.devices.Device (from select), got "
+        raise TypeError(f"device: expected a common.core.devices.Device (from select), got "
                         f"{device!r}")
     return torch.device("cuda", device.index) if device.is_gpu else torch.device("cpu")
 

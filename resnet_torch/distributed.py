@@ -1,7 +1,7 @@
 """PyTorch's own data-parallel engine for the common training loop: a `torch.distributed`
 process group (gloo on CPU, NCCL on GPU) and `DistributedDataParallel`.
 
-`join(workers, rank)` joins the group that torchrun (or `common.launch`) describes in the
+`join(workers, rank)` joins the group that torchrun (or `common.commands.launch`) describes in the
 environment (MASTER_ADDR, MASTER_PORT); `Adapter(..., engine=join(...))` then replicates the
 model with DDP, which averages the gradients of the workers' local mean losses: with equal
 shares that is the gradient of the global batch's mean loss, the single process's.
@@ -93,7 +93,7 @@ class Engine:
 
 
 def join(workers: int, rank: int, sync_bn: bool = False) -> Engine:
-    """Join the process group that torchrun or `common.launch` describes in the environment
+    """Join the process group that torchrun or `common.commands.launch` describes in the environment
     (MASTER_ADDR, MASTER_PORT; LOCAL_RANK picks the GPU): NCCL when CUDA is there, else gloo."""
     if not (isinstance(workers, int) and workers >= 1):
         raise ValueError(f"workers: expected a positive integer, got {workers!r}")
@@ -102,7 +102,7 @@ def join(workers: int, rank: int, sync_bn: bool = False) -> Engine:
     missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
     if missing:
         raise ValueError(f"{', '.join(missing)}: expected the rendezvous address in the "
-                         f"environment (torchrun and common.launch set it), got nothing")
+                         f"environment (torchrun and common.commands.launch set it), got nothing")
     for key, value in (("WORLD_SIZE", workers), ("RANK", rank)):
         if os.environ.get(key) not in (None, str(value)):  # torchrun's own view must agree
             raise ValueError(f"{key}: expected {value} (join's argument), got "

@@ -7,10 +7,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.checks import check_batch, check_geometry
-from common.init import build_spec, init_weights
-from common.oracle import ParamCounts
-from common.spec import ResNetSpec
+from common.core.checks import check_batch, check_geometry
+from common.core.init import build_spec, init_weights
+from common.core.oracle import ParamCounts
+from common.core.spec import ResNetSpec
 from resnet_torch.blocks import Bottleneck, PreActBottleneck, PreActResidual, Residual
 
 BLOCKS = {("basic", False): Residual, ("bottleneck", False): Bottleneck,

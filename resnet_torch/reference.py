@@ -23,7 +23,7 @@ _CUDA_USED = set()  # the CUDA devices that sync() waits for
 
 def torch_device(device) -> torch.device:
     """A torch.device from "cpu", "gpu", "gpu:N" (or a torch.device, or anything whose str() is
-    one of those: a common.devices.Device)."""
+    one of those: a common.core.devices.Device)."""
     if isinstance(device, torch.device):
         return device
     kind, _, index = str(device).partition(":")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from common.weights import Weights, canonical_layout, check_weights, fit_file
+from common.core.weights import Weights, canonical_layout, check_weights, fit_file
 from resnet_torch.model import ResNet
 
 _BN_NAMES = {"gamma": "weight", "beta": "bias"}
@@ -42,8 +42,8 @@ def save_native(model: ResNet, path: str) -> None:
 def load_native(model: ResNet, path: str) -> ResNet:
     """Load a `.pt` state_dict; `weights_only=True`, so the file cannot run code. A damaged or
     foreign file is a WeightsError naming the path; a state_dict of another network lists a
-    few of its names and the counts (common.weights.check_weights)."""
-    from common.ecosystem import from_torchvision_state, is_torchvision, load_torch_state
+    few of its names and the counts (common.core.weights.check_weights)."""
+    from common.formats.libraries import from_torchvision_state, is_torchvision, load_torch_state
     state = load_torch_state(path)  # the one reader of .pt files
     if is_torchvision(state) and not any(k.startswith("stem.") for k in state):
         # torchvision's or timm's names: the ecosystem's own format of PyTorch

@@ -61,7 +61,7 @@ def bf16_refused_here(module, make) -> bool:
     refused with that reason, and the caller's bf16 checks do not apply here."""
     if fw_name(module) != "mx":
         return False
-    from common.devices import Device
+    from common.core.devices import Device
     from resnet_mx.devices import check_bf16_cpu
     try:
         check_bf16_cpu(Device("cpu"))

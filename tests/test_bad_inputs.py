@@ -20,13 +20,16 @@ from typing import Callable, NamedTuple
 import numpy as np
 import pytest
 
-from common import compare, convert, crosscheck, summary
-from common.checks import InputError
+from common.commands import compare
+from common.commands import convert
+from common.commands import crosscheck
+from common.commands import summary
+from common.core.checks import InputError
 from common.frameworks import FRAMEWORKS
-from common.init import init_weights
-from common.spec import get_spec
-from common.train import CHECKPOINT, main as train_main
-from common.weights import load_weights, save_weights
+from common.core.init import init_weights
+from common.core.spec import get_spec
+from common.commands.train import CHECKPOINT, main as train_main
+from common.core.weights import load_weights, save_weights
 from tests.conftest import MODULES, mx_array
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
@@ -310,7 +313,7 @@ def resume_from(make) -> Callable:
 def checkpoint_of(weights_change=None, framework=None, lr="0.05"):
     def make(path, fw):
         from safetensors.numpy import save_file
-        from common.train import RUN_DEFINING, parser
+        from common.commands.train import RUN_DEFINING, parser
         args = parser("x").parse_args([*DIGITS, "--lr", lr])
         config = {k: getattr(args, k) for k in RUN_DEFINING}
         spec = get_spec("d2l_resnet18", in_channels=1, num_classes=10)
@@ -588,7 +591,7 @@ def test_messages_are_word_for_word_the_same_in_every_framework(tmp_path):
 def test_a_last_batch_of_one_is_dropped_alike_in_training(tmp_path):
     """65 examples in batches of 64 at 16x16 (1x1 in the last stage): every framework trains
     on 64, says so, and gives the same first-epoch loss from the same initial weights."""
-    from common.train import parser, train as run
+    from common.commands.train import parser, train as run
     losses = {}
     for fw in FRAMEWORKS:
         args = parser("x").parse_args(["--dataset", "digits", "--epochs", "1", "--limit", "65",

@@ -12,10 +12,10 @@ from argparse import Namespace
 import numpy as np
 import pytest
 
-from common import bench
+from common.commands import bench
 from common.frameworks import FRAMEWORKS
-from common.oracle import flops, param_counts
-from common.spec import SpecError, get_spec
+from common.core.oracle import flops, param_counts
+from common.core.spec import SpecError, get_spec
 
 REFERENCES = {fw: importlib.import_module(f"resnet_{fw}.reference") for fw in FRAMEWORKS}
 
@@ -131,7 +131,7 @@ def test_bench_refuses_bad_flags():
                           (["--arch", "d2l_resnet_18"], "did you mean 'd2l_resnet18'"),
                           (["--input-size", "0"], "--input-size: expected a positive integer, "
                                                   "got '0'")):
-        done = subprocess.run([sys.executable, "-m", "common.bench", *argv],
+        done = subprocess.run([sys.executable, "-m", "common.commands.bench", *argv],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and message in done.stderr, done.stderr
 
@@ -141,7 +141,7 @@ def test_bench_command_measures_all_three_frameworks(tmp_path):
     add up, and the files it promises."""
     argv = ["--arch", "cifar_resnet20", "--input-size", "16", "--batch-size", "8", "--steps", "1",
             "--rounds", "2", "--warmup", "0", "--threads", "1", "--out", str(tmp_path)]
-    done = subprocess.run([sys.executable, "-m", "common.bench", *argv], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "common.commands.bench", *argv], capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]

@@ -3,11 +3,11 @@ frameworks, from every adapter entry point, and from a data set when it loads.""
 import numpy as np
 import pytest
 
-from common.checks import InputError
-from common.data import DataError, Dataset
+from common.core.checks import InputError
+from common.core.data import DataError, Dataset
 from common.frameworks import FRAMEWORKS
-from common.init import init_weights
-from common.spec import get_spec
+from common.core.init import init_weights
+from common.core.spec import get_spec
 from tests.conftest import MODULES
 
 SPEC = get_spec("cifar_resnet20")
@@ -77,7 +77,7 @@ def test_a_data_set_with_bad_labels_is_refused_when_it_loads():
 
 def weight_errors(weights) -> set[str]:
     """The messages of from_canonical in every framework for these canonical weights."""
-    from common.weights import WeightsError
+    from common.core.weights import WeightsError
     out = set()
     for fw, module in MODULES.items():
         with pytest.raises(WeightsError) as err:
@@ -115,8 +115,8 @@ def test_another_architectures_weights_get_a_short_message():
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
 def test_a_truncated_weights_file_is_named_without_a_traceback(tmp_path, suffix, capsys):
-    from common.convert import main
-    from common.weights import save_weights
+    from common.commands.convert import main
+    from common.core.weights import save_weights
     good = save_weights(init_weights(SPEC, 0), tmp_path / f"w{suffix}")
     cut = tmp_path / f"cut{suffix}"
     cut.write_bytes(good.read_bytes()[:5000])
@@ -128,7 +128,7 @@ def test_a_truncated_weights_file_is_named_without_a_traceback(tmp_path, suffix,
 
 def test_a_damaged_or_foreign_checkpoint_is_named_on_resume(tmp_path, capsys):
     from safetensors.numpy import save_file
-    from common.train import main
+    from common.commands.train import main
     for name, write in (("cut", lambda p: p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")),
                         ("bare", lambda p: save_file({"a": np.zeros(2, np.float32)}, str(p)))):
         out = tmp_path / name

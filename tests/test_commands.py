@@ -9,12 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import compare, convert, crosscheck, summary
-from common.init import init_weights
-from common.oracle import param_counts, part_table
-from common.spec import get_spec
-from common.train import parser as train_parser
-from common.weights import load_weights, save_weights
+from common.commands import compare
+from common.commands import convert
+from common.commands import crosscheck
+from common.commands import summary
+from common.core.init import init_weights
+from common.core.oracle import param_counts, part_table
+from common.core.spec import get_spec
+from common.commands.train import parser as train_parser
+from common.core.weights import load_weights, save_weights
 from tests.conftest import MODULES
 
 ARCH = "cifar_resnet20"  # small: 97 tensors, 0.27 M parameters
@@ -51,7 +54,7 @@ def assert_file_is_format(path: Path, weights: dict) -> None:
             assert np.array_equal(f["head/fc/vars/0"][()], weights["head.fc.weight"].T)
             assert np.array_equal(f["head/fc/vars/1"][()], weights["head.fc.bias"])
     elif name.endswith(".params"):
-        from common.ecosystem import load_mx_params
+        from common.formats.libraries import load_mx_params
         arrays = load_mx_params(name)  # in either of MXNet's modes
         assert isinstance(arrays, dict)
         assert np.array_equal(arrays["stem.conv.weight"].asnumpy(), weights["stem.conv.weight"])
@@ -326,7 +329,7 @@ def test_compare_trains_three_frameworks_and_writes_the_report(tmp_path, monkeyp
 def test_crosscheck_and_summary_take_the_spec_overrides(tmp_path, capsys):
     """A 7-class file is refused by crosscheck without --num-classes 7 and checked with it;
     summary builds the network the overrides name (3 channels: a larger stem)."""
-    from common.weights import save_weights
+    from common.core.weights import save_weights
     spec = get_spec("cifar_resnet20", num_classes=7)
     path = save_weights(init_weights(spec, 0), tmp_path / "w7.safetensors")
     argv = ["--weights", str(path), "--arch", "cifar_resnet20", "--input-size", "8"]

@@ -2,10 +2,11 @@
 import numpy as np
 import pytest
 
-from common import convert, crosscheck
-from common.init import init_weights
-from common.spec import get_spec
-from common.weights import WeightsError, load_weights, save_weights
+from common.commands import convert
+from common.commands import crosscheck
+from common.core.init import init_weights
+from common.core.spec import get_spec
+from common.core.weights import WeightsError, load_weights, save_weights
 
 
 def test_weights_travel_through_every_native_format_bit_exact(tmp_path):
@@ -86,7 +87,7 @@ def test_keras_file_converts_to_gluon_in_a_fresh_process(tmp_path):
     steps = [("w.safetensors", "w.weights.h5"), ("w.weights.h5", "w.params"),
              ("w.params", "back.safetensors")]
     for src, dst in steps:
-        done = subprocess.run([sys.executable, "-m", "common.convert", str(tmp_path / src),
+        done = subprocess.run([sys.executable, "-m", "common.commands.convert", str(tmp_path / src),
                                str(tmp_path / dst), "--arch", "cifar_resnet20"],
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, (src, dst, done.returncode, done.stderr[-500:])

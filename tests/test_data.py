@@ -7,8 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from common import data
-from common.data import DataError, batches, load_dataset, read_cifar_batch, read_idx, to_float
+from common.core import data
+from common.core.data import DataError, batches, load_dataset, read_cifar_batch, read_idx, to_float
 
 
 def write_idx(path, array: np.ndarray, compress=True):

@@ -1,4 +1,4 @@
-"""--device and device=, the part written once in common/devices.py, and the commands' errors:
+"""--device and device=, the part written once in common/core/devices.py, and the commands' errors:
 a GPU the framework does not see is one clear error, never a traceback or a fall-back to the
 CPU. Each framework's own placement is tested in tests/test_devices_<fw>.py."""
 from __future__ import annotations
@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from common import crosscheck
-from common.devices import Device, DeviceError, parse, resolve
+from common.commands import crosscheck
+from common.core.devices import Device, DeviceError, parse, resolve
 from common.frameworks import FRAMEWORKS
-from common.train import main as train_main
+from common.commands.train import main as train_main
 
 ENGINE = {"torch": "PyTorch", "tf": "TensorFlow", "mx": "MXNet"}  # what sees (or not) a GPU
 
@@ -103,8 +103,8 @@ import numpy as np
 from resnet_mx.devices import set_deterministic
 set_deterministic()  # before anything loads MXNet
 from common.frameworks import FRAMEWORKS, load
-from common.init import init_weights
-from common.spec import get_spec
+from common.core.init import init_weights
+from common.core.spec import get_spec
 spec = get_spec("d2l_resnet18")
 weights = init_weights(spec, 0)
 x = np.random.default_rng(0).normal(size=(4, 1, 64, 64)).astype(np.float32)

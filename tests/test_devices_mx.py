@@ -19,10 +19,10 @@ import pytest
 import resnet_mx
 import resnet_mx.adapter
 import resnet_mx.devices
-from common.devices import Device, DeviceError
-from common.init import init_weights
-from common.optim import OptimizerConfig
-from common.spec import ResNetSpec, Stage, Stem
+from common.core.devices import Device, DeviceError
+from common.core.init import init_weights
+from common.core.optim import OptimizerConfig
+from common.core.spec import ResNetSpec, Stage, Stem
 from resnet_mx.devices import native, select, set_deterministic, visible_gpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -278,7 +278,7 @@ GPU_ENV = {"NVIDIA_TF32_OVERRIDE": "0", "MXNET_CUDNN_AUTOTUNE_DEFAULT": "0",
 def gpu_child(out: str) -> None:
     """Run in a child (test_on_the_gpu_*): the CPU's and the GPU's results, to out (.npz)."""
     import resnet_mx as rmx
-    from common.spec import get_spec
+    from common.core.spec import get_spec
     spec = get_spec("d2l_resnet18", num_classes=10, in_channels=1)
     w = init_weights(spec, 0)
     rng = np.random.default_rng(0)
@@ -339,7 +339,7 @@ def test_on_the_gpu_fp16_steps_on_float32_weights_with_a_loss_scale(on_gpu):
 
 def test_bf16_is_refused_on_a_cpu_without_avx512_naming_it(monkeypatch):
     import resnet_mx.devices as devices
-    from common.devices import Device
+    from common.core.devices import Device
     monkeypatch.setattr(devices, "cpu", lambda: ("Old CPU", frozenset({"avx2", "avx512f"})))
     message = ("precision: expected a CPU with AVX-512 for bf16 in MXNet (oneDNN, its CPU "
                "backend, computes bfloat16 only there), got Old CPU without avx512bw, "
@@ -360,7 +360,7 @@ def test_bf16_is_refused_on_a_cpu_without_avx512_naming_it(monkeypatch):
 
 def test_bf16_train_command_on_such_a_cpu_is_one_line(monkeypatch, capsys, tmp_path):
     import resnet_mx.devices as devices
-    from common.train import main
+    from common.commands.train import main
     monkeypatch.setattr(devices, "cpu", lambda: ("Old CPU", frozenset({"avx2"})))
     code = main("mx", ["--dataset", "digits", "--epochs", "1", "--precision", "bf16",
                        "--out", str(tmp_path / "run")])
@@ -375,7 +375,7 @@ def test_mxnet_bf16_fails_without_avx512_and_runs_with_it(monkeypatch):
     later MXNet computed bf16 on AVX2, the first branch fails and the refusal should go."""
     import resnet_mx.adapter as adapter
     import resnet_mx.devices as devices
-    from common.devices import Device
+    from common.core.devices import Device
     monkeypatch.setattr(adapter, "check_bf16_cpu", lambda device: None)
     if MX_NUMPY:  # refused for the mode before the CPU is asked
         with pytest.raises(ValueError, match="expected fp32 under npx.set_np"):

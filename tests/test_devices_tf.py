@@ -19,10 +19,10 @@ import pytest
 import tensorflow as tf
 from tensorflow import keras
 
-from common.devices import Device, DeviceError
-from common.init import init_weights
-from common.optim import OptimizerConfig
-from common.spec import ResNetSpec, Stage, Stem
+from common.core.devices import Device, DeviceError
+from common.core.init import init_weights
+from common.core.optim import OptimizerConfig
+from common.core.spec import ResNetSpec, Stage, Stem
 from resnet_tf import devices
 from resnet_tf.adapter import Adapter
 
@@ -181,8 +181,8 @@ def test_adapter_on_a_second_cpu_places_variables_batches_and_steps_there():
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from tests.test_devices_tf import SPEC, batch, on
-        from common.init import init_weights
-        from common.optim import OptimizerConfig
+        from common.core.init import init_weights
+        from common.core.optim import OptimizerConfig
         w, (x, y) = init_weights(SPEC, 0), batch()
         opt = OptimizerConfig("sgd", lr=0.1, momentum=0.9)
         first = adapter_module.Adapter(SPEC, w, optimizer=opt, device="cpu")

@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from common.devices import Device, DeviceError
-from common.init import init_weights
-from common.optim import OptimizerConfig
-from common.oracle import zero_gradient_biases
-from common.spec import ResNetSpec, Stage, Stem, get_spec
+from common.core.devices import Device, DeviceError
+from common.core.init import init_weights
+from common.core.optim import OptimizerConfig
+from common.core.oracle import zero_gradient_biases
+from common.core.spec import ResNetSpec, Stage, Stem, get_spec
 from resnet_torch import devices, reference
 from resnet_torch.adapter import Adapter
 from resnet_torch.model import ResNet
@@ -128,7 +128,7 @@ def test_a_gpu_index_past_those_pytorch_sees_is_refused_listing_them(two_gpus):
 
 
 def test_native_takes_only_a_resolved_device():
-    with pytest.raises(TypeError, match="expected a common.devices.Device"):
+    with pytest.raises(TypeError, match="expected a common.core.devices.Device"):
         devices.native("gpu:0")
 
 

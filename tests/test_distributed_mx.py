@@ -2,7 +2,7 @@
 processes, a scheduler and a server, against one process on the whole batch.
 
 This file is also the worker: `python tests/test_distributed_mx.py OUT [die]` joins the group
-from the environment (common.launch's DMLC_* variables, RESNET3_WORKERS, RESNET3_RANK), trains
+from the environment (common.commands.launch's DMLC_* variables, RESNET3_WORKERS, RESNET3_RANK), trains
 on its share of each global batch and writes its weights, momentum, losses and counts to
 OUT/rank<k>.npz. One Adapter per process (the engine's one KVStore, resnet_mx.distributed), so
 the cases run one after the other on it: FROZEN steps with BatchNorm's running statistics (the
@@ -24,10 +24,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # when run as the worker script
 
-from common.init import init_weights  # noqa: E402
-from common.launch import launch  # noqa: E402
-from common.optim import OptimizerConfig  # noqa: E402
-from common.spec import ResNetSpec, Stage, Stem  # noqa: E402
+from common.core.init import init_weights  # noqa: E402
+from common.commands.launch import launch  # noqa: E402
+from common.core.optim import OptimizerConfig  # noqa: E402
+from common.core.spec import ResNetSpec, Stage, Stem  # noqa: E402
 
 SPEC = ResNetSpec("tiny", (Stage(8, 1), Stage(16, 1, 2, True)), stem=Stem(8, 3, 1, False),
                   in_channels=1, num_classes=4)
@@ -103,7 +103,7 @@ def worker(out: Path, die: bool) -> None:
 
 
 def run_launch(args: list[str], tag: str):
-    """Two workers of `python args...` under common.launch, one thread each."""
+    """Two workers of `python args...` under common.commands.launch, one thread each."""
     return launch("mx", WORKERS, args, DEADLINE,
                   env={"OMP_NUM_THREADS": "1", "MXNET_CPU_WORKER_NTHREADS": "1",
                        "PYTHONPATH": str(ROOT), TAG: tag})

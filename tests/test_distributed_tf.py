@@ -1,5 +1,5 @@
 """Data-parallel training on TensorFlow's MultiWorkerMirroredStrategy (resnet_tf.distributed):
-two CPU worker processes started by common.launch, each stepping on its half of every global
+two CPU worker processes started by common.commands.launch, each stepping on its half of every global
 batch, against one process stepping on the whole batch.
 
 This file is also the workers' script (`python tests/test_distributed_tf.py OUT CASE`): one
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __name__ == "__main__":  # the workers: `python tests/...` puts tests/, not the root, first
     sys.path.insert(0, str(ROOT))
 
-from common.launch import launch  # noqa: E402
+from common.commands.launch import launch  # noqa: E402
 
 WORKERS = 2
 GLOBAL_BATCH = 8
@@ -35,7 +35,7 @@ CASES = {"frozen": ("float32", False, True),
 
 
 def _spec():
-    from common.spec import ResNetSpec, Stage, Stem
+    from common.core.spec import ResNetSpec, Stage, Stem
     return ResNetSpec("tiny", (Stage(4, 1), Stage(8, 1, 2, True)), stem=Stem(4, 3, 1, False),
                       in_channels=1, num_classes=4)
 
@@ -49,8 +49,8 @@ def _batches() -> list[tuple[np.ndarray, np.ndarray]]:
 def _adapter(dtype: str, frozen: bool, engine=None):
     from tensorflow import keras
 
-    from common.init import init_weights
-    from common.optim import OptimizerConfig
+    from common.core.init import init_weights
+    from common.core.optim import OptimizerConfig
     from resnet_tf.adapter import Adapter
     opt = OptimizerConfig("sgd", lr=0.1, momentum=0.9, weight_decay=1e-2)
     adapter = Adapter(_spec(), init_weights(_spec(), 0), optimizer=opt, dtype=dtype,

@@ -22,10 +22,10 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # when run as the worker script
 
-from common.init import init_weights  # noqa: E402
-from common.launch import launch  # noqa: E402
-from common.optim import OptimizerConfig  # noqa: E402
-from common.spec import ResNetSpec, Stage, Stem  # noqa: E402
+from common.core.init import init_weights  # noqa: E402
+from common.commands.launch import launch  # noqa: E402
+from common.core.optim import OptimizerConfig  # noqa: E402
+from common.core.spec import ResNetSpec, Stage, Stem  # noqa: E402
 from resnet_torch.adapter import Adapter  # noqa: E402
 
 SPEC = ResNetSpec("tiny", (Stage(8, 1), Stage(16, 1, 2, True)), stem=Stem(8, 3, 1, False),
@@ -101,7 +101,7 @@ def worker(out: Path, die: bool) -> None:
 
 
 def run_launch(args: list[str]):
-    """Two workers of `python args...` under common.launch (torchrun), one thread each."""
+    """Two workers of `python args...` under common.commands.launch (torchrun), one thread each."""
     return launch("torch", WORKERS, args, DEADLINE,
                   env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
 

@@ -1,9 +1,9 @@
-"""torchvision's and timm's ResNet state_dicts, both ways (common.ecosystem), format detection in
+"""torchvision's and timm's ResNet state_dicts, both ways (common.formats.libraries), format detection in
 resnet-convert, and --weights on the train scripts.
 
 torchvision itself is not installed (its wheel does not import beside the CPU torch here), so
 its state_dict is written below from torchvision's ResNet structure (models/resnet.py: BasicBlock,
-Bottleneck, _make_layer), independently of common.ecosystem, and its forward pass is written
+Bottleneck, _make_layer), independently of common.formats.libraries, and its forward pass is written
 with torch.nn.functional from torchvision's forward(). Offline, random weights.
 """
 from __future__ import annotations
@@ -16,12 +16,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common import convert, crosscheck, ecosystem
+from common.commands import convert
+from common.commands import crosscheck
+from common.formats import libraries as ecosystem
 from common.frameworks import FRAMEWORKS
-from common.init import init_weights
-from common.spec import Stage, Stem, get_spec
-from common.train import main as train_main, parser, train
-from common.weights import WeightsError, canonical_layout, load_weights, save_weights
+from common.core.init import init_weights
+from common.core.spec import Stage, Stem, get_spec
+from common.commands.train import main as train_main, parser, train
+from common.core.weights import WeightsError, canonical_layout, load_weights, save_weights
 from tests.conftest import MODULES
 
 # torchvision.models.resnet: name -> (block, layers, groups, width_per_group)

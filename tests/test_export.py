@@ -1,4 +1,4 @@
-"""ONNX export (common.export): the file from each framework, run by onnxruntime, computes the
+"""ONNX export (common.commands.export): the file from each framework, run by onnxruntime, computes the
 framework's own eval logits and the other frameworks' ones; the command's bad inputs."""
 import itertools
 import subprocess
@@ -10,14 +10,14 @@ import numpy as np
 import onnx
 import pytest
 
-from common import export
+from common.commands import export
 from common.frameworks import FRAMEWORKS
-from common.init import init_weights
-from common.spec import get_spec
-from common.weights import save_weights
+from common.core.init import init_weights
+from common.core.spec import get_spec
+from common.core.weights import save_weights
 from tests.conftest import MODULES
 
-TOL = 1e-5  # max |diff| / max(1, max |logit|), common.export.TOLERANCE
+TOL = 1e-5  # max |diff| / max(1, max |logit|), common.commands.export.TOLERANCE
 
 
 def trained_like(spec, seed: int) -> dict:
@@ -98,7 +98,7 @@ def test_the_command_writes_a_file_of_the_given_weights(tmp_path):
     weights = trained_like(spec, 7)
     save_weights(weights, tmp_path / "w.safetensors")
     out = tmp_path / "m.onnx"
-    run = subprocess.run([sys.executable, "-m", "common.export", "--framework", "torch",
+    run = subprocess.run([sys.executable, "-m", "common.commands.export", "--framework", "torch",
                           "--arch", "cifar_resnet20", "--weights", str(tmp_path / "w.safetensors"),
                           "--input-size", "31", "--format", "onnx", str(out)],
                          capture_output=True, text=True, timeout=120)
@@ -135,7 +135,7 @@ def test_an_unknown_framework_is_refused_with_a_did_you_mean(tmp_path, capsys):
 
 def test_weights_of_another_architecture_are_refused_without_a_traceback(tmp_path):
     save_weights(init_weights(get_spec("cifar_resnet20"), 0), tmp_path / "w.safetensors")
-    run = subprocess.run([sys.executable, "-m", "common.export", "--framework", "torch",
+    run = subprocess.run([sys.executable, "-m", "common.commands.export", "--framework", "torch",
                           "--arch", "d2l_resnet18", "--weights", str(tmp_path / "w.safetensors"),
                           str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=60)
     assert run.returncode == 2, run.stderr

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from common.frameworks import FRAMEWORKS
-from common.init import init_weights
-from common.oracle import part_table
-from common.spec import PRESETS
+from common.core.init import init_weights
+from common.core.oracle import part_table
+from common.core.spec import PRESETS
 from tests.conftest import MODULES, part_shapes_nchw
 
 

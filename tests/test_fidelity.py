@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 
 from common.frameworks import FRAMEWORKS
-from common.init import init_weights
-from common.oracle import zero_gradient_biases
-from common.spec import ResNetSpec, Stage, Stem, get_spec
-from common.weights import Weights
+from common.core.init import init_weights
+from common.core.oracle import zero_gradient_biases
+from common.core.spec import ResNetSpec, Stage, Stem, get_spec
+from common.core.weights import Weights
 from tests.conftest import MODULES
 
 PAIRS = list(itertools.combinations(FRAMEWORKS, 2))
@@ -189,7 +189,7 @@ def check_running_statistics(spec: ResNetSpec, size: int, batch: int, steps: int
     """Running means equal everywhere. Running variances: PyTorch folds in the unbiased batch
     variance, Keras and Gluon the biased one, so after `steps` updates
     (torch - 0.9**steps old) == (other - 0.9**steps old) * n / (n - 1), n = N*H*W."""
-    from common.oracle import layers
+    from common.core.oracle import layers
     n_of = {f"{l.path}.running_var": l.out_shape[0] * l.out_shape[2] * l.out_shape[3]
             for l in layers(spec, size, batch) if l.kind == "bn"}
     kept = 0.9 ** steps
@@ -225,7 +225,7 @@ def test_unknown_compute_dtype_is_refused_by_name(fw, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_adapter_refuses_an_integer_batch_by_name(fw, dtype):
-    from common.checks import InputError
+    from common.core.checks import InputError
     spec, size, *_ = CASES["one_block@11"]
     a = fw.Adapter(spec, random_weights(spec, 0), dtype=dtype)
     x = np.zeros((2, spec.in_channels, size, size), np.uint8)

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from common.files import PARTIAL, atomic_path
-from common.weights import save_weights
+from common.core.files import PARTIAL, atomic_path
+from common.core.weights import save_weights
 
 
 def partials(folder):
@@ -56,9 +56,9 @@ def test_the_next_write_removes_what_a_killed_writer_left(tmp_path):
 
 @pytest.mark.parametrize("name", ["w.pt", "w.weights.h5", "w.params", "w.npz"])
 def test_convert_writes_every_format_atomically_with_the_umasks_mode(tmp_path, name):
-    from common.convert import read, write
-    from common.init import init_weights
-    from common.spec import get_spec
+    from common.commands.convert import read, write
+    from common.core.init import init_weights
+    from common.core.spec import get_spec
     spec = get_spec("cifar_resnet20")
     weights = init_weights(spec, 0)
     old = os.umask(0o022)

@@ -1,6 +1,6 @@
-"""The starting weights against the initialisation rule itself, not against common/init.py's code.
+"""The starting weights against the initialisation rule itself, not against common/core/init.py's code.
 
-The rule (common/init.py's docstring, torchvision's ResNet conventions):
+The rule (common/core/init.py's docstring, torchvision's ResNet conventions):
 - convolutions: Kaiming normal, fan_out, ReLU gain: N(0, 2 / (out_channels * kh * kw));
 - conv biases 0; BatchNorm gamma 1, beta 0, running mean 0, running variance 1;
 - with zero_init_last_bn, the gamma of each residual branch's last BN is 0 (bn2 in basic
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from common.frameworks import FRAMEWORKS, load
-from common.init import init_weights
-from common.spec import get_spec
+from common.core.init import init_weights
+from common.core.spec import get_spec
 
 Z = 6.0  # standard errors allowed: a false alarm per check has probability ~2e-9
 TAIL = 0.04550026  # P(|N(0, 1)| > 2)
@@ -137,7 +137,7 @@ CONSTANT_CASES = [("d2l_resnet18", {}), ("resnet50_v2", {}), ("cifar_resnet20", 
 
 def test_no_preset_sets_zero_init_last_bn():
     """If one ever does, add it to CONSTANT_CASES as it is."""
-    from common.spec import PRESETS
+    from common.core.spec import PRESETS
     assert not [n for n, s in PRESETS.items() if s.zero_init_last_bn]
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import launch as launcher
-from common.launch import launch, plan
-from common.train import Workers
+from common.commands import launch as launcher
+from common.commands.launch import launch, plan
+from common.commands.train import Workers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,7 +92,7 @@ def test_print_hosts_gives_each_machine_its_command(capsys):
     assert launcher.main(["--framework", "tf", "--workers", "4", "--hosts", "a,b", "--port",
                           "9000", "--print-hosts", "--", "--epochs", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines == [f"python -m common.launch --framework tf --workers 4 --hosts a,b "
+    assert lines == [f"python -m common.commands.launch --framework tf --workers 4 --hosts a,b "
                      f"--host-rank {k} --port 9000 -- --epochs 1" for k in (0, 1)]
 
 
@@ -145,7 +145,7 @@ def test_the_deadline_stops_every_process_and_their_children(tmp_path):
 
 def test_ctrl_c_stops_every_process_and_exits_130(tmp_path):
     (tmp_path / "w.py").write_text(SCRIPT)
-    code = ("import sys; from common.launch import launch; "
+    code = ("import sys; from common.commands.launch import launch; "
             f"r = launch('tf', 2, [{str(tmp_path / 'w.py')!r}, {str(tmp_path)!r}, 'none']); "
             "print(r.failure); sys.exit(r.returncode)")
     with subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
@@ -183,7 +183,7 @@ def test_workers_share_a_global_batch_equally_and_in_order():
 
 
 def test_a_global_batch_the_workers_cannot_share_is_refused(tmp_path, capsys):
-    from common.train import main
+    from common.commands.train import main
     env = {"RESNET3_WORKERS": "2", "RESNET3_RANK": "0"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -206,7 +206,7 @@ RUN_FILES = {"checkpoint.safetensors", "curves.png", "metrics.jsonl", "run.json"
 
 
 def launched(framework: str, out: Path, *flags: str) -> subprocess.CompletedProcess:
-    run = subprocess.run([sys.executable, "-m", "common.launch", "--framework", framework,
+    run = subprocess.run([sys.executable, "-m", "common.commands.launch", "--framework", framework,
                           "--workers", "2", "--deadline", "240", "--", *TRAIN, "--out", str(out),
                           *flags], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
@@ -216,7 +216,7 @@ def launched(framework: str, out: Path, *flags: str) -> subprocess.CompletedProc
 @pytest.mark.parametrize("framework", ["torch", "tf", "mx"])
 def test_a_launched_run_is_written_once_and_resumes_to_the_uninterrupted_weights(framework,
                                                                                   tmp_path):
-    from common.weights import load_weights
+    from common.core.weights import load_weights
     full = launched(framework, tmp_path / "full", "--epochs", "2")
     # the first worker alone writes, and speaks: one line per epoch
     assert {p.name for p in (tmp_path / "full").iterdir()} == RUN_FILES
@@ -236,7 +236,7 @@ def test_a_launched_run_is_written_once_and_resumes_to_the_uninterrupted_weights
 
 def test_compare_runs_each_framework_on_its_engine_with_workers(tmp_path):
     out = tmp_path / "report"
-    run = subprocess.run([sys.executable, "-m", "common.compare", "--frameworks", "torch,mx",
+    run = subprocess.run([sys.executable, "-m", "common.commands.compare", "--frameworks", "torch,mx",
                           "--workers", "2", "--bench-rounds", "0", *TRAIN, "--epochs", "1",
                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
@@ -246,4 +246,4 @@ def test_compare_runs_each_framework_on_its_engine_with_workers(tmp_path):
         assert summary["workers"] == 2 and summary["threads"] == 1
         assert summary["history"][0]["examples"] == 128
     assert "2 worker processes per framework" in (out / "report.md").read_text()
-    assert "-m common.launch --framework torch --workers 2 --" in run.stdout
+    assert "-m common.commands.launch --framework torch --workers 2 --" in run.stdout

@@ -12,13 +12,13 @@ import json
 import numpy as np
 import pytest
 
-from common.data import to_float
+from common.core.data import to_float
 from common.frameworks import FRAMEWORKS, load
-from common.init import init_weights
-from common.optim import OptimizerConfig
-from common.spec import get_spec
-from common.train import parser, train
-from common.weights import load_weights
+from common.core.init import init_weights
+from common.core.optim import OptimizerConfig
+from common.core.spec import get_spec
+from common.commands.train import parser, train
+from common.core.weights import load_weights
 from tests.test_training import tiny_data
 
 # 46 examples in batches of 16: the last batch is short (14), so a loop that weighted each

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from common.checks import InputError
+from common.core.checks import InputError
 from common.frameworks import to_layout
-from common.oracle import ParamCounts, block_layers, param_counts, part_table
-from common.spec import ResNetSpec, Stage, Stem, get_spec
+from common.core.oracle import ParamCounts, block_layers, param_counts, part_table
+from common.core.spec import ResNetSpec, Stage, Stem, get_spec
 from tests.conftest import make_block, mx_array, part_shapes_nchw, run_block
 
 D2L_COUNTS = (11_178_378, 7_808, 11_186_186)
@@ -54,8 +54,8 @@ def test_resnet18_is_the_d2l_preset_with_the_shared_initial_weights(fw):
     """resnet18() is d2l's network (names and shapes of the canonical layout, which a
     torchvision-style preset without conv biases would not have) holding the shared seeded
     initialisation, bit for bit; seed= and the overrides reach it."""
-    from common.init import init_weights
-    from common.weights import canonical_layout
+    from common.core.init import init_weights
+    from common.core.weights import canonical_layout
     for kwargs, spec, seed in (({}, get_spec("d2l_resnet18"), 0),
                                ({"num_classes": 7, "in_channels": 3, "seed": 5},
                                 get_spec("d2l_resnet18", num_classes=7, in_channels=3), 5)):
@@ -142,7 +142,7 @@ def test_integer_input_is_refused_with_its_dtype(fw):
 
 
 def test_build_rejects_invalid_spec_values(fw):
-    from common.spec import SpecError
+    from common.core.spec import SpecError
     with pytest.raises(SpecError, match=r"num_classes: expected a positive integer, got 0"):
         fw.build("d2l_resnet18", num_classes=0)
     with pytest.raises(SpecError, match=r"init: expected one of"):

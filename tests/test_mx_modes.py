@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.init import init_weights
-from common.spec import ResNetSpec, Stage, Stem, get_spec
+from common.core.init import init_weights
+from common.core.spec import ResNetSpec, Stage, Stem, get_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 MX_NUMPY = os.environ.get("RESNET3_MX_NUMPY") == "1"  # as tests/conftest.py reads it
@@ -48,7 +48,7 @@ def mode_outputs() -> dict[str, np.ndarray]:
     the model's own eval logits (imperative and hybridized), and the adapter's train-mode
     logits, gradients and weights after two SGD steps with momentum."""
     import resnet_mx
-    from common.optim import OptimizerConfig
+    from common.core.optim import OptimizerConfig
     from resnet_mx.modes import array
     out = {}
     x, y = batch()
@@ -237,7 +237,7 @@ def test_copied_blocks_file_runs_d2l_examples_in_both_modes(tmp_path):
 
 # Every resnet_mx API: blocks, model (build, resnet18, param_counts, part_shapes, input checks),
 # weights (canonical, native files, the model zoo), the adapter (train_step, loss_and_grads,
-# logits, optimiser state through a resumed run), common.train.main, convert, crosscheck,
+# logits, optimiser state through a resumed run), common.commands.train.main, convert, crosscheck,
 # summary. About 30 s in the child. (The init rule and the optimiser tests run in classic mode
 # only: they check NumPy-side formulas through the same adapter calls, and the suite's time is
 # short.)

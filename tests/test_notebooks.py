@@ -17,9 +17,9 @@ import pytest
 from nbclient import NotebookClient
 
 from common.frameworks import FRAMEWORKS, shape_as_nchw
-from common.oracle import BlockConfig, ParamCounts, block_layers, block_output, flops, part_table
-from common.oracle import param_counts as oracle_counts
-from common.spec import get_spec
+from common.core.oracle import BlockConfig, ParamCounts, block_layers, block_output, flops, part_table
+from common.core.oracle import param_counts as oracle_counts
+from common.core.spec import get_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 
 from common.frameworks import FRAMEWORKS
-from common.optim import OptimizerConfig
-from common.oracle import zero_gradient_biases
-from common.spec import ResNetSpec, Stage, Stem
+from common.core.optim import OptimizerConfig
+from common.core.oracle import zero_gradient_biases
+from common.core.spec import ResNetSpec, Stage, Stem
 from tests.conftest import MODULES
 from tests.test_fidelity import batches, random_weights, rel
 

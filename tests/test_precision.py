@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.init import init_weights
-from common.spec import get_spec
+from common.core.init import init_weights
+from common.core.spec import get_spec
 from tests.conftest import bf16_refused_here, fw_name
 
 SPEC = get_spec("cifar_resnet20")  # 3 channels, 10 classes, 19 convolutions
@@ -131,8 +131,8 @@ def test_mx_adapters_refuse_a_process_where_amp_init_was_called():
     bfloat16, so none is made. In a fresh process, to leave this one as it is."""
     code = textwrap.dedent("""
         from mxnet.contrib import amp
-        from common.init import init_weights
-        from common.spec import get_spec
+        from common.core.init import init_weights
+        from common.core.spec import get_spec
         from resnet_mx.adapter import Adapter
         spec = get_spec("cifar_resnet20")
         w = init_weights(spec, 0)

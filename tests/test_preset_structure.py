@@ -3,7 +3,7 @@
 The table (also in docs/preset-structure.md, which must say the same) is not generated from
 the spec: each cell is what the preset's reference describes (d2l's ResNet chapter,
 torchvision's resnet.py, the ResNet paper's CIFAR nets, the pre-activation paper, the seed
-ResNeXt tutorial). It is checked against the oracle (common.oracle.layers: which convolution's
+ResNeXt tutorial). It is checked against the oracle (common.core.oracle.layers: which convolution's
 output halves the map, which parameters exist, which layers the shortcut has) and against the
 layers each framework builds (their own stride, bias and group attributes). So moving the
 stride between the first 1x1 and the 3x3 of a bottleneck (v1 / v1.5), which keeps every shape
@@ -18,8 +18,8 @@ from typing import NamedTuple
 import pytest
 
 from common.frameworks import FRAMEWORKS, load
-from common.oracle import layers
-from common.spec import PRESETS, get_spec
+from common.core.oracle import layers
+from common.core.spec import PRESETS, get_spec
 
 # Columns: reference | block | stride in a downsampling block (stage 2 on, first block) |
 # conv bias | projection shortcut of a downsampling block | pre-activation | groups |

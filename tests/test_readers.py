@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from common.data import DataError, Dataset, batches, load_dataset, read_cifar_batch, read_idx
+from common.core.data import DataError, Dataset, batches, load_dataset, read_cifar_batch, read_idx
 
 
 def idx_images(n: int, rows: int, cols: int, pixels: dict) -> bytes:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from common import side_by_side
-from common.side_by_side import COLUMNS, DOC, ROOT, current, definitions, render
+from common.commands import side_by_side
+from common.commands.side_by_side import COLUMNS, DOC, ROOT, current, definitions, render
 
 FRAMEWORK_MODULE = {"torch": "torch", "tf": "tensorflow", "mx": "mxnet"}
 
@@ -21,7 +21,7 @@ def sources() -> dict[str, str]:
 
 
 def test_the_committed_page_is_current(capsys):
-    assert DOC.read_text() == current(), "run: python -m common.side_by_side"
+    assert DOC.read_text() == current(), "run: python -m common.commands.side_by_side"
     assert side_by_side.main(["--check"]) == 0
     assert "current" in capsys.readouterr().out
 

@@ -1,8 +1,8 @@
 """The spec and its oracle, with no framework: d2l's published figures and clear spec errors."""
 import pytest
 
-from common.oracle import block_layers, conv_out, param_counts, part_table
-from common.spec import ResNetSpec, SpecError, Stage, Stem, BatchNormSpec, get_spec
+from common.core.oracle import block_layers, conv_out, param_counts, part_table
+from common.core.spec import ResNetSpec, SpecError, Stage, Stem, BatchNormSpec, get_spec
 
 D2L_TABLE_224 = {  # d2l's printed shapes for a 1x1x224x224 input
     "stem": (1, 64, 56, 56), "stage1": (1, 64, 56, 56), "stage2": (1, 128, 28, 28),
@@ -117,7 +117,7 @@ def test_d2l_and_torchvision_presets_differ_only_in_their_stated_choices():
 
 
 def test_every_preset_is_valid_and_its_shapes_shrink_to_the_head():
-    from common.spec import PRESETS
+    from common.core.spec import PRESETS
     for name, spec in PRESETS.items():
         rows = part_table(spec, 32)
         assert rows[-1].out_shape == (1, spec.num_classes), name
@@ -138,14 +138,14 @@ def test_family_spec_errors_name_field_expected_and_given(overrides, field, give
 
 
 def test_grouped_block_with_indivisible_channels_is_refused():
-    from common.oracle import BlockConfig
+    from common.core.oracle import BlockConfig
     with pytest.raises(SpecError, match=r"stage1.0.conv2.groups: expected a divisor of 30 input"):
         block_layers("stage1.0", (1, 64, 8, 8), 128, project=True, width=30,
                      config=BlockConfig(kind="bottleneck", groups=4))
 
 
 def test_bottleneck_oracle_puts_stride_where_asked():
-    from common.oracle import BlockConfig
+    from common.core.oracle import BlockConfig
     tv = block_layers("b", (1, 64, 8, 8), 256, 2, True, width=64, config=BlockConfig("bottleneck"))
     paper = block_layers("b", (1, 64, 8, 8), 256, 2, True, width=64,
                          config=BlockConfig("bottleneck", stride_in_1x1=True))

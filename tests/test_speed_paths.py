@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import compare
+from common.commands import compare
 from common.frameworks import FRAMEWORKS
-from common.train import StepClock, parser
+from common.commands.train import StepClock, parser
 from resnet_tf.blocks import PaddedConv2D, PaddedMaxPool2D
 from resnet_tf.model import ResNet
-from common.spec import get_spec
+from common.core.spec import get_spec
 from tests.conftest import MODULES, bf16_refused_here
 
 
@@ -51,7 +51,7 @@ def test_default_thread_count_is_all_cores(fw):
 
 def test_step_clock_keeps_the_first_step_apart(monkeypatch):
     ticks = iter([0.0, 5.0, 10.0, 10.5, 20.0, 20.25])  # a 5 s first step, then 0.5 s and 0.25 s
-    monkeypatch.setattr("common.train.time.perf_counter", lambda: next(ticks))
+    monkeypatch.setattr("common.commands.train.time.perf_counter", lambda: next(ticks))
     clock = StepClock()
     assert [clock.time(lambda: i, 8) for i in range(3)] == [0, 1, 2]
     assert (clock.first, clock.seconds, clock.examples) == (5.0, 0.75, 16)
@@ -160,7 +160,7 @@ def test_tensorflow_stem_on_reversed_axes_equals_the_layer_by_layer_stem(size, m
     and its pool need it) computes what its layers compute one by one: outputs, input and
     weight gradients, in train mode."""
     from resnet_tf.weights import from_canonical
-    from common.init import init_weights
+    from common.core.init import init_weights
     spec = get_spec("d2l_resnet18")
     model = from_canonical(ResNet(spec), init_weights(spec, 0))
     h, w = (size, size) if isinstance(size, int) else size
@@ -187,8 +187,8 @@ def test_tensorflow_stem_on_reversed_axes_equals_the_layer_by_layer_stem(size, m
 def test_train_flags_reach_the_adapter(fw, tmp_path):
     """--precision bf16 from the train flags trains in bf16 (other final weights than fp32's,
     still float32) and is recorded in run.json."""
-    from common.train import train
-    from common.weights import load_weights
+    from common.commands.train import train
+    from common.core.weights import load_weights
     from tests.test_training import FLAGS, tiny_data
 
     def run(name, *extra):

@@ -1,6 +1,6 @@
 """The side-by-side summary command: agreement is reported, and disagreement is caught."""
-from common import summary
-from common.oracle import ParamCounts
+from common.commands import summary
+from common.core.oracle import ParamCounts
 from tests.conftest import MODULES
 
 

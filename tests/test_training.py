@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from common.data import Dataset
+from common.core.data import Dataset
 from common.frameworks import FRAMEWORKS
-from common.train import parser, train
-from common.weights import load_weights
+from common.commands.train import parser, train
+from common.core.weights import load_weights
 
 FLAGS = ["--batch-size", "16", "--resize", "0", "--epochs", "2", "--lr", "0.05"]
 
@@ -114,7 +114,7 @@ def test_resume_refuses_changed_settings_and_overwrite(tmp_path):
     (["--batch-size", "two"], "--batch-size: expected a positive integer, got 'two'"),
 ])
 def test_bad_flags_get_clear_errors(argv, message, capsys):
-    from common.train import main
+    from common.commands.train import main
     with pytest.raises(SystemExit):
         main("torch", argv)
     assert message in capsys.readouterr().err

@@ -5,7 +5,7 @@ then our weights are written back in the library's format and its own network lo
 import numpy as np
 import pytest
 
-from common.spec import get_spec
+from common.core.spec import get_spec
 from tests.conftest import MODULES
 
 RTOL = 1e-5  # of the largest logit
@@ -116,8 +116,8 @@ def test_resnet_convert_detects_the_library_file_and_writes_one_back(preset, lib
                                                                       tmp_path, capsys):
     """`resnet-convert` tells the library's file from the project's own by its names, reads it
     into canonical weights, and with --to writes a file the library's network loads."""
-    from common import convert
-    from common.weights import load_weights
+    from common.commands import convert
+    from common.core.weights import load_weights
     spec = get_spec(preset, num_classes=10)
     module = MODULES["mx" if fmt == "gluon" else "tf"].weights
     if fmt == "gluon":
@@ -140,7 +140,7 @@ def test_resnet_convert_detects_the_library_file_and_writes_one_back(preset, lib
 def test_each_package_load_native_reads_its_ecosystems_file(tmp_path):
     """load_native of each package takes its own ecosystem's file too: torchvision's names for
     PyTorch, Keras applications' for Keras, the model zoo's for Gluon."""
-    from common import convert
+    from common.commands import convert
     cases = {"torch": ("resnet18", "w.pth", "torchvision"),
              "tf": ("keras_resnet50", "w.weights.h5", "keras"),
              "mx": ("gluon_resnet18_v1", "w.params", "gluon")}

@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from common.files import atomic_path  # noqa: E402
+from common.core.files import atomic_path  # noqa: E402
 
 
 def plot_curves(histories: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:

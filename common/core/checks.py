@@ -5,8 +5,8 @@ from typing import Sequence
 
 import numpy as np
 
-from common.oracle import min_input_size, smallest_bn_map
-from common.spec import ResNetSpec
+from common.core.oracle import min_input_size, smallest_bn_map
+from common.core.spec import ResNetSpec
 
 
 DTYPES = ("float32", "float64")

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.spec import ResNetSpec
-from common.weights import Weights, canonical_layout
+from common.core.spec import ResNetSpec
+from common.core.weights import Weights, canonical_layout
 
 INIT_CHOICES = ("common", "framework")
 
@@ -45,7 +45,7 @@ def init_weights(spec: ResNetSpec, seed: int = 0) -> Weights:
 
 def build_spec(name_or_spec, init: str = "common", **overrides) -> ResNetSpec:
     """The spec a framework's `build()` makes, after checking its `init` choice."""
-    from common.spec import SpecError, get_spec
+    from common.core.spec import SpecError, get_spec
     if init not in INIT_CHOICES:
         raise SpecError(f"init: expected one of {INIT_CHOICES}, got {init!r}")
     return get_spec(name_or_spec, **overrides)

@@ -1,29 +1,20 @@
-"""The three framework packages by name, and the one place that converts between layouts.
+"""The framework packages: their records (registry.py), the contract they fulfil
+(protocols.py), and the one place that converts between layouts.
 
-This module imports no framework itself: `load("tf")` imports `resnet_tf` when asked.
+Nothing here imports a framework: `load("tf")` imports `resnet_tf` when asked.
 Every package declares `LAYOUT` ("NCHW" or "NHWC"); data and shapes in `common` are NCHW.
 """
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import sys
-from types import ModuleType
 
 import numpy as np
 
-FRAMEWORKS = ("torch", "tf", "mx")
-NAMES = {"torch": "PyTorch", "tf": "TensorFlow/Keras", "mx": "MXNet Gluon"}
+from common.frameworks.registry import (FRAMEWORKS, NAMES, RECORDS, Framework, import_first,
+                                        load, module, record)
 
-
-def load(framework: str) -> ModuleType:
-    """The package `resnet_<framework>`, with its framework imported (the packages import it
-    only on first use); a failed import is an error, never a skip."""
-    if framework not in FRAMEWORKS:
-        raise ValueError(f"framework: expected one of {FRAMEWORKS}, got {framework!r}")
-    module = importlib.import_module(f"resnet_{framework}")
-    module.Adapter  # noqa: B018 - imports the framework now
-    return module
+__all__ = ["FRAMEWORKS", "NAMES", "RECORDS", "Framework", "import_first", "load", "module",
+           "record", "to_layout", "shape_as_nchw", "EXPORTS", "lazy_exports"]
 
 
 def to_layout(x: np.ndarray, layout: str) -> np.ndarray:
@@ -48,17 +39,6 @@ EXPORTS = {"Residual": "blocks", "resnet_block": "blocks", "Bottleneck": "blocks
            "part_param_counts": "model", "part_shapes": "model", "resnet18": "model",
            "set_threads": "model", "get_threads": "model", "from_canonical": "weights",
            "load_native": "weights", "save_native": "weights", "to_canonical": "weights"}
-
-
-def import_first(modules: tuple[str, ...], before: str = "tensorflow") -> None:
-    """Import those of `modules` that are installed and not yet imported, in order, so that they
-    load before `before` (MXNet before TensorFlow, see resnet_tf/__init__.py). Nothing when
-    `before` is loaded already: loading them after it is the crash this avoids."""
-    if before in sys.modules:
-        return
-    for module in modules:
-        if module not in sys.modules and importlib.util.find_spec(module):
-            importlib.import_module(module)
 
 
 def lazy_exports(package: str, where: dict[str, str], first: tuple[str, ...] = ()):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterator, NamedTuple
 
-from common.spec import ResNetSpec, SpecError
+from common.core.spec import ResNetSpec, SpecError
 
 BN_STATS = ("running_mean", "running_var")
 

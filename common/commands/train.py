@@ -22,19 +22,19 @@ from typing import Sequence
 
 import numpy as np
 
-from common.cli import (Parser, guarded, non_negative_float, non_negative_int, positive_float,
+from common.commands.cli import (Parser, guarded, non_negative_float, non_negative_int, positive_float,
                         positive_int, unit_interval)
-from common.checks import PRECISIONS, check_geometry
-from common.data import DATASETS, Dataset, batches, load_dataset
-from common.devices import add_device_flag
-from common.files import atomic_path, writable_dir
+from common.core.checks import PRECISIONS, check_geometry
+from common.core.data import DATASETS, Dataset, batches, load_dataset
+from common.core.devices import add_device_flag
+from common.core.files import atomic_path, writable_dir
 from common.frameworks import FRAMEWORKS, NAMES, load
-from common.init import INIT_CHOICES, init_weights
-from common.oracle import smallest_bn_map
-from common.optim import OPTIMIZERS, OptimizerConfig
-from common.plots import plot_curves
-from common.spec import PRESETS, ResNetSpec, get_spec
-from common.weights import WeightsError, save_weights
+from common.core.init import INIT_CHOICES, init_weights
+from common.core.oracle import smallest_bn_map
+from common.core.optim import OPTIMIZERS, OptimizerConfig
+from common.commands.plots import plot_curves
+from common.core.spec import PRESETS, ResNetSpec, get_spec
+from common.core.weights import WeightsError, save_weights
 
 CHECKPOINT, WEIGHTS, METRICS, RUN, CURVES = ("checkpoint.safetensors", "weights.safetensors",
                                              "metrics.jsonl", "run.json", "curves.png")
@@ -142,7 +142,7 @@ def evaluate(adapter, x: np.ndarray, y: np.ndarray, batch_size: int, resize: int
 
 
 class Workers:
-    """This process's place in a launched run (common.launch sets RESNET3_WORKERS and
+    """This process's place in a launched run (common.commands.launch sets RESNET3_WORKERS and
     RESNET3_RANK; torchrun, also run directly, sets WORLD_SIZE and RANK); one worker alone
     when nothing is set."""
 
@@ -223,7 +223,7 @@ def weights_from_file(path: str, spec: ResNetSpec, init: dict, new_head: bool, d
     """The starting weights of --weights: all of the file's, for the run's spec. A head of
     another size is refused unless new_head: then the head (head.fc) is `init`'s, the rest the
     file's, read for the file's own number of classes."""
-    from common.convert import file_classes, read, source_format
+    from common.commands.convert import file_classes, read, source_format
     fmt, classes = source_format(path), file_classes(path)
     if new_head:
         weights = read(path, spec.with_overrides(num_classes=classes or spec.num_classes), fmt)
@@ -328,7 +328,7 @@ def _train(framework, args, data, spec, module, out, config, workers, engine, lo
     steps = math.ceil(n_train / args.batch_size)
     # A last batch that BatchNorm cannot normalise (one value per channel: one example, and a
     # 1x1 map somewhere) is dropped in training, as loaders with drop_last do; the adapters
-    # refuse such a batch (common.checks.check_geometry), the same in every framework.
+    # refuse such a batch (common.core.checks.check_geometry), the same in every framework.
     bh, bw, where = smallest_bn_map(spec, size, size)
     dropped = n_train % args.batch_size if (n_train % args.batch_size) * bh * bw == 1 else 0
     if dropped:

@@ -23,8 +23,8 @@ from typing import Iterator
 
 import numpy as np
 
-from common.checks import InputError, labels_as
-from common.files import atomic_path
+from common.core.checks import InputError, labels_as
+from common.core.files import atomic_path
 
 EMBEDDED = ("digits", "mnist5k")
 DATASETS = ("digits", "mnist5k", "fashion_mnist", "mnist", "cifar10")

@@ -89,7 +89,7 @@ def guarded(main):
 
 def add_spec_flags(p: argparse.ArgumentParser) -> None:
     """--arch, --num-classes and --in-channels: the network a command works on."""
-    from common.spec import PRESETS
+    from common.core.spec import PRESETS
     p.add_argument("--arch", default="d2l_resnet18", choices=sorted(PRESETS), help="preset")
     p.add_argument("--num-classes", type=positive_int, default=None,
                    help="override the preset's classes")
@@ -99,6 +99,6 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
 
 def spec_of(args: argparse.Namespace):
     """The spec of add_spec_flags' flags."""
-    from common.spec import get_spec
+    from common.core.spec import get_spec
     return get_spec(args.arch, **{k: getattr(args, k) for k in ("num_classes", "in_channels")
                                   if getattr(args, k) is not None})

@@ -14,9 +14,9 @@ from typing import Mapping
 
 import numpy as np
 
-from common.files import atomic_path
-from common.oracle import layers
-from common.spec import ResNetSpec
+from common.core.files import atomic_path
+from common.core.oracle import layers
+from common.core.spec import ResNetSpec
 
 Weights = dict[str, np.ndarray]
 

@@ -3,7 +3,7 @@
 
 Every kind of weights file that `resnet-convert`, `--weights` and crosscheck read is a `Format`:
 its file names, how to tell it from the names a file holds, a reader and a writer to canonical
-weights. `FORMATS` here lists the ecosystem's; common.convert adds the project's own (canonical,
+weights. `FORMATS` here lists the ecosystem's; common.commands.convert adds the project's own (canonical,
 torch, tf, mx) and offers them all as `--from`/`--to NAME`. A new format is one more entry:
 
     FORMATS["keras"] = Format("Keras applications weights", (".weights.h5", ".h5"),
@@ -22,9 +22,9 @@ from typing import Callable, Collection, Mapping
 
 import numpy as np
 
-from common.files import atomic_path
-from common.spec import BIAS_CONVS, ResNetSpec
-from common.weights import (Weights, WeightsError, canonical_layout, check_values,
+from common.core.files import atomic_path
+from common.core.spec import BIAS_CONVS, ResNetSpec
+from common.core.weights import (Weights, WeightsError, canonical_layout, check_values,
                             check_weights, fit_file, layout_problems, unreadable)
 
 Shapes = Mapping[str, tuple[int, ...]]

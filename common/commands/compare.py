@@ -1,0 +1,201 @@
+"""Train all three frameworks from the same initial weights on the same data in the same order,
+and write one report: results side by side, the per-stage shape table, three learning curves.
+
+    python -m common.commands.compare --dataset digits --epochs 4 --resize 32 --batch-size 64
+
+Each framework trains in its own process (`python -m resnet_<fw>.train`, same flags), so that
+its peak memory is its own and thread settings do not leak between frameworks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from common.commands import bench
+from common.commands.cli import frameworks_arg, guarded, non_negative_int, positive_int
+from common.core.files import atomic_path, writable_dir
+from common.frameworks import FRAMEWORKS, NAMES
+from common.commands.plots import plot_curves
+from common.core.spec import get_spec
+from common.commands.summary import summary
+from common.core.tables import render
+from common.commands.train import RUN, check_args, parser
+
+
+def train_flags(args, framework_out: Path) -> list[str]:
+    """The command-line flags that reproduce `args` for one framework's train script."""
+    flags = []
+    for action in parser("x")._actions:
+        if not action.option_strings or action.dest in ("help", "out", "resume"):
+            continue
+        value = getattr(args, action.dest)
+        if isinstance(action, argparse._StoreTrueAction):
+            flags += [action.option_strings[0]] if value else []
+        elif value is not None:
+            flags += [action.option_strings[0], str(value)]
+    flags += ["--out", str(framework_out)] + (["--resume"] if args.resume else [])
+    return flags
+
+
+def run_framework(framework: str, args, out: Path) -> dict:
+    """Train one framework in a child process, echoing its lines; returns its run.json, or
+    {"error": why} when it fails (its `error:` line, else its last line and exit status), so
+    that the other frameworks still run and the report lists the failure."""
+    flags = train_flags(args, out / framework)
+    cmd = [sys.executable, "-m", f"resnet_{framework}.train", *flags]
+    if args.workers > 1:  # data-parallel on the framework's own engine; --threads is shared
+        at = flags.index("--threads") + 1
+        flags[at] = str(max(1, args.threads // args.workers))
+        cmd = [sys.executable, "-m", "common.commands.launch", "--framework", framework, "--workers",
+               str(args.workers), "--", *flags]
+    print(f"== {NAMES[framework]}: {' '.join(cmd[1:])}", flush=True)
+    # MXNet reads OMP_NUM_THREADS once, when it loads: set it for the child before it starts.
+    env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": str(args.threads)}
+    last, error = "", ""
+    with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) as child:
+        for line in child.stderr:  # echoed as it comes; the last error line is kept
+            sys.stderr.write(line)
+            if line.strip():
+                last = line.strip()
+                error = last.removeprefix("error: ") if last.startswith("error: ") else error
+    if child.returncode == 0:
+        return json.loads((out / framework / RUN).read_text())
+    why = error or f"exit status {child.returncode}" + (f": {last}" if last else "")
+    print(f"== {NAMES[framework]} failed: {why}", file=sys.stderr, flush=True)
+    return {"error": why}
+
+
+def measure_speed(runs: dict[str, dict], args) -> tuple[list[dict], list[str]]:
+    """resnet-bench at the settings of the runs (--bench-rounds rounds of 2 steps per side):
+    each framework's steps against its plain reference step."""
+    first = next(iter(runs.values()))
+    settings = argparse.Namespace(
+        arch=first["arch"], input_size=first["input_size"], batch_size=args.batch_size,
+        in_channels=first["in_channels"], num_classes=first["num_classes"], phase="both",
+        precision=args.precision, compile=args.compile, device=args.device,
+        threads=args.threads, steps=2,
+        warmup=1, rounds=args.bench_rounds, timeout=1800)
+    return bench.run(tuple(runs), settings)
+
+
+def speed_section(runs: dict[str, dict], rows: list[dict], lines: list[str]) -> str:
+    """Speed and memory: the training run's own figures (first steps apart), and the bench's
+    ratio to the reference step and share of the machine's FP32 peak."""
+    by = {(r["framework"], r["phase"]): r for r in rows}
+    header = ["framework", "train img/s", "infer img/s", "first train step s",
+              "first infer step s", "peak RSS MiB", "train ratio to reference",
+              "infer ratio to reference", "train % FP32 peak", "infer % FP32 peak"]
+    table = []
+    for fw, run in runs.items():
+        cells = [NAMES[fw], _num(run.get("train_examples_per_sec"), ".1f"),
+                 _num(run.get("infer_examples_per_sec"), ".1f"),
+                 _num(run.get("first_step_seconds"), ".2f"),
+                 _num(run.get("first_eval_step_seconds"), ".2f"), f"{run['peak_rss_mib']:.0f}"]
+        for key, fmt in (("ratio_wall", ".3f"), ("peak_share", ".1%")):
+            for phase in ("train", "infer"):
+                r = by.get((fw, phase), {})
+                cells.append(_num(r.get(key), fmt) if "error" not in r else r["error"])
+        table.append(cells)
+    return (render(header, table, markdown=True) + "\n\n"
+            "img/s: the training run's steady speed (its first train and inference steps, where a "
+            "framework traces or compiles, are timed apart). Ratio to reference: resnet-bench's "
+            "wall-clock ratio of the project's step to a plain step written directly in the "
+            "framework, interleaved in one process (>= 0.97 is the project's contract). "
+            + " ".join(lines) + "\n")
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def failures_section(failed: dict[str, str]) -> str:
+    return ("## Failures\n\n" + render(["framework", "error"], [[NAMES[fw], why]
+                                                               for fw, why in failed.items()],
+                                       markdown=True) + "\n\n") if failed else ""
+
+
+def report(runs: dict[str, dict], args, out: Path, speed: str = "",
+           failed: dict[str, str] | None = None) -> str:
+    """The markdown report, written to out/report.md, with curves.png beside it. Frameworks in
+    `failed` (name -> error) are listed with their error under Failures."""
+    failed = failed or {}
+    if not runs:
+        text = (f"# {args.arch} on {args.dataset}: every framework failed\n\n"
+                + failures_section(failed))
+        with atomic_path(out / "report.md") as tmp:
+            tmp.write_text(text)
+        return text
+    first = next(iter(runs.values()))
+    rows = []
+    for fw, run in runs.items():
+        last, hist = run["history"][-1], run["history"]
+        rows.append([NAMES[fw], f"{hist[0]['train_loss']:.4f}", f"{last['train_loss']:.4f}",
+                     f"{last['train_acc']:.3f}", f"{last['test_acc']:.3f}",
+                     f"{sum(r['examples_per_sec'] for r in hist) / len(hist):.1f}",
+                     f"{sum(r['seconds'] for r in hist) / len(hist):.2f}",
+                     f"{run['peak_rss_mib']:.0f}", run["params"]["trainable"],
+                     run["params"]["non_trainable"], run["params"]["total"]])
+    header = ["framework", "epoch-1 loss", "final loss", "train acc", "test acc",
+              "examples/sec", "s/epoch (train)", "peak RSS MiB", "trainable", "BN stats", "total"]
+    spec = get_spec(first["arch"], in_channels=first["in_channels"],
+                    num_classes=first["num_classes"])
+    size = first["input_size"]
+    shapes, _ = summary(spec, size, tuple(runs), markdown=True)
+    settings = ", ".join(f"{k} {v}" for k, v in first["config"].items())
+    plot_curves({NAMES[fw]: run["history"] for fw, run in runs.items()}, out / "curves.png",
+                f"{first['arch']} on {first['dataset']}")
+    text = (f"# {first['arch']} on {first['dataset']}: {', '.join(NAMES[f] for f in runs)}\n\n"
+            f"Same initial weights, same data in the same order. Settings: {settings}, "
+            f"{os.cpu_count()} CPU cores"
+            + (f", {first['workers']} worker processes per framework (resnet-launch; peak RSS "
+               f"is the first worker's)" if first.get("workers", 1) > 1 else "")
+            + f".\n\n## Results\n\n{render(header, rows, markdown=True)}\n\n"
+            f"Examples/sec and s/epoch count training steps only; peak RSS is each framework's "
+            f"own process.\n\n" + failures_section(failed)
+            + (f"## Speed and memory\n\n{speed}\n" if speed else "")
+            + f"## Shapes and parameters per part (input {size}x{size})\n\n"
+            f"{shapes}\n\n## Learning curves\n\n![learning curves](curves.png)\n")
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(text)
+    return text
+
+
+@guarded
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser("resnet-compare")
+    p.description = __doc__.splitlines()[0]
+    p.set_defaults(out="reports/compare")
+    p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
+                   help="comma-separated subset of torch,tf,mx")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="train each framework on this many processes through resnet-launch "
+                        "(--batch-size is the global batch; --threads is shared among them)")
+    p.add_argument("--bench-rounds", type=non_negative_int, default=5,
+                   help="rounds of resnet-bench for the speed section (0: no speed section)")
+    args = p.parse_args(argv)
+    check_args(p, args)
+    frameworks = frameworks_arg(p, args.frameworks, FRAMEWORKS)
+    out = writable_dir(args.out)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the shape table loads TensorFlow here
+    results = {fw: run_framework(fw, args, out) for fw in frameworks}
+    runs = {fw: r for fw, r in results.items() if "error" not in r}
+    failed = {fw: r["error"] for fw, r in results.items() if "error" in r}
+    speed = ""
+    if args.bench_rounds and runs:
+        print("== speed: resnet-bench at the same settings", flush=True)
+        speed = speed_section(runs, *measure_speed(runs, args))
+    print(report(runs, args, out, speed, failed))
+    print(f"report: {out / 'report.md'}" + (f", curves: {out / 'curves.png'}" if runs else ""))
+    if failed:
+        print(f"error: {len(failed)} of {len(results)} frameworks failed: "
+              + "; ".join(f"{NAMES[fw]}: {why}" for fw, why in failed.items()), file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

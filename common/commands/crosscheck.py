@@ -1,0 +1,123 @@
+"""Load one weights file into all three frameworks, run the same input, and print the largest
+differences of logits (eval and train mode), losses and gradients, for every pair.
+
+    python -m common.commands.crosscheck --weights model.safetensors --input-size 96
+    python -m common.commands.crosscheck --dtype float64    # the same, free of float32 rounding
+"""
+from __future__ import annotations
+
+import itertools
+import sys
+from importlib import import_module
+
+import numpy as np
+
+from common.core.checks import DTYPES, check_geometry
+from common.commands.cli import (Parser, add_spec_flags, guarded, non_negative_int, positive_int,
+                        spec_of)
+from common.core.devices import add_device_flag
+from common.frameworks import FRAMEWORKS, NAMES, load
+from common.core.init import init_weights
+from common.core.oracle import zero_gradient_biases
+from common.core.spec import ResNetSpec
+from common.core.tables import render
+from common.core.weights import Weights
+
+TOLERANCES = {"eval logits": 1e-5, "train logits": 1e-5, "loss": 1e-5, "gradients": 1e-4}
+
+
+def measure(spec: ResNetSpec, weights: Weights, x: np.ndarray, y: np.ndarray,
+            dtype: str = "float32", device: str = "cpu") -> dict:
+    """Per framework: eval logits, train-mode logits, loss and gradients for one batch,
+    computed in `dtype` on `device` (on a GPU with each framework's deterministic algorithms
+    and no TensorFloat-32: resnet_<fw>.devices.set_deterministic), and the device it used."""
+    out = {}
+    for fw in FRAMEWORKS:
+        devices = import_module(f"resnet_{fw}.devices")
+        chosen = devices.select(device)  # a GPU the framework does not see is an error here
+        if chosen.is_gpu:
+            devices.set_deterministic()
+        new = lambda: load(fw).Adapter(spec, weights, dtype=dtype, device=str(chosen))  # noqa: E731
+        loss, grads = new().loss_and_grads(x, y)
+        out[fw] = {"eval logits": new().logits(x, training=False),
+                   "train logits": new().logits(x, training=True),
+                   "loss": np.array(loss), "gradients": grads, "device": str(chosen)}
+    return out
+
+
+def worst_gradient(ga: Weights, gb: Weights, skip: set[str]) -> tuple[float, str]:
+    """Largest relative error ||a - b|| / ||b|| over parameters, and which parameter. Conv
+    biases in `skip` have an exact gradient of 0 (a BatchNorm follows), so only rounding noise:
+    they count by their size relative to the whole gradient instead."""
+    total = np.sqrt(sum(float(np.sum(g ** 2)) for g in gb.values()))
+    return max((float(np.linalg.norm(ga[n] - gb[n]) /
+                       (total * 1e-1 if n in skip else max(np.linalg.norm(gb[n]), 1e-12))), n)
+               for n in gb)
+
+
+def crosscheck(spec: ResNetSpec, weights: Weights, input_size: int, batch: int = 4,
+               seed: int = 0, dtype: str = "float32", device: str = "cpu") -> tuple[str, bool]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batch, spec.in_channels, input_size, input_size)).astype(np.float32)
+    y = rng.integers(0, spec.num_classes, batch)
+    res = measure(spec, weights, x, y, dtype, device)
+    rows, ok = [], True
+    for a, b in itertools.combinations(FRAMEWORKS, 2):
+        row: list[object] = [f"{a} vs {b}"]
+        for key, tol in TOLERANCES.items():
+            if key == "gradients":
+                err, where = worst_gradient(res[a][key], res[b][key], zero_gradient_biases(spec))
+                row += [f"{err:.2e} ({where})"]
+            else:
+                err = float(np.abs(res[a][key] - res[b][key]).max())
+                row += [f"{err:.2e}"]
+            ok &= err <= tol
+        rows.append(row)
+    header = ["pair", "max |eval logits diff|", "max |train logits diff|", "|loss diff|",
+              "max relative gradient error"]
+    scale = float(np.abs(res["torch"]["eval logits"]).max())
+    where = ", ".join(f"{fw} {res[fw]['device']}" for fw in FRAMEWORKS)
+    text = (render(header, rows) + f"\ncomputed in {dtype} on {where}; logit scale: max |logit| = "
+            f"{scale:.3f}; tolerances "
+            + ", ".join(f"{k} {v:g}" for k, v in TOLERANCES.items())
+            + f"\nwithin tolerance: {'yes' if ok else 'NO'} ({', '.join(NAMES.values())})")
+    return text, ok
+
+
+@guarded
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(prog="resnet-crosscheck", description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", help="weights file in any format resnet-convert reads "
+                        "(.safetensors, .npz, .pt, .weights.h5, .params, torchvision/timm .pth, "
+                        ".bin), found from its contents; default: the shared seeded "
+                        "initialisation")
+    add_spec_flags(parser)
+    parser.add_argument("--input-size", type=positive_int, default=96)
+    parser.add_argument("--batch", type=positive_int, default=4)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--dtype", default="float32", choices=DTYPES,
+                        help="compute dtype in every framework (default float32, as trained); "
+                        "float64 shows the agreement free of float32 rounding and ReLU kinks")
+    add_device_flag(parser)
+    args = parser.parse_args(argv)
+    if args.device != "cpu" and "mxnet" not in sys.modules:
+        # MXNet reads its determinism switches once, when it sets up its first GPU operator:
+        # they are set before anything loads it (they change nothing on the CPU).
+        import_module("resnet_mx.devices").set_deterministic()
+    spec = spec_of(args)
+    # The batch runs in train mode too: refused here, before any framework loads, if it cannot.
+    check_geometry(spec, (args.batch, spec.in_channels, args.input_size, args.input_size),
+                   training=True)
+    if args.weights:
+        from common.commands.convert import read
+        weights = read(args.weights, spec)
+    else:
+        weights = init_weights(spec, args.seed)
+    text, ok = crosscheck(spec, weights, args.input_size, args.batch, args.seed, args.dtype,
+                          args.device)
+    print(text)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

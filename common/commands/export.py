@@ -1,0 +1,262 @@
+"""Export a network to ONNX from any of the three frameworks, from canonical weights.
+
+    python -m common.commands.export --framework torch --arch d2l_resnet18 --input-size 96 resnet18.onnx
+    python -m common.commands.export --framework tf --arch resnet50 --weights w.safetensors \\
+        --input-size 224 resnet50.onnx
+
+Whichever framework exports it, the file has the same interface: one input named "input",
+NCHW float32 of shape (batch, channels, N, N) with N = --input-size and any batch size, and
+one output named "logits", float32 (batch, classes): the network in eval mode (BatchNorm uses
+its running statistics). Each framework's own converter builds the graph:
+- torch: `torch.onnx.export`, the TorchScript exporter (dynamo=False: the torch.export-based
+  one needs onnxscript, which is not in the pins), on the model in eval mode;
+- tf: tf2onnx, from a tf.function that transposes the NCHW input to NHWC before the Keras
+  model, so that the file takes NCHW like the other two (tf2onnx's optimiser folds that
+  transpose into the convolutions: the graph holds no Transpose);
+- mx: `mx.onnx.export_model`, from the hybridized block's exported symbol and parameters.
+Every file is then given the same input and output names and shapes, and is checked before it
+is written: onnxruntime's logits on a random batch against the framework's own eval logits.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from common.core.checks import check_geometry
+from common.commands.cli import Parser, add_spec_flags, guarded, non_negative_int, positive_int, spec_of
+from common.core.files import atomic_path
+from common.frameworks import FRAMEWORKS, NAMES, load
+from common.core.init import init_weights
+from common.core.spec import ResNetSpec
+from common.core.weights import Weights
+
+FORMATS = ("onnx",)  # the one format so far; --format stays for later ones
+# MXNet 1.9.1's converter knows opsets 12 and 13 only; torch's TorchScript exporter, tf2onnx
+# 1.17 and onnxruntime 1.32 all take 13, so every file has the same opset.
+OPSET = 13
+INPUT, OUTPUT = "input", "logits"
+# max |ONNX - framework eval logits| / max(1, max |logit|): float32 sums in another order. An
+# absolute 1e-5, as crosscheck's, where logits are small; relative where they are large (an
+# initialised resnet50 has logits near 30 and differences near 2e-5).
+TOLERANCE = 1e-5
+CONVERTERS = {"torch": "torch.onnx.export (TorchScript exporter)", "tf": "tf2onnx",
+              "mx": "mx.onnx.export_model"}
+
+
+class ExportMismatch(Exception):
+    """The exported graph computes something else than the framework's model (exit status 1)."""
+
+
+def _torch_graph(spec: ResNetSpec, weights: Weights, size: int):
+    import torch
+    module = load("torch")
+    model = module.from_canonical(module.build(spec, init="framework"), weights).eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The model checks its batch in forward(); traced, those checks are Python constants
+        # (TracerWarning), which is right for a graph of fixed height and width.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript exporter"
+        torch.onnx.export(model, (torch.zeros(1, spec.in_channels, size, size),), buffer,
+                          dynamo=False, opset_version=OPSET, input_names=[INPUT],
+                          output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"},
+                                                               OUTPUT: {0: "batch"}})
+    import onnx
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _tf_graph(spec: ResNetSpec, weights: Weights, size: int):
+    module = load("tf")
+    import tensorflow as tf
+    import tf2onnx
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
+    model = module.from_canonical(module.build(spec, init="framework"), weights)
+    signature = [tf.TensorSpec([None, spec.in_channels, size, size], tf.float32, name=INPUT)]
+
+    @tf.function(input_signature=signature, autograph=False)
+    def nchw_logits(X):  # the Keras model takes NHWC; the file takes NCHW like the other two
+        return model(tf.transpose(X, (0, 2, 3, 1)), training=False)
+
+    graph, _ = tf2onnx.convert.from_function(nchw_logits, input_signature=signature,
+                                             opset=OPSET)
+    return graph
+
+
+def _mx_graph(spec: ResNetSpec, weights: Weights, size: int):
+    module = load("mx")
+    import mxnet as mx
+    import onnx
+    from resnet_mx.modes import classic
+    # Built and exported in MXNet's classic mode whatever the caller's (npx.set_np()): the ONNX
+    # converter translates classic operators only, and reads files saved without set_np.
+    with classic(), tempfile.TemporaryDirectory() as folder:
+        model = module.from_canonical(module.build(spec, init="framework"), weights)
+        model.hybridize()
+        model(mx.nd.zeros((1, spec.in_channels, size, size)))  # export needs the cached graph
+        model.export(f"{folder}/model", epoch=0)  # model-symbol.json, model-0000.params
+        path = mx.onnx.export_model(
+            f"{folder}/model-symbol.json", f"{folder}/model-0000.params",
+            in_shapes=[(1, spec.in_channels, size, size)], in_types=[np.float32],
+            onnx_file_path=f"{folder}/model.onnx", dynamic=True,
+            dynamic_input_shapes=[(None, spec.in_channels, size, size)])
+        graph = onnx.load(path)
+    # The converter builds from its opset-13 translations (the newest it has) but stamps the
+    # onnx package's newest opset on the file (21 for onnx 1.16): say 13, which the checker
+    # in _standardised then verifies node by node.
+    for opset in graph.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = OPSET
+    return graph
+
+
+GRAPHS = {"torch": _torch_graph, "tf": _tf_graph, "mx": _mx_graph}
+
+
+def _standardised(graph, spec: ResNetSpec, size: int, framework: str):
+    """The graph with one input named INPUT, (batch, C, N, N) float32, and one output named
+    OUTPUT, (batch, classes): the names and shapes each converter picks differ. Weights listed
+    as graph inputs (MXNet's converter does) are dropped from the inputs, so that onnxruntime
+    treats them as constants."""
+    import onnx
+    from onnx import TensorProto, helper
+    g = graph.graph
+    constants = {t.name for t in g.initializer}
+    inputs = [i for i in g.input if i.name not in constants]
+    if len(inputs) != 1 or len(g.output) != 1:
+        raise AssertionError(f"{framework}: expected one input and one output, got "
+                             f"{[i.name for i in inputs]} and {[o.name for o in g.output]}")
+    # The converter's own input shape must already be NCHW with a free batch axis: renaming it
+    # would hide an NHWC graph (a 1-channel square NHWC batch even has the NCHW batch's bytes)
+    # or one traced for a fixed batch.
+    given = [d.dim_value or None for d in inputs[0].type.tensor_type.shape.dim]
+    if given != [None, spec.in_channels, size, size]:
+        raise AssertionError(f"{framework}: expected an NCHW input (batch, {spec.in_channels}, "
+                             f"{size}, {size}), got {inputs[0].name} of shape {given}")
+    rename = {inputs[0].name: INPUT, g.output[0].name: OUTPUT}
+    for node in g.node:
+        node.input[:] = [rename.get(n, n) for n in node.input]
+        node.output[:] = [rename.get(n, n) for n in node.output]
+    for info in g.value_info:
+        info.name = rename.get(info.name, info.name)
+    del g.input[:], g.output[:]
+    g.input.append(helper.make_tensor_value_info(INPUT, TensorProto.FLOAT,
+                                                 ["batch", spec.in_channels, size, size]))
+    g.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT,
+                                                  ["batch", spec.num_classes]))
+    g.name = spec.name
+    del graph.metadata_props[:]
+    helper.set_model_props(graph, {"arch": spec.name, "framework": framework,
+                                   "layout": "NCHW", "input_size": str(size)})
+    onnx.checker.check_model(graph)
+    return graph
+
+
+def onnx_graph(framework: str, spec: ResNetSpec, weights: Weights, input_size: int):
+    """The network with `weights` as an onnx.ModelProto exported from `framework`'s model."""
+    if framework not in GRAPHS:
+        raise ValueError(f"framework: expected one of {', '.join(GRAPHS)}, got {framework!r}")
+    check_geometry(spec, (1, spec.in_channels, input_size, input_size))
+    return _standardised(GRAPHS[framework](spec, weights, input_size), spec, input_size,
+                         framework)
+
+
+def onnx_logits(model: bytes | str | Path, x: np.ndarray) -> np.ndarray:
+    """onnxruntime's logits of an ONNX file (path or bytes) for the NCHW batch x."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    source = model if isinstance(model, bytes) else str(model)
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT], {INPUT: np.ascontiguousarray(x, np.float32)})[0]
+
+
+def check_output(path: str | Path, fmt: str = "onnx") -> Path:
+    """The output path, refused before any work unless it ends in .<fmt> and its folder exists."""
+    path = Path(path)
+    if path.suffix != f".{fmt}":
+        raise ValueError(f"output: expected a file name ending in .{fmt} for --format {fmt}, "
+                         f"got {str(path)!r}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output: expected a file in an existing folder, got "
+                                f"{str(path)!r} (no folder {str(path.parent)!r})")
+    return path
+
+
+def export(framework: str, spec: ResNetSpec, weights: Weights, input_size: int,
+           path: str | Path, batch: int = 2, seed: int = 0) -> tuple[float, float]:
+    """Write the ONNX file of `weights` exported from `framework`, atomically, once
+    onnxruntime's logits on a random batch match the framework's own eval logits; returns the
+    largest difference and the logit scale max(1, max |logit|). Raises ExportMismatch (and
+    writes nothing) beyond TOLERANCE times that scale."""
+    path = check_output(path)
+    data = onnx_graph(framework, spec, weights, input_size).SerializeToString()
+    x = np.random.default_rng(seed).normal(
+        size=(batch, spec.in_channels, input_size, input_size)).astype(np.float32)
+    own = load(framework).Adapter(spec, weights).logits(x, training=False)
+    diff = float(np.abs(onnx_logits(data, x) - own).max())
+    scale = max(1.0, float(np.abs(own).max()))
+    if not diff <= TOLERANCE * scale:
+        raise ExportMismatch(f"onnxruntime's logits differ from {NAMES[framework]}'s eval "
+                             f"logits by {diff:.2e}, expected at most {TOLERANCE:g} x "
+                             f"{scale:.3g} (the logit scale); nothing written")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return diff, scale
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+    return version(package)
+
+
+@guarded
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(prog="resnet-export", description=__doc__.splitlines()[0])
+    parser.add_argument("output", help="the file to write, ending in .onnx")
+    parser.add_argument("--framework", required=True, choices=FRAMEWORKS,
+                        help="whose model and converter build the graph")
+    parser.add_argument("--weights", help="weights file (.safetensors, .npz, .pt, .weights.h5, "
+                        ".params); default: the shared seeded initialisation")
+    add_spec_flags(parser)
+    parser.add_argument("--input-size", type=positive_int, default=96,
+                        help="height and width of the graph's input")
+    parser.add_argument("--format", default="onnx", choices=FORMATS)
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of the initialisation (without --weights) and the check batch")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads, as compare
+    spec = spec_of(args)
+    path = check_output(args.output, args.format)
+    # Refused here, before a framework loads, if the size cannot reach the head.
+    check_geometry(spec, (1, spec.in_channels, args.input_size, args.input_size))
+    if args.weights:
+        from common.commands.convert import read
+        weights = read(args.weights, spec)
+    else:
+        weights = init_weights(spec, args.seed)
+    try:
+        diff, scale = export(args.framework, spec, weights, args.input_size, path, seed=args.seed)
+    except ExportMismatch as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    converter = {"torch": "torch", "tf": "tf2onnx", "mx": "mxnet"}[args.framework]
+    print(f"wrote {path}: {spec.name} exported from {NAMES[args.framework]} through "
+          f"{CONVERTERS[args.framework]} ({converter} {_version(converter)}, onnx "
+          f"{_version('onnx')}, opset {OPSET})\n"
+          f"input {INPUT!r}: float32 NCHW (batch, {spec.in_channels}, {args.input_size}, "
+          f"{args.input_size}); output {OUTPUT!r}: float32 (batch, {spec.num_classes})\n"
+          f"checked with onnxruntime {_version('onnxruntime')}: max |ONNX - "
+          f"{NAMES[args.framework]} eval logits| = {diff:.2e} on 2 random inputs "
+          f"(max |logit| {scale:.3g}; tolerance {TOLERANCE:g} x max(1, max |logit|))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""Data-parallel training on each framework's own engine: one command starts the processes.
+
+    python -m common.commands.launch --framework torch --workers 2 -- --dataset mnist5k --epochs 2
+    resnet-launch --framework tf --workers 2 -- --dataset mnist5k --batch-size 128 --sync-bn
+
+The flags after `--` are the train script's (`python -m resnet_<fw>.train`); `--batch-size`
+is the global batch, which the workers share equally. What starts:
+- torch: `torch.distributed.run` (torchrun) with N worker processes; gloo on CPU, NCCL on GPU.
+- tf: N worker processes, each with `TF_CONFIG` naming every worker and its own index, for
+  `MultiWorkerMirroredStrategy`.
+- mx: one KVStore scheduler, one server and N workers (`DMLC_*` variables) for `dist_sync`.
+
+On one machine every address is 127.0.0.1 and the ports are free ones picked here. For several
+machines, run the same command on each with `--hosts h0,h1,... --host-rank k --port P`
+(`--workers` is the total, split equally over the hosts; h0 also runs MXNet's scheduler and
+server, and torchrun's rendezvous); `--print-hosts` prints each machine's command.
+
+The launcher enforces `--deadline` seconds, and stops every process it started, with their
+children, when any of them fails, when the deadline passes, or on Ctrl-C; it then says which
+process failed and why (its exit status and last lines).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from common.commands.cli import Parser, guarded, positive_float, positive_int
+
+FRAMEWORKS = ("torch", "tf", "mx")
+TAIL = 20  # lines of each process's output kept for the failure message
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct TCP ports that are free on 127.0.0.1 now (bound together, then released)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class Process:
+    """One process the launcher started: its name (worker-0, server, ...) and its output."""
+    name: str
+    popen: subprocess.Popen
+    lines: list[str] = field(default_factory=list)
+    tail: deque = field(default_factory=lambda: deque(maxlen=TAIL))
+
+
+@dataclass
+class LaunchResult:
+    returncode: int
+    failure: str | None
+    outputs: dict[str, str]
+
+
+@dataclass
+class Plan:
+    """The processes of one machine's part: (name, argv, extra environment) each."""
+    processes: list[tuple[str, list[str], dict[str, str]]]
+
+
+def plan(framework: str, workers: int, command: Sequence[str], hosts: Sequence[str] = (),
+         host_rank: int = 0, port: int | None = None) -> Plan:
+    """The processes this machine starts for `workers` workers in all running `python
+    <command>`; hosts empty means this machine alone (127.0.0.1, free ports)."""
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"--framework: expected one of {', '.join(FRAMEWORKS)}, "
+                         f"got {framework!r}")
+    hosts = list(hosts) or ["127.0.0.1"]
+    if workers % len(hosts):
+        raise ValueError(f"--workers: expected a multiple of the {len(hosts)} hosts, "
+                         f"got {workers}")
+    if not 0 <= host_rank < len(hosts):
+        raise ValueError(f"--host-rank: expected 0..{len(hosts) - 1}, got {host_rank}")
+    if len(hosts) > 1 and port is None:
+        raise ValueError("--port: expected a port that every host can use (several hosts "
+                         "cannot agree on free ones), got none")
+    per_host = workers // len(hosts)
+    first = host_rank * per_host  # the global rank of this machine's first worker
+    python = [sys.executable]
+    base = {"RESNET3_WORKERS": str(workers)}
+    if framework == "torch":
+        master = port or free_ports(1)[0]
+        rdzv = ["--standalone"] if len(hosts) == 1 else [
+            f"--nnodes={len(hosts)}", f"--node-rank={host_rank}", f"--master-addr={hosts[0]}",
+            f"--master-port={master}"]
+        argv = python + ["-m", "torch.distributed.run", *rdzv, f"--nproc-per-node={per_host}",
+                         *command]
+        return Plan([("torchrun", argv, base)])
+    if framework == "tf":
+        ports = ([port + i for i in range(workers)] if port
+                 else free_ports(workers))
+        cluster = [f"{hosts[i // per_host]}:{ports[i]}" for i in range(workers)]
+        return Plan([(f"worker-{r}", python + list(command), base | {
+            "RESNET3_RANK": str(r),
+            "TF_CONFIG": json.dumps({"cluster": {"worker": cluster},
+                                     "task": {"type": "worker", "index": r}})})
+            for r in range(first, first + per_host)])
+    root = port or free_ports(1)[0]
+    dmlc = base | {"DMLC_PS_ROOT_URI": hosts[0], "DMLC_PS_ROOT_PORT": str(root),
+                   "DMLC_NUM_SERVER": "1", "DMLC_NUM_WORKER": str(workers)}
+    serve = python + ["-m", "resnet_mx.distributed"]
+    roles = [("scheduler", serve, dmlc | {"DMLC_ROLE": "scheduler"}),
+             ("server", serve, dmlc | {"DMLC_ROLE": "server"})] if host_rank == 0 else []
+    return Plan(roles + [(f"worker-{r}", python + list(command),
+                          dmlc | {"DMLC_ROLE": "worker", "RESNET3_RANK": str(r)})
+                         for r in range(first, first + per_host)])
+
+
+def _processes() -> dict[int, tuple[int, int, str]]:
+    """Every live process (Linux /proc): pid -> (parent pid, process group, state)."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                out[int(entry.name)] = (int(fields[1]), int(fields[2]), fields[0])
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of pid, deepest last."""
+    parents: dict[int, list[int]] = {}
+    for child, (ppid, _, _) in _processes().items():
+        parents.setdefault(ppid, []).append(child)
+    out, todo = [], [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def _running(pids: Sequence[int], groups: Sequence[int]) -> list[int]:
+    """Those of pids, and the members of groups, that have not ended (a zombie has)."""
+    wanted, groups = set(pids), set(groups)
+    return [pid for pid, (_, group, state) in _processes().items()
+            if (pid in wanted or group in groups) and state not in "ZX"]
+
+
+def _signal(pids: Sequence[int], groups: Sequence[int], sig: int) -> None:
+    for kill, ids in ((os.killpg, groups), (os.kill, pids)):
+        for i in ids:
+            try:
+                kill(i, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def stop(processes: Sequence[Process], grace: float = 5.0) -> None:
+    """SIGTERM every process, its process group (each was started in its own, so a child
+    orphaned by a worker that died is still found) and its descendants (which may have made
+    groups of their own, as torchrun's workers); SIGKILL what remains after `grace` seconds;
+    reap them, and return only when none of them runs any more (a signal is delivered
+    asynchronously: a busy machine may take a moment to end a process that was sent one)."""
+    groups = [p.popen.pid for p in processes]
+    pids = [pid for p in processes if p.popen.poll() is None
+            for pid in (p.popen.pid, *_children(p.popen.pid))]
+    _signal(pids, groups, signal.SIGTERM)
+    end = time.monotonic() + grace
+    for p in processes:
+        try:
+            p.popen.wait(max(0.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    _signal(pids, groups, signal.SIGKILL)
+    for p in processes:
+        p.popen.wait()
+    end = time.monotonic() + 30  # SIGKILL cannot be ignored: this is only delivery time
+    while (left := _running(pids, groups)) and time.monotonic() < end:
+        _signal(left, [], signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def _read(p: Process, echo) -> None:
+    for line in p.popen.stdout:
+        p.lines.append(line)
+        p.tail.append(line.rstrip("\n"))
+        if echo:
+            echo(p.name, line)
+
+
+def _why(p: Process) -> str:
+    rc = p.popen.returncode
+    status = (f"killed by signal {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}")
+    last = "\n".join(f"    {line}" for line in p.tail) or "    (no output)"
+    name = p.name
+    # torchrun names the worker that failed first in its "Root Cause" block.
+    text = "".join(p.lines)
+    cause = text[text.rfind("Root Cause"):] if "Root Cause" in text else ""
+    rank = re.search(r"rank\s*:\s*(\d+)", cause)
+    code = re.search(r"exitcode\s*:\s*(-?\d+)", cause)
+    if rank and code:
+        worker = int(code.group(1))
+        status = (f"killed by signal {signal.Signals(-worker).name}" if worker < 0
+                  else f"exit status {worker}")
+        name = f"worker-{rank.group(1)} (under torchrun)"
+    return f"{name} failed ({status}); its last lines:\n{last}"
+
+
+def launch(framework: str, workers: int, command: Sequence[str], deadline: float = 3600.0,
+           env: dict[str, str] | None = None, hosts: Sequence[str] = (), host_rank: int = 0,
+           port: int | None = None, echo=None) -> LaunchResult:
+    """Start this machine's processes for `python <command>` on `workers` workers and wait.
+    Returns when every worker has finished (0), when one fails (its exit status; the others
+    are stopped), or at the deadline (124; all stopped). `echo(name, line)` sees every output
+    line as it comes."""
+    processes: list[Process] = []
+    readers = []
+    failure, code = None, 0
+    try:
+        for name, argv, extra in plan(framework, workers, command, hosts, host_rank,
+                                      port).processes:
+            quiet = {"TF_CPP_MIN_LOG_LEVEL": "2"}  # TensorFlow's C++ log, unless asked for
+            popen = subprocess.Popen(argv, env={**quiet, **os.environ, **(env or {}), **extra},
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, text=True, bufsize=1,
+                                     start_new_session=True)  # a group to stop it by
+            processes.append(Process(name, popen))
+            readers.append(threading.Thread(target=_read, args=(processes[-1], echo),
+                                            daemon=True))
+            readers[-1].start()
+        end = time.monotonic() + deadline
+        workers_only = [p for p in processes if p.name not in ("scheduler", "server")]
+        while True:
+            failed = next((p for p in processes if p.popen.poll() not in (None, 0)), None)
+            if failed:
+                time.sleep(0.5)  # let the others' output and exit statuses arrive
+                failure, code = _why(failed), failed.popen.returncode
+                break
+            if all(p.popen.poll() == 0 for p in workers_only):
+                # MXNet's scheduler and server end when the workers have left; allow them a
+                # moment, then stop them.
+                helpers_end = time.monotonic() + 30
+                while any(p.popen.poll() is None for p in processes) and \
+                        time.monotonic() < helpers_end:
+                    time.sleep(0.1)
+                break
+            if time.monotonic() > end:
+                running = [p.name for p in processes if p.popen.poll() is None]
+                failure, code = (f"deadline: expected the run to end within {deadline:g} s, "
+                                 f"got {', '.join(running)} still running; stopped them"), 124
+                break
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        failure, code = "interrupted (Ctrl-C); stopped every process", 130
+    finally:
+        stop(processes)
+        for t in readers:
+            t.join(5)
+    if code < 0:
+        code = 128 - code
+    return LaunchResult(code, failure, {p.name: "".join(p.lines) for p in processes})
+
+
+def host_commands(framework: str, workers: int, hosts: Sequence[str], port: int,
+                  train: Sequence[str]) -> list[str]:
+    """The command each machine runs, for --print-hosts."""
+    return [shlex.join(["python", "-m", "common.commands.launch", "--framework", framework,
+                        "--workers", str(workers), "--hosts", ",".join(hosts), "--host-rank",
+                        str(k), "--port", str(port), "--", *train]) for k in range(len(hosts))]
+
+
+@guarded
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    train = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    p = Parser(prog="python -m common.commands.launch", description=__doc__.splitlines()[0])
+    p.add_argument("--framework", required=True, choices=FRAMEWORKS)
+    p.add_argument("--workers", type=positive_int, default=2, help="worker processes in all")
+    p.add_argument("--hosts", default="", help="comma-separated machines; empty: this one")
+    p.add_argument("--host-rank", type=int, default=0, help="this machine's index in --hosts")
+    p.add_argument("--port", type=positive_int, default=None,
+                   help="first port (several hosts); default: free ports on 127.0.0.1")
+    p.add_argument("--deadline", type=positive_float, default=24 * 3600.0,
+                   help="seconds before every process is stopped")
+    p.add_argument("--print-hosts", action="store_true",
+                   help="print each machine's command for --hosts and exit")
+    args = p.parse_args(own)
+    hosts = [h for h in args.hosts.split(",") if h]
+    if args.print_hosts:
+        if not hosts or args.port is None:
+            p.error("--print-hosts: expected --hosts and --port, got "
+                    f"{'no --hosts' if not hosts else 'no --port'}")
+        print("\n".join(host_commands(args.framework, args.workers, hosts, args.port, train)))
+        return 0
+    threads = next((train[i + 1] for i, flag in enumerate(train[:-1]) if flag == "--threads"),
+                   None)
+    if threads is None:
+        # The train script's default is every core, per process: share them instead.
+        per_host = args.workers // max(1, len(hosts))
+        threads = str(max(1, (os.cpu_count() or 1) // per_host))
+        train += ["--threads", threads]
+    command = ["-m", f"resnet_{args.framework}.train", *train]
+
+    def echo(name: str, line: str) -> None:  # the first worker speaks for the run
+        if name in ("worker-0", "torchrun"):
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+    def terminated(signum, frame):  # a SIGTERM to the launcher stops the run as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminated)
+    # OMP_NUM_THREADS before any framework loads (MXNet reads it once; torchrun warns without)
+    result = launch(args.framework, args.workers, command, args.deadline,
+                    env={"OMP_NUM_THREADS": threads}, hosts=hosts,
+                    host_rank=args.host_rank, port=args.port, echo=echo)
+    if result.failure:
+        print(f"error: resnet-launch ({args.framework}, {args.workers} workers): "
+              f"{result.failure}", file=sys.stderr)
+    return result.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
