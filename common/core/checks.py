@@ -5,6 +5,8 @@ from typing import Sequence
 
 import numpy as np
 
+from common.core.errors import Error
+
 from common.core.oracle import min_input_size, smallest_bn_map
 from common.core.spec import ResNetSpec
 
@@ -13,7 +15,7 @@ DTYPES = ("float32", "float64")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-class InputError(ValueError):
+class InputError(Error):
     """An input batch has the wrong rank, channel count or dtype."""
 
 

@@ -24,13 +24,14 @@ from typing import Iterator
 import numpy as np
 
 from common.core.checks import InputError, labels_as
+from common.core.errors import Error
 from common.core.files import atomic_path
 
 EMBEDDED = ("digits", "mnist5k")
 DATASETS = ("digits", "mnist5k", "fashion_mnist", "mnist", "cifar10")
 
 
-class DataError(ValueError):
+class DataError(Error):
     """A data file is missing, truncated or corrupt, or a data set name is unknown."""
 
 

@@ -16,11 +16,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.core.errors import Error
+
 CHOICES = "auto, cpu, gpu, gpu:N"
 _FORM = re.compile(r"^(auto|cpu|gpu)(?::(\d+))?$")
 
 
-class DeviceError(ValueError):
+class DeviceError(Error):
     """A device that is malformed or that the framework does not see."""
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from common.core.errors import Error
+
 BLOCK_KINDS = ("basic", "bottleneck")
 SHORTCUTS = ("conv", "pad")
 BIAS_CONVS = ("stem", "conv1", "conv2", "conv3", "conv4")
 
 
-class SpecError(ValueError):
+class SpecError(Error):
     """A spec value is out of range; the message names the field, what was expected and given."""
 
 

@@ -14,6 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
+from common.core.errors import Error
 from common.core.files import atomic_path
 from common.core.oracle import layers
 from common.core.spec import ResNetSpec
@@ -21,7 +22,7 @@ from common.core.spec import ResNetSpec
 Weights = dict[str, np.ndarray]
 
 
-class WeightsError(ValueError):
+class WeightsError(Error):
     """Weights do not fit the layout: the message lists what is missing, unexpected or mis-shaped."""
 
 
