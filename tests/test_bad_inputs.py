@@ -30,7 +30,7 @@ from common.core.init import init_weights
 from common.core.spec import get_spec
 from common.commands.train import CHECKPOINT, main as train_main
 from common.core.weights import load_weights, save_weights
-from tests.conftest import MODULES, mx_array
+from tests.helpers import MODULES, mx_array
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
 SPEC = get_spec("cifar_resnet20")  # 3 channels, 10 classes; a 4x4 input is 1x1 in stage3

@@ -8,7 +8,7 @@ from common.core.data import DataError, Dataset
 from common.frameworks import FRAMEWORKS
 from common.core.init import init_weights
 from common.core.spec import get_spec
-from tests.conftest import MODULES
+from tests.helpers import MODULES
 
 SPEC = get_spec("cifar_resnet20")
 ADAPTERS = {fw: MODULES[fw].Adapter(SPEC, init_weights(SPEC, 0)) for fw in FRAMEWORKS}

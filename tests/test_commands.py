@@ -18,7 +18,7 @@ from common.core.oracle import param_counts, part_table
 from common.core.spec import get_spec
 from common.commands.train import parser as train_parser
 from common.core.weights import load_weights, save_weights
-from tests.conftest import MODULES
+from tests.helpers import MODULES
 
 ARCH = "cifar_resnet20"  # small: 97 tensors, 0.27 M parameters
 

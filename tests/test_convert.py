@@ -70,7 +70,7 @@ def test_crosscheck_in_float32_reports_logits_within_float32_rounding(capsys):
 
 
 def test_crosscheck_catches_a_framework_that_differs(monkeypatch, capsys):
-    from tests.conftest import MODULES
+    from tests.helpers import MODULES
     real = MODULES["tf"].Adapter.logits
     monkeypatch.setattr(MODULES["tf"].Adapter, "logits",
                         lambda self, x, training=False: real(self, x, training) + 1e-3)

@@ -24,7 +24,7 @@ from common.core.init import init_weights
 from common.core.spec import Stage, Stem, get_spec
 from common.commands.train import main as train_main, parser, train
 from common.core.weights import WeightsError, canonical_layout, load_weights, save_weights
-from tests.conftest import MODULES
+from tests.helpers import MODULES
 
 # torchvision.models.resnet: name -> (block, layers, groups, width_per_group)
 TORCHVISION = {

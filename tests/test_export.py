@@ -15,7 +15,7 @@ from common.frameworks import FRAMEWORKS
 from common.core.init import init_weights
 from common.core.spec import get_spec
 from common.core.weights import save_weights
-from tests.conftest import MODULES
+from tests.helpers import MODULES
 
 TOL = 1e-5  # max |diff| / max(1, max |logit|), common.commands.export.TOLERANCE
 

@@ -8,7 +8,7 @@ from common.frameworks import FRAMEWORKS
 from common.core.init import init_weights
 from common.core.oracle import part_table
 from common.core.spec import PRESETS
-from tests.conftest import MODULES, part_shapes_nchw
+from tests.helpers import MODULES, part_shapes_nchw
 
 
 @functools.lru_cache(maxsize=1)

@@ -28,7 +28,7 @@ from common.core.init import init_weights
 from common.core.oracle import zero_gradient_biases
 from common.core.spec import ResNetSpec, Stage, Stem, get_spec
 from common.core.weights import Weights
-from tests.conftest import MODULES
+from tests.helpers import MODULES
 
 PAIRS = list(itertools.combinations(FRAMEWORKS, 2))
 BATCH, STEPS, LR = 4, 10, 0.05

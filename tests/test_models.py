@@ -7,7 +7,7 @@ from common.core.checks import InputError
 from common.frameworks import to_layout
 from common.core.oracle import ParamCounts, block_layers, param_counts, part_table
 from common.core.spec import ResNetSpec, Stage, Stem, get_spec
-from tests.conftest import make_block, mx_array, part_shapes_nchw, run_block
+from tests.helpers import make_block, mx_array, part_shapes_nchw, run_block
 
 D2L_COUNTS = (11_178_378, 7_808, 11_186_186)
 D2L_TABLE_224 = {"stem": (1, 64, 56, 56), "stage1": (1, 64, 56, 56), "stage2": (1, 128, 28, 28),

@@ -157,7 +157,7 @@ def test_bf16_is_refused_in_numpy_mode_with_expected_and_given():
     import resnet_mx
     spec = SPECS["option_a"]
     if not MX_NUMPY:  # classic mode: AMP's rewrite works (tests/test_precision.py pins it)
-        from tests.conftest import bf16_refused_here
+        from tests.helpers import bf16_refused_here
         make = lambda: resnet_mx.Adapter(spec, init_weights(spec, 0), precision="bf16")  # noqa: E731
         if not bf16_refused_here(resnet_mx, make):  # where the CPU computes bf16
             assert make().precision == "bf16"

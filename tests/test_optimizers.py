@@ -27,7 +27,7 @@ from common.frameworks import FRAMEWORKS
 from common.core.optim import OptimizerConfig
 from common.core.oracle import zero_gradient_biases
 from common.core.spec import ResNetSpec, Stage, Stem
-from tests.conftest import MODULES
+from tests.helpers import MODULES
 from tests.test_fidelity import batches, random_weights, rel
 
 SPEC = ResNetSpec("opt_small", (Stage(8, 1), Stage(16, 1, 2, True)), stem=Stem(8, 3, 1, False),

@@ -19,7 +19,7 @@ import pytest
 
 from common.core.init import init_weights
 from common.core.spec import get_spec
-from tests.conftest import bf16_refused_here, fw_name
+from tests.helpers import bf16_refused_here, fw_name
 
 SPEC = get_spec("cifar_resnet20")  # 3 channels, 10 classes, 19 convolutions
 BATCH, LR = 4, 0.05

@@ -15,7 +15,7 @@ from common.commands.train import StepClock, parser
 from resnet_tf.blocks import PaddedConv2D, PaddedMaxPool2D
 from resnet_tf.model import ResNet
 from common.core.spec import get_spec
-from tests.conftest import MODULES, bf16_refused_here
+from tests.helpers import MODULES, bf16_refused_here
 
 
 @pytest.mark.parametrize("fw", FRAMEWORKS)

@@ -1,7 +1,7 @@
 """The side-by-side summary command: agreement is reported, and disagreement is caught."""
 from common.commands import summary
 from common.core.oracle import ParamCounts
-from tests.conftest import MODULES
+from tests.helpers import MODULES
 
 
 def test_summary_reports_agreement_for_all_frameworks(capsys):

@@ -75,7 +75,7 @@ def test_the_loop_gives_the_same_losses_in_every_framework(tmp_path, monkeypatch
     compared: PyTorch's running variance is the unbiased one (row 6 there), which moves its
     eval logits on this 1x1-map network."""
     import functools
-    from tests.conftest import MODULES
+    from tests.helpers import MODULES
     for module in MODULES.values():
         monkeypatch.setattr(module, "Adapter", functools.partial(module.Adapter, dtype="float64"))
     runs = {fw: run(fw, tmp_path, "--epochs", "1", name=fw) for fw in FRAMEWORKS}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from common.core.spec import get_spec
-from tests.conftest import MODULES
+from tests.helpers import MODULES
 
 RTOL = 1e-5  # of the largest logit
 
