@@ -1,5 +1,6 @@
-"""The command-line parser every command uses: each default shown in --help, and a "did you
-mean" for a mistyped choice (a preset, a data set, an optimiser...)."""
+"""The command-line parser every command uses: each default shown in --help, a "did you mean"
+for a mistyped choice (a preset, a data set, an optimiser...), the flags that several commands
+share (defined here once), and `guarded`, which answers an expected error with one line."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,9 @@ import functools
 import math
 import os
 import sys
+
+from common.core.devices import add_device_flag
+from common.core.errors import Error
 
 
 def suggestion(value: str, options) -> str:
@@ -63,15 +67,18 @@ non_negative_float = _number(float, lambda v: math.isfinite(v) and v >= 0,
 unit_interval = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
-# Expected failures: bad flags or input (ValueError: InputError, SpecError, WeightsError,
-# DataError...), files (OSError) and a diverging loss. Anything else is a bug and keeps its
-# traceback; RESNET_TRACEBACK=1 keeps it for these too.
-EXPECTED = (ValueError, OSError, FloatingPointError)
+def expected(err: BaseException) -> bool:
+    """Whether err is an expected failure: an Error (a bad flag, input, file, spec or device), a
+    file-system error about a path (an OSError with a filename), or a diverging loss (the
+    training loop's FloatingPointError). Anything else is a bug and keeps its traceback."""
+    return (isinstance(err, (Error, FloatingPointError))
+            or isinstance(err, OSError) and err.filename is not None)
 
 
 def guarded(main):
     """A command's main(argv) that answers an expected failure with one line, `error: ...`, and
-    exit status 2, and Ctrl-C with exit status 130, instead of a Python traceback."""
+    exit status 2, and Ctrl-C with exit status 130, instead of a Python traceback;
+    RESNET_TRACEBACK=1 keeps the traceback."""
     @functools.wraps(main)
     def run(*args, **kwargs):
         try:
@@ -79,8 +86,8 @@ def guarded(main):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
-        except EXPECTED as err:
-            if os.environ.get("RESNET_TRACEBACK"):
+        except (Error, OSError, FloatingPointError) as err:
+            if not expected(err) or os.environ.get("RESNET_TRACEBACK"):
                 raise
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -102,3 +109,104 @@ def spec_of(args: argparse.Namespace):
     from common.core.spec import get_spec
     return get_spec(args.arch, **{k: getattr(args, k) for k in ("num_classes", "in_channels")
                                   if getattr(args, k) is not None})
+
+
+# --- flags that several commands share: each defined here once -------------------------------
+
+def add_frameworks_flag(p, help: str | None = None) -> None:
+    """--frameworks: a comma-separated subset of the frameworks (read it with frameworks_arg)."""
+    from common.frameworks import FRAMEWORKS
+    p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
+                   help=help or f"comma-separated subset of {','.join(FRAMEWORKS)}")
+
+
+def add_threads_flag(p, help: str = "CPU threads per framework (all cores by default)") -> None:
+    """--threads: CPU threads for a framework, every core by default."""
+    p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1, help=help)
+
+
+def add_seed_flag(p, help: str | None = None) -> None:
+    """--seed: the seed of the shared initialisation (and of whatever else the command draws)."""
+    p.add_argument("--seed", type=non_negative_int, default=0, help=help)
+
+
+class Flags:
+    """A table of flags, written as add_argument calls: added to any parser (add_to), and turned
+    back into a command line from parsed args (argv), as compare does for its child processes."""
+
+    def __init__(self):
+        self.rows: list[tuple[tuple[str, ...], dict]] = []
+
+    def add_argument(self, *names: str, **kwargs) -> None:
+        self.rows.append((names, kwargs))
+
+    def add_to(self, p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        for names, kwargs in self.rows:
+            p.add_argument(*names, **kwargs)
+        return p
+
+    def argv(self, args: argparse.Namespace, leave: tuple[str, ...] = ()) -> list[str]:
+        """The flags that reproduce args (all but the dests in `leave`); a flag whose value is
+        None is left out, so that it keeps its default."""
+        flags = []
+        for names, kwargs in self.rows:
+            dest = kwargs.get("dest", names[0].lstrip("-").replace("-", "_"))
+            if dest in leave:
+                continue
+            value = getattr(args, dest)
+            if kwargs.get("action") == "store_true":
+                flags += [names[0]] if value else []
+            elif value is not None:
+                flags += [names[0], str(value)]
+        return flags
+
+
+def train_flag_table() -> Flags:
+    """The flags of the train scripts (`resnet3 train`, python -m resnet_<fw>.train), which
+    compare takes too and passes on to each framework's train script."""
+    from common.core.checks import PRECISIONS
+    from common.core.data import DATASETS
+    from common.core.init import INIT_CHOICES
+    from common.core.optim import OPTIMIZERS
+    from common.core.spec import PRESETS
+    f = Flags()
+    f.add_argument("--arch", default="d2l_resnet18", choices=sorted(PRESETS),
+                   help="preset (README, Presets)")
+    f.add_argument("--dataset", default="fashion_mnist", choices=DATASETS,
+                   help="digits and mnist5k are embedded (no network)")
+    f.add_argument("--data-dir", default=None, help="where data files are (or go)")
+    f.add_argument("--epochs", type=positive_int, default=10, help="epochs to train")
+    f.add_argument("--batch-size", type=positive_int, default=256, help="examples per step")
+    f.add_argument("--lr", type=positive_float, default=0.05, help="learning rate")
+    f.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS, help="optimiser")
+    f.add_argument("--momentum", type=unit_interval, default=0.0, help="SGD momentum")
+    f.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="L2 weight decay")
+    f.add_argument("--resize", type=non_negative_int, default=96,
+                   help="image side after resizing; 0 keeps it")
+    f.add_argument("--limit", type=positive_int, default=None,
+                   help="use only the first N training examples")
+    add_seed_flag(f, help="initial weights and data order")
+    f.add_argument("--init", default="common", choices=INIT_CHOICES,
+                   help="common: the shared seeded NumPy init; framework: the framework's own")
+    f.add_argument("--weights", default=None, metavar="PATH",
+                   help="start (fine-tune) from this file, in any format resnet-convert reads "
+                        "(canonical, .pt, .weights.h5, .params, torchvision/timm .pth, "
+                        ".safetensors); its head must fit the data set's classes, see --new-head")
+    f.add_argument("--new-head", action="store_true",
+                   help="with --weights: every weight from the file but the classifier "
+                        "(head.fc), which is new, for the data set's classes, from --init and "
+                        "--seed: fine-tuning a 1000-class ImageNet file on 10 classes")
+    add_threads_flag(f, help="CPU threads for the framework; all cores by default, the fastest "
+                             "measured (README, Performance)")
+    f.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="bf16: torch.autocast, Keras mixed_bfloat16, MXNet AMP; weights stay "
+                        "float32")
+    f.add_argument("--compile", action="store_true",
+                   help="torch.compile, XLA (jit_compile), Gluon static_alloc/static_shape")
+    f.add_argument("--out", default=None, help="run folder; None: runs/<framework>")
+    f.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_device_flag(f)
+    f.add_argument("--sync-bn", action="store_true",
+                   help="under resnet-launch: BatchNorm statistics over the global batch, as "
+                        "one process; without it each worker normalises its own share")
+    return f
