@@ -1,7 +1,7 @@
 """Train all three frameworks from the same initial weights on the same data in the same order,
 and write one report: results side by side, the per-stage shape table, three learning curves.
 
-    python -m common.commands.compare --dataset digits --epochs 4 --resize 32 --batch-size 64
+    resnet3 compare --dataset digits --epochs 4 --resize 32 --batch-size 64
 
 Each framework trains in its own process (`python -m resnet_<fw>.train`, same flags), so that
 its peak memory is its own and thread settings do not leak between frameworks.
@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Sequence
 
 from common.commands import bench
-from common.commands.cli import frameworks_arg, guarded, non_negative_int, positive_int
+from common.commands.cli import (add_frameworks_flag, frameworks_arg, guarded, non_negative_int,
+                                 positive_int, train_flag_table)
 from common.core.files import atomic_path, writable_dir
 from common.frameworks import FRAMEWORKS, NAMES
 from common.commands.plots import plot_curves
@@ -29,17 +30,8 @@ from common.commands.train import RUN, check_args, parser
 
 def train_flags(args, framework_out: Path) -> list[str]:
     """The command-line flags that reproduce `args` for one framework's train script."""
-    flags = []
-    for action in parser("x")._actions:
-        if not action.option_strings or action.dest in ("help", "out", "resume"):
-            continue
-        value = getattr(args, action.dest)
-        if isinstance(action, argparse._StoreTrueAction):
-            flags += [action.option_strings[0]] if value else []
-        elif value is not None:
-            flags += [action.option_strings[0], str(value)]
-    flags += ["--out", str(framework_out)] + (["--resume"] if args.resume else [])
-    return flags
+    flags = train_flag_table().argv(args, leave=("out", "resume"))
+    return flags + ["--out", str(framework_out)] + (["--resume"] if args.resume else [])
 
 
 def run_framework(framework: str, args, out: Path) -> dict:
@@ -170,8 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = parser("resnet-compare")
     p.description = __doc__.splitlines()[0]
     p.set_defaults(out="reports/compare")
-    p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
-                   help="comma-separated subset of torch,tf,mx")
+    add_frameworks_flag(p)
     p.add_argument("--workers", type=positive_int, default=1,
                    help="train each framework on this many processes through resnet-launch "
                         "(--batch-size is the global batch; --threads is shared among them)")

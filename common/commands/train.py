@@ -47,47 +47,9 @@ ADDED_LATER = {"weights": None, "new_head": False, "sync_bn": False}
 
 
 def parser(prog: str) -> argparse.ArgumentParser:
-    """The flags shared by every train script and by compare."""
-    p = Parser(prog=prog, description=__doc__.splitlines()[0])
-    p.add_argument("--arch", default="d2l_resnet18", choices=sorted(PRESETS),
-                   help="preset (README, Presets)")
-    p.add_argument("--dataset", default="fashion_mnist", choices=DATASETS,
-                   help="digits and mnist5k are embedded (no network)")
-    p.add_argument("--data-dir", default=None, help="where data files are (or go)")
-    p.add_argument("--epochs", type=positive_int, default=10, help="epochs to train")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="examples per step")
-    p.add_argument("--lr", type=positive_float, default=0.05, help="learning rate")
-    p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS, help="optimiser")
-    p.add_argument("--momentum", type=unit_interval, default=0.0, help="SGD momentum")
-    p.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="L2 weight decay")
-    p.add_argument("--resize", type=non_negative_int, default=96, help="image side after resizing; 0 keeps it")
-    p.add_argument("--limit", type=positive_int, default=None, help="use only the first N training examples")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="initial weights and data order")
-    p.add_argument("--init", default="common", choices=INIT_CHOICES,
-                   help="common: the shared seeded NumPy init; framework: the framework's own")
-    p.add_argument("--weights", default=None, metavar="PATH",
-                   help="start (fine-tune) from this file, in any format resnet-convert reads "
-                        "(canonical, .pt, .weights.h5, .params, torchvision/timm .pth, "
-                        ".safetensors); its head must fit the data set's classes, see --new-head")
-    p.add_argument("--new-head", action="store_true",
-                   help="with --weights: every weight from the file but the classifier "
-                        "(head.fc), which is new, for the data set's classes, from --init and "
-                        "--seed: fine-tuning a 1000-class ImageNet file on 10 classes")
-    p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
-                   help="CPU threads for the framework; all cores by default, the fastest "
-                        "measured (README, Performance)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="bf16: torch.autocast, Keras mixed_bfloat16, MXNet AMP; weights stay "
-                        "float32")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile, XLA (jit_compile), Gluon static_alloc/static_shape")
-    p.add_argument("--out", default=None, help="run folder; None: runs/<framework>")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    add_device_flag(p)
-    p.add_argument("--sync-bn", action="store_true",
-                   help="under resnet-launch: BatchNorm statistics over the global batch, as "
-                        "one process; without it each worker normalises its own share")
-    return p
+    """The flags shared by every train script and by compare (common.commands.cli's table)."""
+    from common.commands.cli import train_flag_table
+    return train_flag_table().add_to(Parser(prog=prog, description=__doc__.splitlines()[0]))
 
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
