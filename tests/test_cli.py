@@ -1,0 +1,151 @@
+"""The command line: `resnet3 <command>`, the older spellings (resnet-* scripts, python -m
+common.<command>), and `guarded`, which answers an expected error with one line and lets a bug
+keep its traceback."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from common.commands import main as resnet3
+from common.commands.cli import guarded
+from common.core.errors import Error
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+ENTRY_MODULES = sorted(p.stem for p in (ROOT / "common").glob("*.py")
+                       if p.stem not in ("__init__", "__main__"))
+
+
+def run(*cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_resnet3_help_lists_every_command_with_its_line():
+    done = run(str(BIN / "resnet3"), "--help")
+    assert done.returncode == 0, done.stderr
+    lines = [line.split(None, 1) for line in done.stdout.splitlines() if line.startswith("  ")]
+    listed = {words[0]: words[1] for words in lines if len(words) == 2}
+    assert {name: listed.get(name) for name in resnet3.COMMANDS} == {
+        name: line for name, (_, line) in resnet3.COMMANDS.items()}
+
+
+def test_resnet3_help_loads_no_framework():
+    code = ("import sys\nfrom common.commands.main import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(set(sys.modules) & {'torch', 'tensorflow', 'keras', 'mxnet'}))")
+    done = run(sys.executable, "-c", code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
+
+
+def test_every_command_of_resnet3_names_a_function_that_exists():
+    for name, (target, _) in resnet3.COMMANDS.items():
+        module, function = target.split(":")
+        assert callable(getattr(__import__(module, fromlist=[function]), function)), name
+
+
+@pytest.mark.parametrize("argv", [["train", "--framework", "torch", "--help"],
+                                  ["compare", "--help"]], ids=["train", "compare"])
+def test_resnet3_command_help(argv):
+    done = run(str(BIN / "resnet3"), *argv)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: ") and "--dataset" in done.stdout
+
+
+def test_resnet3_refuses_an_unknown_command_with_a_suggestion():
+    done = run(sys.executable, "-m", "common", "comapre")
+    assert done.returncode == 2
+    assert "got 'comapre'; did you mean 'compare'?" in done.stderr
+
+
+@pytest.mark.parametrize("argv, framework, rest", [
+    (["--framework", "torch", "--dataset", "digits", "--epochs", "1"], "torch",
+     ["--dataset", "digits", "--epochs", "1"]),
+    (["--epochs", "2", "--framework=tf", "--compile"], "tf", ["--epochs", "2", "--compile"]),
+])
+def test_resnet3_train_runs_the_framework_train_script(monkeypatch, argv, framework, rest):
+    calls = []
+    monkeypatch.setattr("common.commands.train.main", lambda fw, a: calls.append((fw, a)) or 0)
+    assert resnet3.main(["train", *argv]) == 0
+    assert calls == [(framework, rest)]
+
+
+def test_resnet3_train_needs_a_framework(capsys):
+    with pytest.raises(SystemExit) as exit:
+        resnet3.main(["train", "--epochs", "1"])
+    assert exit.value.code == 2
+    assert "--framework" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_each_script_answers_help(script):
+    done = run(str(BIN / script), "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: ")
+
+
+@pytest.mark.parametrize("name", ENTRY_MODULES)
+def test_each_python_m_common_module_answers_help(name):
+    done = run(sys.executable, "-m", f"common.{name}", "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: ")
+
+
+# --- guarded -------------------------------------------------------------------------------------
+
+def raising(err: BaseException):
+    @guarded
+    def main(argv=None) -> int:
+        raise err
+    return main
+
+
+class BadFlag(Error):
+    pass
+
+
+@pytest.mark.parametrize("err", [Error("--x: expected 1, got 2"), BadFlag("--x: expected 1, got 2"),
+                                 FloatingPointError("loss: expected a finite value, got nan")],
+                         ids=["Error", "subclass", "diverged"])
+def test_guarded_answers_an_expected_error_with_one_line(err, capsys, monkeypatch):
+    monkeypatch.delenv("RESNET_TRACEBACK", raising=False)
+    assert raising(err)() == 2
+    assert capsys.readouterr().err == f"error: {err}\n"
+
+
+def test_guarded_answers_a_missing_file_of_the_user_with_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("RESNET_TRACEBACK", raising=False)
+    missing = tmp_path / "no-such-file.safetensors"
+
+    @guarded
+    def main(argv=None) -> int:
+        missing.read_bytes()
+        return 0
+    assert main() == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: [Errno 2] No such file or directory: ") and err.count("\n") == 1
+    assert str(missing) in err
+
+
+@pytest.mark.parametrize("err", [ValueError("a bug"), OSError("no path in it"),
+                                 KeyError("a bug")], ids=["ValueError", "OSError", "KeyError"])
+def test_guarded_lets_a_bug_keep_its_traceback(err, monkeypatch):
+    monkeypatch.delenv("RESNET_TRACEBACK", raising=False)
+    with pytest.raises(type(err)):
+        raising(err)()
+
+
+def test_guarded_keeps_the_traceback_with_resnet_traceback(monkeypatch):
+    monkeypatch.setenv("RESNET_TRACEBACK", "1")
+    with pytest.raises(Error):
+        raising(Error("--x: expected 1, got 2"))()
+
+
+def test_guarded_answers_ctrl_c_with_130(capsys):
+    assert raising(KeyboardInterrupt())() == 130
+    assert capsys.readouterr().err == "interrupted\n"
