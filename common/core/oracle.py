@@ -216,12 +216,6 @@ def part_table(spec: ResNetSpec, input_size: int | tuple[int, int] = 224,
     return list(rows.values())
 
 
-def layer_table(spec: ResNetSpec, input_size: int | tuple[int, int] = 224,
-                batch: int = 1) -> list[Layer]:
-    """Alias of `layers` for reports: one row per layer."""
-    return layers(spec, input_size, batch)
-
-
 def param_counts(spec: ResNetSpec) -> ParamCounts:
     """Parameter counts of the whole network (they do not depend on the input size)."""
     total = ParamCounts(0, 0)

@@ -2,7 +2,8 @@
 
 A `ResNetSpec` says everything the three frameworks need to build the same network: the stem,
 the stages, the block kind, the head, conv bias on or off, BatchNorm settings, input channels
-and classes. A new variant is a new row in `PRESETS`, not new code in three packages.
+and classes. A new variant is a new line in
+`common/core/presets.py`, not new code in three packages.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class Stem:
         return self.kernel_size // 2
 
     def validate(self) -> None:
+        """Raise SpecError naming the first bad field."""
         _positive_int("stem.channels", self.channels)
         _positive_int("stem.kernel_size", self.kernel_size)
         _require(self.kernel_size % 2 == 1, "stem.kernel_size", "an odd kernel size",
@@ -70,6 +72,15 @@ class Stage:
     project: bool = False
     width: int | None = None  # bottleneck inner width; None: torchvision's rule (see mid_channels)
 
+    def validate(self, where: str = "stage") -> None:
+        """`where`: the stage's name in messages (stage1, stage2, ...). Its width is checked by
+        the spec: what it may be depends on the block kind."""
+        _positive_int(f"{where}.channels", self.channels)
+        _positive_int(f"{where}.blocks", self.blocks)
+        _require(self.stride in (1, 2), f"{where}.stride", "1 or 2", self.stride)
+        _require(isinstance(self.project, bool), f"{where}.project", "True or False",
+                 self.project)
+
 
 @dataclass(frozen=True)
 class BatchNormSpec:
@@ -79,6 +90,7 @@ class BatchNormSpec:
     momentum: float = 0.1
 
     def validate(self) -> None:
+        """Raise SpecError naming the first bad field."""
         _require(isinstance(self.eps, (int, float)) and self.eps > 0, "bn.eps",
                  "a positive number", self.eps)
         _require(isinstance(self.momentum, (int, float)) and 0 < self.momentum < 1,
@@ -121,6 +133,15 @@ class ResNetSpec:
         return self.conv_bias if isinstance(self.conv_bias, bool) else conv in self.conv_bias
 
     def validate(self) -> None:
+        """Raise SpecError on the first bad value: each part checks its own fields (Stem,
+        BatchNormSpec, Stage); the spec checks its fields and the rules across them."""
+        self._check_fields()
+        self._check_block_options()
+        self.stem.validate()
+        self.bn.validate()
+        self._check_stages()
+
+    def _check_fields(self) -> None:
         _positive_int("in_channels", self.in_channels)
         _positive_int("num_classes", self.num_classes)
         _require(self.block in BLOCK_KINDS, "block", f"one of {BLOCK_KINDS}", self.block)
@@ -133,6 +154,9 @@ class ResNetSpec:
         _require(self.shortcut in SHORTCUTS, "shortcut", f"one of {SHORTCUTS}", self.shortcut)
         _require(self.stride_at in ("first", "last"), "stride_at", "'first' or 'last'",
                  self.stride_at)
+
+    def _check_block_options(self) -> None:
+        """The options that only some kinds of block have."""
         if self.stride_at == "last":
             _require(self.preact and self.block == "bottleneck", "stride_at",
                      "'first' unless the blocks are pre-activation bottlenecks (Keras's "
@@ -156,39 +180,43 @@ class ResNetSpec:
             _require(not self.zero_init_last_bn, "zero_init_last_bn",
                      "False with preact (a v2 branch ends with a convolution)",
                      self.zero_init_last_bn)
-        self.stem.validate()
-        self.bn.validate()
+
+    def _check_stages(self) -> None:
+        """Each stage checks its own fields; its width and its shortcut depend on the block
+        kind and on the channels of the stage before it."""
         _require(len(self.stages) > 0, "stages", "at least one stage", self.stages)
         channels = self.stem.channels
         for i, stage in enumerate(self.stages, start=1):
             where = f"stage{i}"
             _require(isinstance(stage, Stage), where, "a Stage", stage)
-            _positive_int(f"{where}.channels", stage.channels)
-            _positive_int(f"{where}.blocks", stage.blocks)
-            _require(stage.stride in (1, 2), f"{where}.stride", "1 or 2", stage.stride)
-            _require(isinstance(stage.project, bool), f"{where}.project", "True or False",
-                     stage.project)
-            if self.block == "bottleneck":
-                _require(stage.channels % 4 == 0, f"{where}.channels",
-                         "a multiple of 4 (the bottleneck expansion)", stage.channels)
-                if stage.width is not None:
-                    _positive_int(f"{where}.width", stage.width)
-                mid = self.mid_channels(stage)
-                _require(mid % self.groups == 0, f"{where}.width",
-                         f"a multiple of groups={self.groups}", mid)
-            else:
-                _require(stage.width is None, f"{where}.width", "None for basic blocks",
-                         stage.width)
-            if stage.project and self.shortcut == "pad":
-                _require(stage.channels >= channels and (stage.channels - channels) % 2 == 0,
-                         f"{where}.channels", f"{channels} plus an even number, for a zero-padded "
-                         f"shortcut", stage.channels)
-            if not stage.project:
-                _require((stage.stride == 1 or self.stride_at == "last")
-                         and stage.channels == channels, f"{where}.project",
-                         f"True, since the identity shortcut cannot change {channels} channels "
-                         f"to {stage.channels} or stride by {stage.stride}", stage.project)
+            stage.validate(where)
+            self._check_width(stage, where)
+            self._check_shortcut(stage, where, channels)
             channels = stage.channels
+
+    def _check_width(self, stage: Stage, where: str) -> None:
+        if self.block == "basic":
+            _require(stage.width is None, f"{where}.width", "None for basic blocks", stage.width)
+            return
+        _require(stage.channels % 4 == 0, f"{where}.channels",
+                 "a multiple of 4 (the bottleneck expansion)", stage.channels)
+        if stage.width is not None:
+            _positive_int(f"{where}.width", stage.width)
+        mid = self.mid_channels(stage)
+        _require(mid % self.groups == 0, f"{where}.width", f"a multiple of groups={self.groups}",
+                 mid)
+
+    def _check_shortcut(self, stage: Stage, where: str, channels: int) -> None:
+        """`channels`: those of the stage's input."""
+        if stage.project and self.shortcut == "pad":
+            _require(stage.channels >= channels and (stage.channels - channels) % 2 == 0,
+                     f"{where}.channels", f"{channels} plus an even number, for a zero-padded "
+                     f"shortcut", stage.channels)
+        if not stage.project:
+            _require((stage.stride == 1 or self.stride_at == "last")
+                     and stage.channels == channels, f"{where}.project",
+                     f"True, since the identity shortcut cannot change {channels} channels "
+                     f"to {stage.channels} or stride by {stage.stride}", stage.project)
 
     def mid_channels(self, stage: Stage) -> int:
         """Inner width of a bottleneck: given, or torchvision's
@@ -228,100 +256,8 @@ class ResNetSpec:
         return replace(self, **overrides)
 
 
-def d2l_stages(channels: tuple[int, ...], blocks: tuple[int, ...]) -> tuple[Stage, ...]:
-    """d2l's rule: the first stage keeps the resolution; every later stage halves it; a block
-    projects its shortcut (d2l's `use_1x1conv`) exactly when its shape changes."""
-    return standard_stages(channels, blocks, first_stride=1)
-
-
-def standard_stages(channels: tuple[int, ...], blocks: tuple[int, ...],
-                    first_stride: int = 1) -> tuple[Stage, ...]:
-    """Stages that halve the resolution after the first; a 1x1 projection exactly where the
-    first block changes the channels or the resolution (torchvision's rule)."""
-    out, prev = [], None
-    for i, (c, n) in enumerate(zip(channels, blocks)):
-        stride = first_stride if i == 0 else 2
-        out.append(Stage(c, n, stride, project=stride != 1 or (prev is not None and prev != c)))
-        prev = c
-    return tuple(out)
-
-
-BASIC = (64, 128, 256, 512)
-WIDE = (256, 512, 1024, 2048)  # bottleneck outputs (expansion 4)
-DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
-          50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3)),
-          152: ("bottleneck", (3, 8, 36, 3))}
-
-
-def _stages(kind: str, blocks: tuple[int, ...]) -> tuple[Stage, ...]:
-    stages = standard_stages(BASIC if kind == "basic" else WIDE, blocks)
-    # The first bottleneck stage widens 64 -> 256 channels, so it projects at stride 1.
-    return (replace(stages[0], project=kind == "bottleneck"),) + stages[1:]
-
-
-# torchvision's configuration: 3 input channels, 1000 classes, no conv bias, BN on projections.
-IMAGENET = dict(in_channels=3, num_classes=1000, conv_bias=False, shortcut_bn=True)
-# CIFAR ResNets of the ResNet paper (section 4.2): 3x3 stem, 16/32/64 channels, 6n+2 layers,
-# parameter-free shortcuts (option A: subsample and zero-pad), as in the paper's counts.
-CIFAR_STEM = Stem(channels=16, kernel_size=3, stride=1, pool=False)
-# The ResNeXt tutorial's small CIFAR models: 3x3 stem, no pool, [2, 2, 2, 2] blocks.
-TUTORIAL_STEM = Stem(channels=64, kernel_size=3, stride=1, pool=False)
-
+# Every preset by name: common.core.presets fills it (the package imports that module first).
 PRESETS: dict[str, ResNetSpec] = {}
-for _depth, (_kind, _blocks) in DEPTHS.items():
-    PRESETS[f"resnet{_depth}"] = ResNetSpec(f"resnet{_depth}", _stages(_kind, _blocks),
-                                            block=_kind, **IMAGENET)
-    # d2l's configuration: 1 channel, 10 classes, conv biases, projections without BN.
-    PRESETS[f"d2l_resnet{_depth}"] = ResNetSpec(f"d2l_resnet{_depth}", _stages(_kind, _blocks),
-                                                block=_kind)
-    if _kind == "bottleneck":
-        PRESETS[f"resnet{_depth}_v2"] = ResNetSpec(
-            f"resnet{_depth}_v2", _stages(_kind, _blocks), block=_kind, preact=True,
-            **(IMAGENET | {"shortcut_bn": False}))
-        # keras.applications.ResNet50/101/152: every convolution has a bias (Keras's default),
-        # the stride sits on the first 1x1 (the paper's v1), BatchNorm eps 1.001e-5 and
-        # Keras's momentum 0.99.
-        PRESETS[f"keras_resnet{_depth}"] = ResNetSpec(
-            f"keras_resnet{_depth}", _stages(_kind, _blocks), block=_kind, stride_in_1x1=True,
-            bn=BatchNormSpec(eps=1.001e-5, momentum=0.01), **(IMAGENET | {"conv_bias": True}))
-        # keras.applications.ResNet50V2/101V2/152V2: a stem conv with a bias and without BN or
-        # ReLU, its max-pool padded with zeros; pre-activation blocks whose LAST block strides
-        # (its shortcut a 1x1 max-pool) while the first projects at stride 1; biases on the
-        # stem, the last 1x1 and the projection; stage 4 does not stride.
-        PRESETS[f"keras_resnet{_depth}_v2"] = ResNetSpec(
-            f"keras_resnet{_depth}_v2",
-            tuple(Stage(c, n, s, project=True) for c, n, s in zip(WIDE, _blocks, (2, 2, 2, 1))),
-            stem=Stem(norm=False, pool_zeros=True), block=_kind, preact=True, stride_at="last",
-            bn=BatchNormSpec(eps=1.001e-5, momentum=0.01),
-            **(IMAGENET | {"conv_bias": ("stem", "conv3", "conv4"), "shortcut_bn": False}))
-    # Gluon's model zoo, resnet*_v1: torchvision's network, except that the bottleneck strides
-    # its first 1x1 and gives the two 1x1 convolutions a bias (Gluon's Conv2D default).
-    PRESETS[f"gluon_resnet{_depth}_v1"] = ResNetSpec(
-        f"gluon_resnet{_depth}_v1", _stages(_kind, _blocks), block=_kind,
-        **(IMAGENET | ({"conv_bias": ("conv1", "conv3"), "stride_in_1x1": True}
-                       if _kind == "bottleneck" else {})))
-    # resnet*_v2: pre-activation blocks after a BatchNorm of the raw input (no gamma, beta).
-    PRESETS[f"gluon_resnet{_depth}_v2"] = ResNetSpec(
-        f"gluon_resnet{_depth}_v2", _stages(_kind, _blocks), block=_kind, preact=True,
-        input_bn=True, **(IMAGENET | {"shortcut_bn": False}))
-# torchvision's ResNeXt and wide ResNets: the same bottleneck, wider inside (mid_channels).
-for _name, _depth, _groups, _width in (("resnext50_32x4d", 50, 32, 4),
-                                       ("resnext101_32x8d", 101, 32, 8),
-                                       ("resnext101_64x4d", 101, 64, 4),
-                                       ("wide_resnet50_2", 50, 1, 128),
-                                       ("wide_resnet101_2", 101, 1, 128)):
-    PRESETS[_name] = ResNetSpec(_name, _stages(*DEPTHS[_depth]), block="bottleneck",
-                                groups=_groups, base_width=_width, **IMAGENET)
-for _groups, _width in ((2, 64), (4, 32), (8, 16), (16, 8), (32, 4)):
-    _name = f"resnext26_{_groups}x{_width}d"
-    PRESETS[_name] = ResNetSpec(_name, _stages("bottleneck", (2, 2, 2, 2)), stem=TUTORIAL_STEM,
-                                block="bottleneck", groups=_groups, base_width=_width,
-                                **(IMAGENET | {"num_classes": 10}))
-for _n in (3, 5, 7, 9, 18):
-    _name = f"cifar_resnet{6 * _n + 2}"
-    PRESETS[_name] = ResNetSpec(_name, standard_stages((16, 32, 64), (_n, _n, _n)),
-                                stem=CIFAR_STEM, shortcut="pad",
-                                **(IMAGENET | {"num_classes": 10, "shortcut_bn": False}))
 
 
 def get_spec(name_or_spec: str | ResNetSpec, **overrides: Any) -> ResNetSpec:
