@@ -1,6 +1,6 @@
 """Every preset's structure against a table typed in by hand from the references' descriptions.
 
-The table (also in docs/preset-structure.md, which must say the same) is not generated from
+The table (also in docs/presets.md, which must say the same) is not generated from
 the spec: each cell is what the preset's reference describes (d2l's ResNet chapter,
 torchvision's resnet.py, the ResNet paper's CIFAR nets, the pre-activation paper, the seed
 ResNeXt tutorial). It is checked against the oracle (common.core.oracle.layers: which convolution's
@@ -246,7 +246,7 @@ def test_framework_layers_match_the_references(fw, preset):
 # --- the document says the same ---------------------------------------------------------------
 
 def test_document_table_is_the_test_table():
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "preset-structure.md").read_text()
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "presets.md").read_text()
     rows = {}
     for line in doc.splitlines():
         cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
