@@ -93,10 +93,10 @@ _TARGET = {"bf16": "bfloat16", "fp16": "float16"}
 class Adapter:
     framework = "mx"
 
-    def __init__(self, spec: ResNetSpec, weights: Weights, lr: float = 0.05,
+    def __init__(self, spec: ResNetSpec, weights: Weights, *, lr: float = 0.05,
                  optimizer: OptimizerConfig | None = None, dtype: str = "float32",
-                 precision: str = "fp32", compile: bool = False, engine: Engine | None = None,
-                 device: str | Device = "auto"):
+                 precision: str = "fp32", compile: bool = False, device: str | Device = "auto",
+                 engine: Engine | None = None):
         self.spec = spec
         self.dtype = check_dtype(dtype)
         self.precision = check_precision(precision, self.dtype)

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 class Adapter:
     framework = "torch"
 
-    def __init__(self, spec: ResNetSpec, weights: Weights, lr: float = 0.05,
+    def __init__(self, spec: ResNetSpec, weights: Weights, *, lr: float = 0.05,
                  optimizer: OptimizerConfig | None = None, dtype: str = "float32",
                  precision: str = "fp32", compile: bool = False, device: str | Device = "auto",
                  engine: Engine | None = None):
