@@ -15,8 +15,9 @@ import os
 import sys
 
 from common.core.devices import Device, DeviceError, cpu, resolve
+from common.frameworks import record
 
-NAME = "MXNet"
+NAME = record("mx").short  # the framework's own name, in messages
 
 # MXNet's determinism switches (docs: MXNet's "Environment Variables" FAQ) and the values
 # set_deterministic gives them.
@@ -109,3 +110,11 @@ def set_deterministic() -> None:
                            f"call resnet_mx.devices.set_deterministic() before importing "
                            f"mxnet, or set them in the environment")
     os.environ.update(DETERMINISM)
+
+
+def before_crosscheck() -> None:
+    """crosscheck's hook on a GPU, before any framework computes: MXNet's determinism switches,
+    while MXNet is not loaded yet (set_deterministic's rule; once it is, measure's own call to
+    set_deterministic checks that they hold)."""
+    if "mxnet" not in sys.modules:
+        set_deterministic()

@@ -2,7 +2,7 @@
 
 Names are imported on first use (common.frameworks.lazy_exports), so that the train script's
 --help answers without loading the framework."""
-from common.frameworks import EXPORTS, lazy_exports
+from common.frameworks import EXPORTS, lazy_exports, record
 
 LAYOUT = "NHWC"
 
@@ -13,4 +13,5 @@ __all__ = ["LAYOUT", *_WHERE]
 # after TensorFlow 2.17 in the same process, and works when imported before it: where MXNet is
 # installed, this package imports it first (through resnet_mx, which sets its thread count),
 # so that convert, crosscheck and the tests can use both (docs/framework-differences.md, 23).
-__getattr__, __dir__ = lazy_exports(__name__, _WHERE, first=("resnet_mx", "mxnet"))
+_MX = record("mx")
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, first=(_MX.package, _MX.imports))

@@ -18,15 +18,16 @@ from __future__ import annotations
 import os
 import warnings
 
-from common.frameworks import import_first
+from common.frameworks import import_first, record
 
-import_first(("resnet_mx", "mxnet"))  # MXNet loads before TensorFlow (resnet_tf/__init__.py)
+# MXNet loads before TensorFlow (resnet_tf/__init__.py)
+import_first((record("mx").package, record("mx").imports))
 import tensorflow as tf  # noqa: E402
 from tensorflow.python.eager import context
 
 from common.core.devices import Device, resolve
 
-NAME = "TensorFlow"
+NAME = record("tf").short  # the framework's own name, in messages
 
 
 def _gpus() -> list:
@@ -104,6 +105,11 @@ def set_deterministic() -> None:
     tf.config.experimental.enable_op_determinism()
     # float32 convolutions and matrix products in float32, not TensorFloat-32 (Ampere and later)
     tf.config.experimental.enable_tensor_float_32_execution(False)
+
+
+def before_crosscheck() -> None:
+    """crosscheck's hook on a GPU, before any framework computes: nothing, since
+    set_deterministic works once the framework is loaded."""
 
 
 def _initialised() -> bool:

@@ -12,8 +12,9 @@ import os
 import torch
 
 from common.core.devices import Device, DeviceError, parse, resolve
+from common.frameworks import record
 
-NAME = "PyTorch"
+NAME = record("torch").short  # the framework's own name, in messages
 # CUBLAS_WORKSPACE_CONFIG values that make cuBLAS deterministic (NVIDIA's cuBLAS docs).
 CUBLAS_DETERMINISTIC = (":4096:8", ":16:8")
 
@@ -121,3 +122,8 @@ def set_deterministic() -> None:
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def before_crosscheck() -> None:
+    """crosscheck's hook on a GPU, before any framework computes: nothing, since
+    set_deterministic works once the framework is loaded."""

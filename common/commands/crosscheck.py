@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import sys
-from importlib import import_module
 
 import numpy as np
 
@@ -16,7 +15,7 @@ from common.core.checks import DTYPES, check_geometry
 from common.commands.cli import (Parser, add_spec_flags, guarded, non_negative_int, positive_int,
                         spec_of)
 from common.core.devices import add_device_flag
-from common.frameworks import FRAMEWORKS, NAMES, load
+from common.frameworks import FRAMEWORKS, NAMES, load, module
 from common.core.init import init_weights
 from common.core.oracle import zero_gradient_biases
 from common.core.spec import ResNetSpec
@@ -30,10 +29,10 @@ def measure(spec: ResNetSpec, weights: Weights, x: np.ndarray, y: np.ndarray,
             dtype: str = "float32", device: str = "cpu") -> dict:
     """Per framework: eval logits, train-mode logits, loss and gradients for one batch,
     computed in `dtype` on `device` (on a GPU with each framework's deterministic algorithms
-    and no TensorFloat-32: resnet_<fw>.devices.set_deterministic), and the device it used."""
+    and no TensorFloat-32: each package's devices.set_deterministic), and the device it used."""
     out = {}
     for fw in FRAMEWORKS:
-        devices = import_module(f"resnet_{fw}.devices")
+        devices = module(fw, "devices")
         chosen = devices.select(device)  # a GPU the framework does not see is an error here
         if chosen.is_gpu:
             devices.set_deterministic()
@@ -75,13 +74,23 @@ def crosscheck(spec: ResNetSpec, weights: Weights, input_size: int, batch: int =
         rows.append(row)
     header = ["pair", "max |eval logits diff|", "max |train logits diff|", "|loss diff|",
               "max relative gradient error"]
-    scale = float(np.abs(res["torch"]["eval logits"]).max())
+    scale = float(np.abs(res[FRAMEWORKS[0]]["eval logits"]).max())  # the first framework's
     where = ", ".join(f"{fw} {res[fw]['device']}" for fw in FRAMEWORKS)
     text = (render(header, rows) + f"\ncomputed in {dtype} on {where}; logit scale: max |logit| = "
             f"{scale:.3f}; tolerances "
             + ", ".join(f"{k} {v:g}" for k, v in TOLERANCES.items())
             + f"\nwithin tolerance: {'yes' if ok else 'NO'} ({', '.join(NAMES.values())})")
     return text, ok
+
+
+def before_gpu_crosscheck() -> None:
+    """Every framework's `devices.before_crosscheck()`, before any framework computes: what must
+    be set before a framework loads (MXNet reads its determinism switches once, when it sets up
+    its first GPU operator). Last record first: importing a devices module may load frameworks
+    besides its own (TensorFlow's loads MXNet first, see resnet_tf/__init__.py), and each hook
+    must run before its own framework loads."""
+    for fw in reversed(FRAMEWORKS):
+        module(fw, "devices").before_crosscheck()
 
 
 @guarded
@@ -100,14 +109,12 @@ def main(argv: list[str] | None = None) -> int:
                         "float64 shows the agreement free of float32 rounding and ReLU kinks")
     add_device_flag(parser)
     args = parser.parse_args(argv)
-    if args.device != "cpu" and "mxnet" not in sys.modules:
-        # MXNet reads its determinism switches once, when it sets up its first GPU operator:
-        # they are set before anything loads it (they change nothing on the CPU).
-        import_module("resnet_mx.devices").set_deterministic()
     spec = spec_of(args)
     # The batch runs in train mode too: refused here, before any framework loads, if it cannot.
     check_geometry(spec, (args.batch, spec.in_channels, args.input_size, args.input_size),
                    training=True)
+    if args.device != "cpu":  # before reading --weights, which may load a framework
+        before_gpu_crosscheck()
     if args.weights:
         from common.commands.convert import read
         weights = read(args.weights, spec)
