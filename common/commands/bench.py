@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
 import json
 import os
 import platform
@@ -41,7 +40,7 @@ from common.core.checks import PRECISIONS
 from common.core.data import batches
 from common.core.devices import add_device_flag, cpu
 from common.core.files import atomic_path, writable_dir
-from common.frameworks import FRAMEWORKS, NAMES, load
+from common.frameworks import FRAMEWORKS, NAMES, load, module
 from common.core.oracle import flops
 from common.core.spec import PRESETS, get_spec
 from common.core.tables import render
@@ -61,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--phase", default="both", choices=("train", "infer", "both"),
                    help="which steps to measure")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
-                   help="comma-separated subset of torch,tf,mx")
+                   help=f"comma-separated subset of {','.join(FRAMEWORKS)}")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="arithmetic")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile, XLA (jit_compile), Gluon static_alloc/static_shape")
@@ -124,15 +123,16 @@ def _data_seconds(spec, batch_size: int, input_size: int, repeats: int = 5) -> f
     return float(np.median(times))
 
 
-def measure(module, reference, spec, phase: str, args) -> dict:
-    """One phase: the project's step (A) and the reference step (B), alternated."""
+def measure(package, reference, spec, phase: str, args) -> dict:
+    """One phase: the project's step (A, `package.Adapter`) and the reference step (B, the
+    package's `reference` module), alternated."""
     from common.core.init import init_weights
     rng = np.random.default_rng(0)
     b, s = args.batch_size, args.input_size
     x = rng.random((b, spec.in_channels, s, s), dtype=np.float32)
     y = rng.integers(0, spec.num_classes, b)
-    adapter = module.Adapter(spec, init_weights(spec, 0), precision=args.precision,
-                             compile=args.compile, device=args.device)
+    adapter = package.Adapter(spec, init_weights(spec, 0), precision=args.precision,
+                              compile=args.compile, device=args.device)
     ours = (lambda: adapter.train_step(x, y)) if phase == "train" else (lambda: adapter.eval_step(x))
     # The reference on the same device, fed NumPy-made batches as the adapter is.
     ref = reference.make_step(spec, phase, b, s, precision=args.precision, compile=args.compile,
@@ -174,13 +174,13 @@ def measure(module, reference, spec, phase: str, args) -> dict:
 def worker(framework: str, args) -> None:
     """Run in the framework's own process: print one MARK line of JSON per phase."""
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read by MXNet (and OpenMP) on import
-    module = load(framework)
-    module.set_threads(args.threads)
-    reference = importlib.import_module(f"resnet_{framework}.reference")
+    package = load(framework)
+    package.set_threads(args.threads)
+    reference = module(framework, "reference")
     spec = bench_spec(args)
     # A GPU the framework does not see: one error row, before any measurement.
     try:
-        importlib.import_module(f"resnet_{framework}.devices").select(args.device)
+        module(framework, "devices").select(args.device)
     except ValueError as err:
         print(MARK + json.dumps({"phase": args.phase, "framework": framework,
                                  "error": str(err)}), flush=True)
@@ -189,7 +189,7 @@ def worker(framework: str, args) -> None:
     phases = PHASES if args.phase == "both" else (args.phase,)
     for phase in phases:
         try:
-            row = measure(module, reference, spec, phase, args)
+            row = measure(package, reference, spec, phase, args)
         except (ValueError, NotImplementedError) as err:  # e.g. a precision a framework lacks
             row = {"phase": phase, "error": str(err)}
         row |= {"framework": framework, "matmul_gflops": probe, "version": reference.VERSION,

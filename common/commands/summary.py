@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     add_spec_flags(parser)
     parser.add_argument("--input-size", type=positive_int, default=224, help="height = width (default 224)")
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS),
-                        help="comma-separated subset of torch,tf,mx (default: all)")
+                        help=f"comma-separated subset of {','.join(FRAMEWORKS)} (default: all)")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = parser.parse_args(argv)
     frameworks = frameworks_arg(parser, args.frameworks, FRAMEWORKS)
