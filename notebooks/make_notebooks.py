@@ -15,9 +15,9 @@ from textwrap import dedent
 
 import nbformat
 
+from common.frameworks import FRAMEWORKS, record
+
 HERE = Path(__file__).resolve().parent
-NAMES = {"torch": "pytorch", "tf": "tensorflow", "mx": "mxnet"}  # framework -> file stem
-TITLES = {"torch": "PyTorch", "tf": "TensorFlow/Keras", "mx": "MXNet Gluon"}
 
 
 def md(text: str) -> tuple[str, str]:
@@ -31,13 +31,13 @@ def code(text: str) -> tuple[str, str]:
 # --- cells that differ only by the framework's name ------------------------------------------
 
 def intro(fw: str) -> list:
-    others = [f"`resnet_{NAMES[o]}.ipynb`" for o in NAMES if o != fw]
+    others = [f"`{path_of(o).name}`" for o in FRAMEWORKS if o != fw]
     return [
         md(f"""
-        # Residual Networks (ResNet) in {TITLES[fw]}
+        # Residual Networks (ResNet) in {record(fw).name}
 
         The ResNet chapter of *Dive into Deep Learning* (d2l, classic edition), cell for cell, on
-        this project's blocks: `resnet_{fw}` holds d2l's `Residual` and `resnet_block` and builds
+        this project's blocks: `{record(fw).package}` holds d2l's `Residual` and `resnet_block` and builds
         ResNet-18 from the one spec in `common/`. The same chapter for the other frameworks is in
         {others[0]} and {others[1]}. The `d2l` package is not needed.
         """),
@@ -131,7 +131,7 @@ def training(fw: str) -> list:
               f"test images")
         """),
         md(f"""
-        The project's one training loop (`common.commands.train`, the loop of `python -m resnet_{fw}.train`)
+        The project's one training loop (`common.commands.train`, the loop of `python -m {record(fw).package}.train`)
         prints d2l's line per epoch and writes the run's `metrics.jsonl` and its weights in the
         canonical layout (`weights.safetensors`), which every framework of the project loads.
         """),
@@ -144,7 +144,7 @@ def training(fw: str) -> list:
                  "--threads", str(THREADS), "--out", str(RUN)]
         if limit:
             flags += ["--limit", str(limit)]
-        run = train("{fw}", parser("resnet_{fw}.train").parse_args(flags), data)
+        run = train("{fw}", parser("{record(fw).package}.train").parse_args(flags), data)
         last = run["history"][-1]
         print(f"loss {{last['train_loss']:.3f}}, train acc {{last['train_acc']:.3f}}, "
               f"test acc {{last['test_acc']:.3f}}")
@@ -605,7 +605,8 @@ NOTEBOOKS = {"torch": pytorch, "tf": tensorflow, "mx": mxnet}
 
 
 def path_of(fw: str) -> Path:
-    return HERE / f"resnet_{NAMES[fw]}.ipynb"
+    """The notebook's file: resnet_<the record's notebook stem>.ipynb."""
+    return HERE / f"resnet_{record(fw).notebook}.ipynb"
 
 
 def notebook_text(fw: str) -> str:
@@ -617,7 +618,7 @@ def notebook_text(fw: str) -> str:
                    "language_info": {"name": "python"}}
     for i, (kind, source) in enumerate(NOTEBOOKS[fw]()):
         make = nbformat.v4.new_code_cell if kind == "code" else nbformat.v4.new_markdown_cell
-        nb.cells.append(make(source, id=f"{NAMES[fw]}-{i:02d}"))
+        nb.cells.append(make(source, id=f"{record(fw).notebook}-{i:02d}"))
     nbformat.validate(nb)
     return nbformat.writes(nb) + "\n"
 
