@@ -11,30 +11,33 @@ epoch), weights.safetensors (canonical, loadable by any framework), curves.png a
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
 import resource
 import sys
 import time
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Sequence
+from types import ModuleType
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from common.commands.cli import (Parser, guarded, non_negative_float, non_negative_int, positive_float,
-                        positive_int, unit_interval)
-from common.core.checks import PRECISIONS, check_geometry
-from common.core.data import DATASETS, Dataset, batches, load_dataset
-from common.core.devices import add_device_flag
-from common.core.files import atomic_path, writable_dir
-from common.frameworks import FRAMEWORKS, NAMES, load
-from common.core.init import INIT_CHOICES, init_weights
-from common.core.oracle import smallest_bn_map
-from common.core.optim import OPTIMIZERS, OptimizerConfig
+from common.commands.cli import Parser, guarded
 from common.commands.plots import plot_curves
-from common.core.spec import PRESETS, ResNetSpec, get_spec
-from common.core.weights import WeightsError, save_weights
+from common.core.checks import check_geometry
+from common.core.data import Dataset, batches, load_dataset
+from common.core.files import atomic_path, writable_dir
+from common.core.init import init_weights
+from common.core.oracle import smallest_bn_map
+from common.core.optim import OptimizerConfig
+from common.core.spec import ResNetSpec, get_spec
+from common.core.weights import Weights, WeightsError, save_weights
+from common.formats.checkpoint import load_checkpoint, save_checkpoint
+from common.frameworks import FRAMEWORKS, NAMES, load, module
 
 CHECKPOINT, WEIGHTS, METRICS, RUN, CURVES = ("checkpoint.safetensors", "weights.safetensors",
                                              "metrics.jsonl", "run.json", "curves.png")
@@ -63,6 +66,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 
 def optimizer_config(args: argparse.Namespace) -> OptimizerConfig:
+    """The optimiser settings of the flags."""
     return OptimizerConfig(args.optimizer, args.lr, args.momentum, args.weight_decay)
 
 
@@ -95,7 +99,7 @@ def evaluate(adapter, x: np.ndarray, y: np.ndarray, batch_size: int, resize: int
     clock = clock or StepClock()
     if engine is not None:
         x, y = (np.array_split(a, engine.workers)[engine.rank] for a in (x, y))
-    correct = sum(int((clock.time(lambda: adapter.eval_step(xb), len(yb)).argmax(1) == yb).sum())
+    correct = sum(int((clock.time(partial(adapter.eval_step, xb), len(yb)).argmax(1) == yb).sum())
                   for xb, yb in batches(x, y, batch_size, resize) if len(yb))
     if engine is None:
         return correct / len(y)
@@ -148,38 +152,6 @@ def _write_text_atomically(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def save_checkpoint(out: Path, adapter, epoch: int, history: list[dict], config: dict) -> None:
-    """Weights, optimiser state and history in one safetensors file, written then renamed."""
-    from safetensors.numpy import save_file
-    arrays = {f"model/{k}": v for k, v in adapter.get_weights().items()}
-    arrays |= {f"optimizer/{k}": v for k, v in adapter.optimizer_state().items()}
-    meta = {"epoch": str(epoch), "history": json.dumps(history), "config": json.dumps(config),
-            "framework": adapter.framework}
-    with atomic_path(out / CHECKPOINT) as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), metadata=meta)
-
-
-def load_checkpoint(path: Path) -> tuple[dict, dict, dict]:
-    """(weights, optimiser state, metadata) from a checkpoint file; a damaged or foreign file
-    is a WeightsError that names it."""
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata()
-            arrays = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # noqa: BLE001 - safetensors' own errors for a bad file
-        raise WeightsError(f"checkpoint {path}: expected a safetensors file, could not read it "
-                           f"({type(err).__name__}: {str(err)[:200]}); is it truncated?") from None
-    needed = ("epoch", "history", "config", "framework")
-    if not meta or any(k not in meta for k in needed):
-        raise WeightsError(f"checkpoint {path}: expected metadata {', '.join(needed)}, got "
-                           f"{', '.join(sorted(meta or {})) or 'none'}; it is not a checkpoint "
-                           f"of this project's train scripts")
-    model = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")}
-    opt = {k[10:]: v for k, v in arrays.items() if k.startswith("optimizer/")}
-    return model, opt, meta
-
-
 def weights_from_file(path: str, spec: ResNetSpec, init: dict, new_head: bool, dataset: str,
                       log=print) -> dict:
     """The starting weights of --weights: all of the file's, for the run's spec. A head of
@@ -202,11 +174,78 @@ def weights_from_file(path: str, spec: ResNetSpec, init: dict, new_head: bool, d
     return read(path, spec, fmt)
 
 
+# --- the loop, in the order it runs ----------------------------------------------------------
+
+@dataclass
+class Run:
+    """One training run as train() sets it up; every step of the loop reads it. `package`:
+    resnet_<framework>, its framework imported; `config`: the run-defining flags (RUN_DEFINING),
+    kept in every checkpoint; `engine`: the framework's data-parallel engine under
+    resnet-launch, else None; `log`: silent on every worker but the first."""
+    framework: str
+    args: argparse.Namespace
+    data: Dataset
+    spec: ResNetSpec
+    package: ModuleType
+    out: Path
+    config: dict
+    workers: Workers
+    log: Callable[[str], None]
+    engine: Any = None
+
+    @property
+    def resize(self) -> int | None:
+        return self.args.resize or None
+
+    @property
+    def input_size(self) -> int:
+        """The side of the images the network sees."""
+        return self.resize or int(self.data.train_x.shape[2])
+
+    def note(self, line: str) -> None:
+        """A line about this framework's run, with its name before it."""
+        self.log(f"{NAMES[self.framework]}: {line}")
+
+
+@dataclass
+class Start:
+    """Where the epochs begin: epoch 0 with no weights yet (initial_weights makes them), or a
+    checkpoint's epochs, history, weights and optimiser state."""
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    weights: Weights | None = None
+    optimizer: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """The training batches of every epoch: the first `steps` batches, `examples` examples in
+    all (a last batch that cannot be trained is left out)."""
+    steps: int
+    examples: int
+
+
+# The columns of metrics.jsonl and of run.json's history, in order.
+COLUMNS = ("epoch", "train_loss", "train_acc", "test_acc", "examples", "test_examples",
+           "examples_per_sec", "seconds", "infer_examples_per_sec")
+
+
 def train(framework: str, args: argparse.Namespace, data: Dataset | None = None,
           log=print) -> dict:
     """Train one framework as the flags say; returns the run summary (also in run.json).
     Under resnet-launch, each worker trains on its share of every global batch through its
     framework's data-parallel engine, and the first worker alone writes files and logs."""
+    run = set_up(framework, args, data, log)
+    try:
+        return train_run(run)
+    finally:
+        if run.engine is not None:
+            run.engine.close()
+
+
+def set_up(framework: str, args: argparse.Namespace, data: Dataset | None, log) -> Run:
+    """The run's data, spec and folder, checked before any work; then its framework, device
+    and (under resnet-launch) data-parallel engine, in that order."""
     workers = Workers()
     if args.batch_size % workers.count:
         raise ValueError(f"--batch-size: expected a multiple of the {workers.count} workers (it "
@@ -217,166 +256,211 @@ def train(framework: str, args: argparse.Namespace, data: Dataset | None = None,
     data = (data or load_dataset(args.dataset, args.data_dir)).limit(args.limit)
     spec = get_spec(args.arch, in_channels=data.in_channels, num_classes=data.num_classes)
     config = {k: getattr(args, k) for k in RUN_DEFINING}
-    resize = args.resize or None
-    n_train = len(data.train_y)
-    size = resize or int(data.train_x.shape[2])
+    size = args.resize or int(data.train_x.shape[2])
     # Without --sync-bn each worker's BatchNorm sees only its share of the batch.
     local = args.batch_size if args.sync_bn else args.batch_size // workers.count
-    check_geometry(spec, (min(local, n_train), spec.in_channels, size, size), training=True)
-    module = load(framework)
-    module.set_threads(args.threads)
-    from importlib import import_module
+    check_geometry(spec, (min(local, len(data.train_y)), spec.in_channels, size, size),
+                   training=True)
+    package = load(framework)
+    package.set_threads(args.threads)
     # A GPU the framework does not see is refused here, before any work (never a fall-back).
-    import_module(f"resnet_{framework}.devices").select(args.device)
-    engine = None
+    module(framework, "devices").select(args.device)
+    run = Run(framework, args, data, spec, package, out, config, workers, log)
     if workers.count > 1:  # before anything else runs in the framework (TensorFlow's rule)
-        engine = import_module(f"resnet_{framework}.distributed").join(
-            workers.count, workers.rank, args.sync_bn)
-    try:
-        return _train(framework, args, data, spec, module, out, config, workers, engine, log)
-    finally:
-        if engine is not None:
-            engine.close()
+        run.engine = module(framework, "distributed").join(workers.count, workers.rank,
+                                                           args.sync_bn)
+    return run
 
 
-def _train(framework, args, data, spec, module, out, config, workers, engine, log) -> dict:
-    """train() once the engine (if any) is joined: a function of its own, so that the engine
-    is left whatever happens."""
-    resize = args.resize or None
-    n_train = len(data.train_y)
-    size = resize or int(data.train_x.shape[2])
-    history: list[dict] = []
-    start = 0
-    ckpt = out / CHECKPOINT
-    if args.resume:
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"--resume: expected a checkpoint at {ckpt}, found none")
-        weights, opt_state, meta = load_checkpoint(ckpt)
-        saved = json.loads(meta["config"])
-        changed = {k: (saved.get(k, ADDED_LATER.get(k)), v) for k, v in config.items()
-                   if saved.get(k, ADDED_LATER.get(k)) != v}
-        if meta.get("framework") != framework or changed:
-            what = "; ".join(f"--{k.replace('_', '-')}: expected {a!r}, got {b!r}"
-                             for k, (a, b) in changed.items()) or \
-                f"framework: expected {meta.get('framework')}, got {framework}"
-            raise ValueError(f"--resume: the run in {out} was made with other settings: {what}")
-        start, history = int(meta["epoch"]), json.loads(meta["history"])
-    elif ckpt.exists():
-        raise FileExistsError(f"--out: {out} already holds a run; pass --resume to continue it "
-                              f"or choose another --out")
-    else:
-        weights, opt_state = None, {}
-    if weights is None:
-        if args.init == "common":
-            weights = init_weights(spec, args.seed)
-        else:
-            weights = module.to_canonical(module.build(spec, init="framework"))
-        if args.weights:
-            weights = weights_from_file(args.weights, spec, weights, args.new_head, data.name,
-                                        lambda line: log(f"{NAMES[framework]}: {line}"))
-        if engine is not None and args.init == "framework":
-            # Each worker drew its own; every worker starts from the first worker's (the sum
-            # of its values and the others' zeros).
-            weights = {k: engine.all_sum(np.asarray(v, np.float64) if workers.first
-                                         else np.zeros(np.shape(v))).astype(np.float32)
-                       for k, v in weights.items()}
-    kwargs = {"engine": engine} if engine is not None else {}
-    adapter = module.Adapter(spec, weights, optimizer=optimizer_config(args),
-                             precision=args.precision, compile=args.compile,
-                             device=args.device, **kwargs)
-    if opt_state:
-        adapter.set_optimizer_state(opt_state)
-
-    steps = math.ceil(n_train / args.batch_size)
-    # A last batch that BatchNorm cannot normalise (one value per channel: one example, and a
-    # 1x1 map somewhere) is dropped in training, as loaders with drop_last do; the adapters
-    # refuse such a batch (common.core.checks.check_geometry), the same in every framework.
-    bh, bw, where = smallest_bn_map(spec, size, size)
-    dropped = n_train % args.batch_size if (n_train % args.batch_size) * bh * bw == 1 else 0
-    if dropped:
-        steps -= 1
-        log(f"{NAMES[framework]}: the last training batch of each epoch ({dropped} example, "
-            f"a {bh}x{bw} map at {where}) is dropped: BatchNorm needs more than one value per "
-            f"channel in train mode")
-    n_train -= dropped
-    # A last batch that the workers cannot share equally is dropped too: unequal shares would
-    # weight the examples unequally in the averaged gradient.
-    last = n_train % args.batch_size
-    if last % workers.count:
-        steps -= 1
-        n_train -= last
-        log(f"{NAMES[framework]}: the last training batch of each epoch ({last} examples) is "
-            f"dropped: {workers.count} workers need equal shares")
-    if start >= args.epochs:
-        log(f"{NAMES[framework]}: the run in {out} already has {start} of {args.epochs} epochs")
+def train_run(run: Run) -> dict:
+    """The loop, once the run is set up: resume or start, the adapter, the epoch plan, then
+    each epoch (train, evaluate, log, checkpoint), then the run's last files."""
+    start = resume_or_start(run)
+    weights = start.weights if start.weights is not None else initial_weights(run)
+    adapter = make_adapter(run, weights, start.optimizer)
+    plan = epoch_plan(run)
+    if start.epoch >= run.args.epochs:
+        run.note(f"the run in {run.out} already has {start.epoch} of {run.args.epochs} epochs")
     # The first training and inference steps of this process (tracing, compiling) are timed
     # apart and left out of examples/sec.
     train_clock, eval_clock = StepClock(), StepClock()
-    for epoch in range(start, args.epochs):
-        progress = Progress(steps, f"epoch {epoch + 1}/{args.epochs}")
-        loss_sum, correct = 0.0, 0
-        seconds0, examples0 = train_clock.seconds, train_clock.examples
-        for step, (xb, yb) in enumerate(batches(data.train_x, data.train_y, args.batch_size,
-                                                resize, seed=args.seed, epoch=epoch), start=1):
-            if step > steps:  # the dropped last batch
-                break
-            xs, ys = workers.share(xb, yb) if engine is not None else (xb, yb)
-            # examples/sec counts the global batch: every worker's examples
-            loss, right = train_clock.time(lambda: adapter.train_step(xs, ys), len(yb))
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss: expected a finite value, got {loss} at epoch "
-                                         f"{epoch + 1} step {step}; try a lower --lr")
-            loss_sum += loss * len(ys)
-            correct += right
-            progress.update(step, loss)
-        progress.close()
-        if engine is not None:  # the workers' sums: the epoch's figures for the global batches
-            loss_sum, correct = engine.all_sum(np.array([loss_sum, correct], np.float64))
-            correct = int(round(correct))
-        seconds = train_clock.seconds - seconds0
-        examples = train_clock.examples - examples0
-        eval_seconds0, eval_examples0 = eval_clock.seconds, eval_clock.examples
-        test_acc = evaluate(adapter, data.test_x, data.test_y, args.batch_size, resize, eval_clock,
-                            engine)
-        eval_seconds = eval_clock.seconds - eval_seconds0
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / n_train, "train_acc": correct / n_train,
-               "test_acc": test_acc, "examples": n_train, "test_examples": len(data.test_y),
-               "examples_per_sec": examples / seconds if seconds else None, "seconds": seconds,
-               "infer_examples_per_sec": ((eval_clock.examples - eval_examples0) / eval_seconds
-                                          if eval_seconds else None)}
-        history.append(row)
-        speed = (f"{row['examples_per_sec']:.1f} examples/sec" if row["examples_per_sec"]
-                 else "examples/sec after the first step only")
-        first = (f", first step {train_clock.first:.2f} s apart" if epoch == start else "")
-        log(f"epoch {row['epoch']}/{args.epochs}: loss {row['train_loss']:.3f}, train acc "
-            f"{row['train_acc']:.3f}, test acc {row['test_acc']:.3f}, "
-            f"{speed} on {adapter.device} ({NAMES[framework]}, {args.precision}{first})")
-        if workers.first:
-            save_checkpoint(out, adapter, epoch + 1, history, config)
-            _write_text_atomically(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+    history = start.history
+    for epoch in range(start.epoch, run.args.epochs):
+        row = {"epoch": epoch + 1} | train_one_epoch(run, adapter, plan, epoch, train_clock)
+        row |= validate(run, adapter, eval_clock)
+        history.append({k: row[k] for k in COLUMNS})
+        log_epoch(run, adapter, history[-1], train_clock.first if epoch == start.epoch else None)
+        save_progress(run, adapter, history)
+    return finish(run, adapter, history, train_clock, eval_clock)
 
-    if workers.first:
-        save_weights(adapter.get_weights(), out / WEIGHTS)
-    if history and workers.first:
-        plot_curves({NAMES[framework]: history}, out / CURVES, f"{spec.name} on {data.name}")
-    counts = module.param_counts(adapter.model)
-    summary = {"framework": framework, "arch": spec.name, "dataset": data.name,
-               "in_channels": spec.in_channels, "num_classes": spec.num_classes,
-               "input_size": resize or int(data.train_x.shape[2]),
-               "epochs": len(history), "history": history,
-               "params": {"trainable": counts.trainable, "non_trainable": counts.non_trainable,
-                          "total": counts.total},
-               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-               "first_step_seconds": train_clock.first, "first_eval_step_seconds": eval_clock.first,
-               "train_examples_per_sec": train_clock.rate(),
-               "infer_examples_per_sec": eval_clock.rate(),
-               "threads": module.get_threads(), "precision": args.precision,
-               "compile": args.compile, "device": str(adapter.device),
-               "workers": workers.count, "sync_bn": args.sync_bn,
-               "config": config}
-    if workers.first:
-        _write_text_atomically(out / RUN, json.dumps(summary, indent=1))
+
+def resume_or_start(run: Run) -> Start:
+    """With --resume, the checkpoint in --out, refused if it was made with other run-defining
+    flags or another framework; without, a fresh start, refused if --out holds a run."""
+    ckpt = run.out / CHECKPOINT
+    if not run.args.resume:
+        if ckpt.exists():
+            raise FileExistsError(f"--out: {run.out} already holds a run; pass --resume to "
+                                  f"continue it or choose another --out")
+        return Start()
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"--resume: expected a checkpoint at {ckpt}, found none")
+    saved = load_checkpoint(ckpt)
+    before = saved.config
+    changed = {k: (before.get(k, ADDED_LATER.get(k)), v) for k, v in run.config.items()
+               if before.get(k, ADDED_LATER.get(k)) != v}
+    if saved.framework != run.framework or changed:
+        what = "; ".join(f"--{k.replace('_', '-')}: expected {a!r}, got {b!r}"
+                         for k, (a, b) in changed.items()) or \
+            f"framework: expected {saved.framework}, got {run.framework}"
+        raise ValueError(f"--resume: the run in {run.out} was made with other settings: {what}")
+    return Start(saved.epoch, saved.history, saved.weights, saved.optimizer)
+
+
+def initial_weights(run: Run) -> Weights:
+    """The weights of a fresh run: --init's (the shared seeded NumPy init, or the framework's
+    own), then --weights' file over them; every worker starts from the same."""
+    args = run.args
+    if args.init == "common":
+        weights = init_weights(run.spec, args.seed)
+    else:
+        weights = run.package.to_canonical(run.package.build(run.spec, init="framework"))
+    if args.weights:
+        weights = weights_from_file(args.weights, run.spec, weights, args.new_head,
+                                    run.data.name, run.note)
+    if run.engine is not None and args.init == "framework":
+        # Each worker drew its own; every worker starts from the first worker's (the sum
+        # of its values and the others' zeros).
+        weights = {k: run.engine.all_sum(np.asarray(v, np.float64) if run.workers.first
+                                         else np.zeros(np.shape(v))).astype(np.float32)
+                   for k, v in weights.items()}
+    return weights
+
+
+def make_adapter(run: Run, weights: Weights, optimizer_state: dict):
+    """The framework's adapter for the run's flags, with the optimiser state of a resumed run."""
+    kwargs = {"engine": run.engine} if run.engine is not None else {}
+    adapter = run.package.Adapter(run.spec, weights, optimizer=optimizer_config(run.args),
+                                  precision=run.args.precision, compile=run.args.compile,
+                                  device=run.args.device, **kwargs)
+    if optimizer_state:
+        adapter.set_optimizer_state(optimizer_state)
+    return adapter
+
+
+def epoch_plan(run: Run) -> EpochPlan:
+    """How many batches of each epoch are trained. Two rules leave out the last batch, the
+    same in every framework, each said once in the log:
+    - a batch BatchNorm cannot normalise in train mode (one value per channel: one example, and
+      a 1x1 map somewhere), as loaders with drop_last do; the adapters refuse such a batch
+      (common.core.checks.check_geometry);
+    - a batch the workers cannot share equally: unequal shares would weight the examples
+      unequally in the averaged gradient."""
+    n, batch = len(run.data.train_y), run.args.batch_size
+    steps = math.ceil(n / batch)
+    bh, bw, where = smallest_bn_map(run.spec, run.input_size, run.input_size)
+    dropped = n % batch
+    if dropped * bh * bw == 1:
+        steps, n = steps - 1, n - dropped
+        run.note(f"the last training batch of each epoch ({dropped} example, a {bh}x{bw} map at "
+                 f"{where}) is dropped: BatchNorm needs more than one value per channel in "
+                 f"train mode")
+    last = n % batch
+    if last % run.workers.count:
+        steps, n = steps - 1, n - last
+        run.note(f"the last training batch of each epoch ({last} examples) is dropped: "
+                 f"{run.workers.count} workers need equal shares")
+    return EpochPlan(steps, n)
+
+
+def train_one_epoch(run: Run, adapter, plan: EpochPlan, epoch: int, clock: StepClock) -> dict:
+    """One pass over the plan's batches, shuffled for (seed, epoch): the epoch's mean loss
+    and accuracy over every worker's examples, and its training speed."""
+    args = run.args
+    progress = Progress(plan.steps, f"epoch {epoch + 1}/{args.epochs}")
+    loss_sum, correct = 0.0, 0
+    seconds0, examples0 = clock.seconds, clock.examples
+    shuffled = batches(run.data.train_x, run.data.train_y, args.batch_size, run.resize,
+                       seed=args.seed, epoch=epoch)
+    for step, (xb, yb) in enumerate(itertools.islice(shuffled, plan.steps), start=1):
+        xs, ys = run.workers.share(xb, yb) if run.engine is not None else (xb, yb)
+        # examples/sec counts the global batch: every worker's examples
+        loss, right = clock.time(partial(adapter.train_step, xs, ys), len(yb))
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss: expected a finite value, got {loss} at epoch "
+                                     f"{epoch + 1} step {step}; try a lower --lr")
+        loss_sum += loss * len(ys)
+        correct += right
+        progress.update(step, loss)
+    progress.close()
+    if run.engine is not None:  # the workers' sums: the epoch's figures for the global batches
+        loss_sum, correct = run.engine.all_sum(np.array([loss_sum, correct], np.float64))
+        correct = int(round(correct))
+    seconds, examples = clock.seconds - seconds0, clock.examples - examples0
+    return {"train_loss": loss_sum / plan.examples, "train_acc": correct / plan.examples,
+            "examples": plan.examples, "examples_per_sec": examples / seconds if seconds else None,
+            "seconds": seconds}
+
+
+def validate(run: Run, adapter, clock: StepClock) -> dict:
+    """Test accuracy in inference mode, and the inference speed of this evaluation."""
+    seconds0, examples0 = clock.seconds, clock.examples
+    test_acc = evaluate(adapter, run.data.test_x, run.data.test_y, run.args.batch_size,
+                        run.resize, clock, run.engine)
+    seconds = clock.seconds - seconds0
+    return {"test_acc": test_acc, "test_examples": len(run.data.test_y),
+            "infer_examples_per_sec": (clock.examples - examples0) / seconds if seconds else None}
+
+
+def log_epoch(run: Run, adapter, row: dict, first_step: float | None) -> None:
+    """The epoch's line; `first_step`: the seconds of the first step, timed apart, on the first
+    epoch of this process."""
+    speed = (f"{row['examples_per_sec']:.1f} examples/sec" if row["examples_per_sec"]
+             else "examples/sec after the first step only")
+    first = f", first step {first_step:.2f} s apart" if first_step is not None else ""
+    run.log(f"epoch {row['epoch']}/{run.args.epochs}: loss {row['train_loss']:.3f}, train acc "
+            f"{row['train_acc']:.3f}, test acc {row['test_acc']:.3f}, {speed} on "
+            f"{adapter.device} ({NAMES[run.framework]}, {run.args.precision}{first})")
+
+
+def save_progress(run: Run, adapter, history: list[dict]) -> None:
+    """The checkpoint and metrics.jsonl after an epoch (the first worker writes them)."""
+    if run.workers.first:
+        save_checkpoint(run.out / CHECKPOINT, adapter, history[-1]["epoch"], history, run.config)
+        _write_text_atomically(run.out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+
+
+def finish(run: Run, adapter, history: list[dict], train_clock: StepClock,
+           eval_clock: StepClock) -> dict:
+    """The run's last files (the first worker writes them): weights.safetensors, curves.png,
+    and run.json with the summary, which it returns."""
+    if run.workers.first:
+        save_weights(adapter.get_weights(), run.out / WEIGHTS)
+    if history and run.workers.first:
+        plot_curves({NAMES[run.framework]: history}, run.out / CURVES,
+                    f"{run.spec.name} on {run.data.name}")
+    summary = summarise(run, adapter, history, train_clock, eval_clock)
+    if run.workers.first:
+        _write_text_atomically(run.out / RUN, json.dumps(summary, indent=1))
     return summary
+
+
+def summarise(run: Run, adapter, history: list[dict], train_clock: StepClock,
+              eval_clock: StepClock) -> dict:
+    """run.json: what was trained, how, its history, parameter counts, speed and peak memory."""
+    args, spec, counts = run.args, run.spec, run.package.param_counts(adapter.model)
+    return {"framework": run.framework, "arch": spec.name, "dataset": run.data.name,
+            "in_channels": spec.in_channels, "num_classes": spec.num_classes,
+            "input_size": run.input_size, "epochs": len(history), "history": history,
+            "params": {"trainable": counts.trainable, "non_trainable": counts.non_trainable,
+                       "total": counts.total},
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "first_step_seconds": train_clock.first, "first_eval_step_seconds": eval_clock.first,
+            "train_examples_per_sec": train_clock.rate(),
+            "infer_examples_per_sec": eval_clock.rate(),
+            "threads": run.package.get_threads(), "precision": args.precision,
+            "compile": args.compile, "device": str(adapter.device),
+            "workers": run.workers.count, "sync_bn": args.sync_bn, "config": run.config}
 
 
 @guarded

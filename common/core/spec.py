@@ -2,8 +2,8 @@
 
 A `ResNetSpec` says everything the three frameworks need to build the same network: the stem,
 the stages, the block kind, the head, conv bias on or off, BatchNorm settings, input channels
-and classes. A new variant is a new line in
-`common/core/presets.py`, not new code in three packages.
+and classes. A new variant is a new line in `common/core/presets.py`, not new code in three
+packages.
 """
 from __future__ import annotations
 
