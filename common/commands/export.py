@@ -7,116 +7,41 @@
 Whichever framework exports it, the file has the same interface: one input named "input",
 NCHW float32 of shape (batch, channels, N, N) with N = --input-size and any batch size, and
 one output named "logits", float32 (batch, classes): the network in eval mode (BatchNorm uses
-its running statistics). Each framework's own converter builds the graph:
-- torch: `torch.onnx.export`, the TorchScript exporter (dynamo=False: the torch.export-based
-  one needs onnxscript, which is not in the pins), on the model in eval mode;
-- tf: tf2onnx, from a tf.function that transposes the NCHW input to NHWC before the Keras
-  model, so that the file takes NCHW like the other two (tf2onnx's optimiser folds that
-  transpose into the convolutions: the graph holds no Transpose);
+its running statistics). Each framework's own converter builds the graph, in the package's
+module `export` (`onnx_graph(spec, weights, size)`; `CONVERTER` names the converter):
+- torch: `torch.onnx.export`, the TorchScript exporter, on the model in eval mode;
+- tf: tf2onnx, from a tf.function that takes NCHW and transposes it for the Keras model;
 - mx: `mx.onnx.export_model`, from the hybridized block's exported symbol and parameters.
 Every file is then given the same input and output names and shapes, and is checked before it
 is written: onnxruntime's logits on a random batch against the framework's own eval logits.
 """
 from __future__ import annotations
 
-import io
-import logging
 import os
 import sys
-import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from common.core.checks import check_geometry
+from common.core.errors import Error
 from common.commands.cli import Parser, add_spec_flags, guarded, non_negative_int, positive_int, spec_of
 from common.core.files import atomic_path
-from common.frameworks import FRAMEWORKS, NAMES, load
+from common.frameworks import FRAMEWORKS, NAMES, load, module
 from common.core.init import init_weights
 from common.core.spec import ResNetSpec
 from common.core.weights import Weights
+from common.formats.onnx_file import INPUT, OPSET, OUTPUT
 
 FORMATS = ("onnx",)  # the one format so far; --format stays for later ones
-# MXNet 1.9.1's converter knows opsets 12 and 13 only; torch's TorchScript exporter, tf2onnx
-# 1.17 and onnxruntime 1.32 all take 13, so every file has the same opset.
-OPSET = 13
-INPUT, OUTPUT = "input", "logits"
 # max |ONNX - framework eval logits| / max(1, max |logit|): float32 sums in another order. An
 # absolute 1e-5, as crosscheck's, where logits are small; relative where they are large (an
 # initialised resnet50 has logits near 30 and differences near 2e-5).
 TOLERANCE = 1e-5
-CONVERTERS = {"torch": "torch.onnx.export (TorchScript exporter)", "tf": "tf2onnx",
-              "mx": "mx.onnx.export_model"}
 
 
 class ExportMismatch(Exception):
     """The exported graph computes something else than the framework's model (exit status 1)."""
-
-
-def _torch_graph(spec: ResNetSpec, weights: Weights, size: int):
-    import torch
-    module = load("torch")
-    model = module.from_canonical(module.build(spec, init="framework"), weights).eval()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # The model checks its batch in forward(); traced, those checks are Python constants
-        # (TracerWarning), which is right for a graph of fixed height and width.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript exporter"
-        torch.onnx.export(model, (torch.zeros(1, spec.in_channels, size, size),), buffer,
-                          dynamo=False, opset_version=OPSET, input_names=[INPUT],
-                          output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"},
-                                                               OUTPUT: {0: "batch"}})
-    import onnx
-    return onnx.load_from_string(buffer.getvalue())
-
-
-def _tf_graph(spec: ResNetSpec, weights: Weights, size: int):
-    module = load("tf")
-    import tensorflow as tf
-    import tf2onnx
-    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
-    model = module.from_canonical(module.build(spec, init="framework"), weights)
-    signature = [tf.TensorSpec([None, spec.in_channels, size, size], tf.float32, name=INPUT)]
-
-    @tf.function(input_signature=signature, autograph=False)
-    def nchw_logits(X):  # the Keras model takes NHWC; the file takes NCHW like the other two
-        return model(tf.transpose(X, (0, 2, 3, 1)), training=False)
-
-    graph, _ = tf2onnx.convert.from_function(nchw_logits, input_signature=signature,
-                                             opset=OPSET)
-    return graph
-
-
-def _mx_graph(spec: ResNetSpec, weights: Weights, size: int):
-    module = load("mx")
-    import mxnet as mx
-    import onnx
-    from resnet_mx.modes import classic
-    # Built and exported in MXNet's classic mode whatever the caller's (npx.set_np()): the ONNX
-    # converter translates classic operators only, and reads files saved without set_np.
-    with classic(), tempfile.TemporaryDirectory() as folder:
-        model = module.from_canonical(module.build(spec, init="framework"), weights)
-        model.hybridize()
-        model(mx.nd.zeros((1, spec.in_channels, size, size)))  # export needs the cached graph
-        model.export(f"{folder}/model", epoch=0)  # model-symbol.json, model-0000.params
-        path = mx.onnx.export_model(
-            f"{folder}/model-symbol.json", f"{folder}/model-0000.params",
-            in_shapes=[(1, spec.in_channels, size, size)], in_types=[np.float32],
-            onnx_file_path=f"{folder}/model.onnx", dynamic=True,
-            dynamic_input_shapes=[(None, spec.in_channels, size, size)])
-        graph = onnx.load(path)
-    # The converter builds from its opset-13 translations (the newest it has) but stamps the
-    # onnx package's newest opset on the file (21 for onnx 1.16): say 13, which the checker
-    # in _standardised then verifies node by node.
-    for opset in graph.opset_import:
-        if opset.domain in ("", "ai.onnx"):
-            opset.version = OPSET
-    return graph
-
-
-GRAPHS = {"torch": _torch_graph, "tf": _tf_graph, "mx": _mx_graph}
 
 
 def _standardised(graph, spec: ResNetSpec, size: int, framework: str):
@@ -160,11 +85,12 @@ def _standardised(graph, spec: ResNetSpec, size: int, framework: str):
 
 def onnx_graph(framework: str, spec: ResNetSpec, weights: Weights, input_size: int):
     """The network with `weights` as an onnx.ModelProto exported from `framework`'s model."""
-    if framework not in GRAPHS:
-        raise ValueError(f"framework: expected one of {', '.join(GRAPHS)}, got {framework!r}")
+    if framework not in FRAMEWORKS:
+        raise Error(f"framework: expected one of {', '.join(FRAMEWORKS)}, "
+                    f"got {framework!r}")
     check_geometry(spec, (1, spec.in_channels, input_size, input_size))
-    return _standardised(GRAPHS[framework](spec, weights, input_size), spec, input_size,
-                         framework)
+    graph = module(framework, "export").onnx_graph(spec, weights, input_size)
+    return _standardised(graph, spec, input_size, framework)
 
 
 def onnx_logits(model: bytes | str | Path, x: np.ndarray) -> np.ndarray:
@@ -181,11 +107,11 @@ def check_output(path: str | Path, fmt: str = "onnx") -> Path:
     """The output path, refused before any work unless it ends in .<fmt> and its folder exists."""
     path = Path(path)
     if path.suffix != f".{fmt}":
-        raise ValueError(f"output: expected a file name ending in .{fmt} for --format {fmt}, "
-                         f"got {str(path)!r}")
+        raise Error(f"output: expected a file name ending in .{fmt} for --format {fmt}, "
+                    f"got {str(path)!r}")
     if not path.parent.is_dir():
-        raise FileNotFoundError(f"output: expected a file in an existing folder, got "
-                                f"{str(path)!r} (no folder {str(path.parent)!r})")
+        raise Error(f"output: expected a file in an existing folder, got {str(path)!r} "
+                    f"(no folder {str(path.parent)!r})")
     return path
 
 
@@ -246,9 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     except ExportMismatch as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    converter = {"torch": "torch", "tf": "tf2onnx", "mx": "mxnet"}[args.framework]
+    exporter = module(args.framework, "export")
+    converter = exporter.CONVERTER_PACKAGE
     print(f"wrote {path}: {spec.name} exported from {NAMES[args.framework]} through "
-          f"{CONVERTERS[args.framework]} ({converter} {_version(converter)}, onnx "
+          f"{exporter.CONVERTER} ({converter} {_version(converter)}, onnx "
           f"{_version('onnx')}, opset {OPSET})\n"
           f"input {INPUT!r}: float32 NCHW (batch, {spec.in_channels}, {args.input_size}, "
           f"{args.input_size}); output {OUTPUT!r}: float32 (batch, {spec.num_classes})\n"
