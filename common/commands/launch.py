@@ -4,7 +4,8 @@
     resnet-launch --framework tf --workers 2 -- --dataset mnist5k --batch-size 128 --sync-bn
 
 The flags after `--` are the train script's (`python -m resnet_<fw>.train`); `--batch-size`
-is the global batch, which the workers share equally. What starts:
+is the global batch, which the workers share equally. What starts (each package's module
+`launch` plans it, without importing its framework):
 - torch: `torch.distributed.run` (torchrun) with N worker processes; gloo on CPU, NCCL on GPU.
 - tf: N worker processes, each with `TF_CONFIG` naming every worker and its own index, for
   `MultiWorkerMirroredStrategy`.
@@ -21,8 +22,6 @@ process failed and why (its exit status and last lines).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
 import shlex
@@ -38,8 +37,9 @@ from pathlib import Path
 from typing import Sequence
 
 from common.commands.cli import Parser, guarded, positive_float, positive_int
+from common.core.errors import Error
+from common.frameworks import FRAMEWORKS, module, record
 
-FRAMEWORKS = ("torch", "tf", "mx")
 TAIL = 20  # lines of each process's output kept for the failure message
 
 
@@ -84,47 +84,20 @@ def plan(framework: str, workers: int, command: Sequence[str], hosts: Sequence[s
     """The processes this machine starts for `workers` workers in all running `python
     <command>`; hosts empty means this machine alone (127.0.0.1, free ports)."""
     if framework not in FRAMEWORKS:
-        raise ValueError(f"--framework: expected one of {', '.join(FRAMEWORKS)}, "
-                         f"got {framework!r}")
+        raise Error(f"--framework: expected one of {', '.join(FRAMEWORKS)}, "
+                    f"got {framework!r}")
     hosts = list(hosts) or ["127.0.0.1"]
     if workers % len(hosts):
-        raise ValueError(f"--workers: expected a multiple of the {len(hosts)} hosts, "
-                         f"got {workers}")
+        raise Error(f"--workers: expected a multiple of the {len(hosts)} hosts, "
+                    f"got {workers}")
     if not 0 <= host_rank < len(hosts):
-        raise ValueError(f"--host-rank: expected 0..{len(hosts) - 1}, got {host_rank}")
+        raise Error(f"--host-rank: expected 0..{len(hosts) - 1}, got {host_rank}")
     if len(hosts) > 1 and port is None:
-        raise ValueError("--port: expected a port that every host can use (several hosts "
-                         "cannot agree on free ones), got none")
-    per_host = workers // len(hosts)
-    first = host_rank * per_host  # the global rank of this machine's first worker
-    python = [sys.executable]
-    base = {"RESNET3_WORKERS": str(workers)}
-    if framework == "torch":
-        master = port or free_ports(1)[0]
-        rdzv = ["--standalone"] if len(hosts) == 1 else [
-            f"--nnodes={len(hosts)}", f"--node-rank={host_rank}", f"--master-addr={hosts[0]}",
-            f"--master-port={master}"]
-        argv = python + ["-m", "torch.distributed.run", *rdzv, f"--nproc-per-node={per_host}",
-                         *command]
-        return Plan([("torchrun", argv, base)])
-    if framework == "tf":
-        ports = ([port + i for i in range(workers)] if port
-                 else free_ports(workers))
-        cluster = [f"{hosts[i // per_host]}:{ports[i]}" for i in range(workers)]
-        return Plan([(f"worker-{r}", python + list(command), base | {
-            "RESNET3_RANK": str(r),
-            "TF_CONFIG": json.dumps({"cluster": {"worker": cluster},
-                                     "task": {"type": "worker", "index": r}})})
-            for r in range(first, first + per_host)])
-    root = port or free_ports(1)[0]
-    dmlc = base | {"DMLC_PS_ROOT_URI": hosts[0], "DMLC_PS_ROOT_PORT": str(root),
-                   "DMLC_NUM_SERVER": "1", "DMLC_NUM_WORKER": str(workers)}
-    serve = python + ["-m", "resnet_mx.distributed"]
-    roles = [("scheduler", serve, dmlc | {"DMLC_ROLE": "scheduler"}),
-             ("server", serve, dmlc | {"DMLC_ROLE": "server"})] if host_rank == 0 else []
-    return Plan(roles + [(f"worker-{r}", python + list(command),
-                          dmlc | {"DMLC_ROLE": "worker", "RESNET3_RANK": str(r)})
-                         for r in range(first, first + per_host)])
+        raise Error("--port: expected a port that every host can use (several hosts "
+                    "cannot agree on free ones), got none")
+    extra = {"RESNET3_WORKERS": str(workers)}
+    return Plan(module(framework, "launch").plan(command, workers, hosts, host_rank, port,
+                                                 free_ports, extra))
 
 
 def _processes() -> dict[int, tuple[int, int, str]]:
@@ -314,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         per_host = args.workers // max(1, len(hosts))
         threads = str(max(1, (os.cpu_count() or 1) // per_host))
         train += ["--threads", threads]
-    command = ["-m", f"resnet_{args.framework}.train", *train]
+    command = ["-m", f"{record(args.framework).package}.train", *train]
 
     def echo(name: str, line: str) -> None:  # the first worker speaks for the run
         if name in ("worker-0", "torchrun"):
