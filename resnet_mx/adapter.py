@@ -73,6 +73,7 @@ from mxnet import autograd, gluon
 from mxnet.contrib import amp
 from mxnet.contrib.amp.loss_scaler import LossScaler
 
+from common.core.errors import Error
 from common.core.checks import batch_as, check_dtype, check_precision, labels_as
 from common.core.devices import Device
 from common.core.optim import OptimizerConfig
@@ -106,18 +107,18 @@ class Adapter:
                                "compute in float16 or bfloat16, and cannot be undone); make "
                                "adapters in a process that does not call it")
         if self.precision != "fp32" and numpy_mode():
-            raise ValueError(f"precision: expected fp32 under npx.set_np() (MXNet 1.9's AMP "
-                             f"lists only classic operators), got {self.precision!r}; use "
-                             f"{self.precision} in a process without npx.set_np()")
+            raise Error(f"precision: expected fp32 under npx.set_np() (MXNet 1.9's AMP "
+                        f"lists only classic operators), got {self.precision!r}; use "
+                        f"{self.precision} in a process without npx.set_np()")
         self.device = select(device)
         self.ctx = native(self.device)
         if self.precision == "bf16":
             check_bf16_cpu(self.device)
         if self.precision == "fp16" and not self.device.is_gpu:
-            raise ValueError(f"precision: expected fp32 or bf16 on the CPU, got 'fp16' on "
-                             f"device {self.device}; MXNet 1.9 has no float16 matrix product "
-                             f"on the CPU (its float16 Convolution fails with 'FP16 gemm on "
-                             f"cpu not implemented!'): use fp16 on a GPU, or bf16 on the CPU")
+            raise Error(f"precision: expected fp32 or bf16 on the CPU, got 'fp16' on "
+                        f"device {self.device}; MXNet 1.9 has no float16 matrix product "
+                        f"on the CPU (its float16 Convolution fails with 'FP16 gemm on "
+                        f"cpu not implemented!'): use fp16 on a GPU, or bf16 on the CPU")
         self.compiled = bool(compile)
         self.model = from_canonical(build(spec, init="framework"), weights)
         self.model.cast(self.dtype)

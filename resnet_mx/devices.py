@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
+from common.core.errors import Error
 from common.core.devices import Device, DeviceError, cpu, resolve
 from common.frameworks import record
 
@@ -64,9 +65,9 @@ def check_bf16_cpu(device: Device) -> None:
     model, flags = cpu()
     missing = [f for f in BF16_CPU_FLAGS if flags is not None and f not in flags]
     if not device.is_gpu and missing:
-        raise ValueError(f"precision: expected a CPU with AVX-512 for bf16 in MXNet (oneDNN, "
-                         f"its CPU backend, computes bfloat16 only there), got {model} without "
-                         f"{', '.join(missing)}; use fp32 here, or bf16 in PyTorch or TensorFlow")
+        raise Error(f"precision: expected a CPU with AVX-512 for bf16 in MXNet (oneDNN, "
+                    f"its CPU backend, computes bfloat16 only there), got {model} without "
+                    f"{', '.join(missing)}; use fp32 here, or bf16 in PyTorch or TensorFlow")
 
 
 def set_deterministic() -> None:

@@ -66,16 +66,18 @@ import mxnet as mx  # with DMLC_ROLE=scheduler or server, this import runs that 
 import numpy as np
 from mxnet.base import _LIB, check_call
 
+from common.core.errors import Error
+
 # all_sum's keys: far above the Trainer's 0..P-1 (one per parameter), in the same KVStore.
 _SUM_KEYS = 1 << 24
 
 
 def _refuse_sync_bn(sync_bn: bool) -> None:
     if sync_bn:
-        raise ValueError("--sync-bn: expected it off for MXNet, got it on; MXNet 1.9's only "
-                         "synchronised BatchNorm (mxnet.gluon.contrib.nn.SyncBatchNorm) "
-                         "shares statistics between the devices of one process, not between "
-                         "KVStore dist_sync workers")
+        raise Error("--sync-bn: expected it off for MXNet, got it on; MXNet 1.9's only "
+                    "synchronised BatchNorm (mxnet.gluon.contrib.nn.SyncBatchNorm) "
+                    "shares statistics between the devices of one process, not between "
+                    "KVStore dist_sync workers")
 
 
 class Engine:
@@ -84,8 +86,8 @@ class Engine:
     def __init__(self, workers: int, rank: int, sync_bn: bool = False):
         _refuse_sync_bn(sync_bn)
         if os.environ.get("DMLC_ROLE") != "worker":
-            raise ValueError(f"DMLC_ROLE: expected 'worker' (common.commands.launch sets it), got "
-                             f"{os.environ.get('DMLC_ROLE')!r}")
+            raise Error(f"DMLC_ROLE: expected 'worker' (common.commands.launch sets it), got "
+                        f"{os.environ.get('DMLC_ROLE')!r}")
         self.workers, self.rank, self.sync_bn = workers, rank, sync_bn
         self.kvstore = mx.kv.create("dist_sync")
         if self.kvstore.num_workers != workers:

@@ -23,9 +23,9 @@ from common.frameworks import import_first, record
 # MXNet loads before TensorFlow (resnet_tf/__init__.py)
 import_first((record("mx").package, record("mx").imports))
 import tensorflow as tf  # noqa: E402
-from tensorflow.python.eager import context
+from tensorflow.python.eager import context  # noqa: E402
 
-from common.core.devices import Device, resolve
+from common.core.devices import Device, resolve  # noqa: E402
 
 NAME = record("tf").short  # the framework's own name, in messages
 

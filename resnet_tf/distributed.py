@@ -17,11 +17,14 @@ import json
 import os
 
 import numpy as np
-from common.frameworks import import_first
 
-import_first(("resnet_mx", "mxnet"))  # MXNet loads before TensorFlow (resnet_tf/__init__.py)
+from common.core.errors import Error
+from common.frameworks import import_first, record
+
+# MXNet loads before TensorFlow (resnet_tf/__init__.py)
+import_first((record("mx").package, record("mx").imports))
 import tensorflow as tf  # noqa: E402
-from tensorflow.python.eager import context
+from tensorflow.python.eager import context  # noqa: E402
 
 
 class Engine:
@@ -71,15 +74,15 @@ def _cluster() -> tuple[list[str], int]:
     """The workers' addresses and this worker's index from TF_CONFIG."""
     raw = os.environ.get("TF_CONFIG")
     if not raw:
-        raise ValueError("TF_CONFIG: expected the cluster's JSON (set by common.commands.launch), got "
-                         "none; start the workers with python -m common.commands.launch --framework tf")
+        raise Error("TF_CONFIG: expected the cluster's JSON (set by common.commands.launch), got "
+                    "none; start the workers with python -m common.commands.launch --framework tf")
     try:
         config = json.loads(raw)
         return list(config["cluster"]["worker"]), int(config["task"]["index"])
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"TF_CONFIG: expected {{\"cluster\": {{\"worker\": [...]}}, "
-                         f"\"task\": {{\"type\": \"worker\", \"index\": k}}}}, got {raw!r} "
-                         f"({e})") from None
+        raise Error(f"TF_CONFIG: expected {{\"cluster\": {{\"worker\": [...]}}, "
+                    f"\"task\": {{\"type\": \"worker\", \"index\": k}}}}, got {raw!r} "
+                    f"({e})") from None
 
 
 def join(workers: int, rank: int, sync_bn: bool = False) -> Engine:
@@ -87,10 +90,10 @@ def join(workers: int, rank: int, sync_bn: bool = False) -> Engine:
     Call it after resnet_tf.set_threads and before any other TensorFlow operation."""
     cluster, index = _cluster()
     if len(cluster) != workers:
-        raise ValueError(f"TF_CONFIG: expected {workers} workers (RESNET3_WORKERS), got "
-                         f"{len(cluster)}: {cluster}")
+        raise Error(f"TF_CONFIG: expected {workers} workers (RESNET3_WORKERS), got "
+                    f"{len(cluster)}: {cluster}")
     if index != rank:
-        raise ValueError(f"TF_CONFIG: expected task index {rank} (RESNET3_RANK), got {index}")
+        raise Error(f"TF_CONFIG: expected task index {rank} (RESNET3_RANK), got {index}")
     if context.context()._context_handle is not None:
         # TensorFlow's own error here ("Collective ops must be configured at program startup")
         # does not say what to move.

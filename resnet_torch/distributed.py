@@ -25,6 +25,8 @@ from torch import nn
 from torch.distributed.nn.functional import all_reduce as autograd_all_reduce
 from torch.nn.parallel import DistributedDataParallel
 
+from common.core.errors import Error
+
 
 class Engine:
     """This process's place in the group, and the few collectives the training loop needs."""
@@ -101,12 +103,12 @@ def join(workers: int, rank: int, sync_bn: bool = False) -> Engine:
         raise ValueError(f"rank: expected an integer in [0, {workers}), got {rank!r}")
     missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
     if missing:
-        raise ValueError(f"{', '.join(missing)}: expected the rendezvous address in the "
-                         f"environment (torchrun and common.commands.launch set it), got nothing")
+        raise Error(f"{', '.join(missing)}: expected the rendezvous address in the "
+                    f"environment (torchrun and common.commands.launch set it), got nothing")
     for key, value in (("WORLD_SIZE", workers), ("RANK", rank)):
         if os.environ.get(key) not in (None, str(value)):  # torchrun's own view must agree
-            raise ValueError(f"{key}: expected {value} (join's argument), got "
-                             f"{os.environ[key]} in the environment")
+            raise Error(f"{key}: expected {value} (join's argument), got "
+                        f"{os.environ[key]} in the environment")
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count()))
         device = torch.device("cuda", local)

@@ -118,7 +118,7 @@ def _data_seconds(spec, batch_size: int, input_size: int, repeats: int = 5) -> f
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (4 * batch_size, spec.in_channels, 28, 28), dtype=np.uint8)
     y = rng.integers(0, spec.num_classes, 4 * batch_size)
-    times = [_timed(lambda: list(batches(x, y, batch_size, input_size, seed=0, epoch=i))) / 4
+    times = [_timed(lambda i=i: list(batches(x, y, batch_size, input_size, seed=0, epoch=i))) / 4
              for i in range(repeats)]
     return float(np.median(times))
 
@@ -140,7 +140,7 @@ def measure(package, reference, spec, phase: str, args) -> dict:
     sides = {"ours": ours, "ref": ref}
     # reference.sync() waits for work a framework leaves running when a step returns (MXNet's
     # backward pass and update), so that none of it is charged to the other side.
-    first = {name: _timed(lambda: (fn(), reference.sync())) for name, fn in sides.items()}
+    first = {name: _timed(lambda fn=fn: (fn(), reference.sync())) for name, fn in sides.items()}
     for _ in range(args.warmup):
         for fn in sides.values():
             fn()

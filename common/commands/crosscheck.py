@@ -36,10 +36,11 @@ def measure(spec: ResNetSpec, weights: Weights, x: np.ndarray, y: np.ndarray,
         chosen = devices.select(device)  # a GPU the framework does not see is an error here
         if chosen.is_gpu:
             devices.set_deterministic()
-        new = lambda: load(fw).Adapter(spec, weights, dtype=dtype, device=str(chosen))  # noqa: E731
-        loss, grads = new().loss_and_grads(x, y)
-        out[fw] = {"eval logits": new().logits(x, training=False),
-                   "train logits": new().logits(x, training=True),
+        Adapter, options = load(fw).Adapter, {"dtype": dtype, "device": str(chosen)}
+        # A fresh adapter for each: a train-mode pass updates BatchNorm's running statistics.
+        loss, grads = Adapter(spec, weights, **options).loss_and_grads(x, y)
+        out[fw] = {"eval logits": Adapter(spec, weights, **options).logits(x, training=False),
+                   "train logits": Adapter(spec, weights, **options).logits(x, training=True),
                    "loss": np.array(loss), "gradients": grads, "device": str(chosen)}
     return out
 

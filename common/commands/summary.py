@@ -39,7 +39,7 @@ def summary(spec: ResNetSpec, input_size: int = 224, frameworks=FRAMEWORKS,
     rows, agree = [], True
     for part in oracle:
         row: list[object] = [part]
-        for col, parts in columns.items():
+        for parts in columns.values():
             shape, counts = parts.get(part, ((), ParamCounts(0, 0)))
             agree &= parts.get(part) == oracle[part]
             row += [shape, counts.trainable, counts.non_trainable]
