@@ -64,8 +64,9 @@ def train(argv: Sequence[str]) -> int:
     from common.commands import train as loop
     from common.frameworks import FRAMEWORKS
     full = loop.parser("resnet3 train")
-    full.add_argument("--framework", required=True, choices=FRAMEWORKS, help="which trains")
-    full.parse_args(argv)  # --help and a bad flag answered under this command's name
+    full.add_argument("--framework", required=True, choices=FRAMEWORKS,
+                      default=argparse.SUPPRESS, help="the framework that trains")
+    loop.check_args(full, full.parse_args(argv))  # --help, bad flags: under this command's name
     own = argparse.ArgumentParser(add_help=False)
     own.add_argument("--framework")
     known, rest = own.parse_known_args(argv)
