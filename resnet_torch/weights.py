@@ -1,17 +1,22 @@
 """PyTorch <-> canonical weights. PyTorch's layout already is the canonical one (OIHW kernels,
-(out, in) dense weights); only BatchNorm's names differ (weight -> gamma, bias -> beta)."""
+(out, in) dense weights); only BatchNorm's names differ (weight -> gamma, bias -> beta).
+
+A `model` here is this package's ResNet (resnet_torch.model, which imports this module to
+initialise it; this module does not import it)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
 from common.core.weights import Weights, canonical_layout, check_weights, fit_file
-from resnet_torch.model import ResNet
+from common.formats.libraries import from_torchvision_state, is_torchvision
+from resnet_torch.library import load_torch_state
 
 _BN_NAMES = {"gamma": "weight", "beta": "bias"}
 
 
-def canonical_tensors(model: ResNet) -> dict[str, torch.Tensor]:
+def canonical_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """Canonical name -> the torch parameter or buffer that holds it."""
     state = dict(model.named_parameters()) | dict(model.named_buffers())
     out = {}
@@ -20,12 +25,12 @@ def canonical_tensors(model: ResNet) -> dict[str, torch.Tensor]:
     return out
 
 
-def to_canonical(model: ResNet) -> Weights:
+def to_canonical(model: nn.Module) -> Weights:
     """The model's weights as canonical float32 NumPy arrays (copies)."""
     return {n: t.detach().cpu().numpy().astype(np.float32) for n, t in canonical_tensors(model).items()}
 
 
-def from_canonical(model: ResNet, weights: Weights) -> ResNet:
+def from_canonical(model: nn.Module, weights: Weights) -> nn.Module:
     """Load canonical weights into the model, after checking every name and shape."""
     check_weights(model.spec, weights)
     with torch.no_grad():
@@ -34,16 +39,15 @@ def from_canonical(model: ResNet, weights: Weights) -> ResNet:
     return model
 
 
-def save_native(model: ResNet, path: str) -> None:
+def save_native(model: nn.Module, path: str) -> None:
     """PyTorch's own format: the state_dict in a `.pt` file."""
     torch.save(model.state_dict(), path)
 
 
-def load_native(model: ResNet, path: str) -> ResNet:
+def load_native(model: nn.Module, path: str) -> nn.Module:
     """Load a `.pt` state_dict; `weights_only=True`, so the file cannot run code. A damaged or
     foreign file is a WeightsError naming the path; a state_dict of another network lists a
     few of its names and the counts (common.core.weights.check_weights)."""
-    from common.formats.libraries import from_torchvision_state, is_torchvision, load_torch_state
     state = load_torch_state(path)  # the one reader of .pt files
     if is_torchvision(state) and not any(k.startswith("stem.") for k in state):
         # torchvision's or timm's names: the ecosystem's own format of PyTorch

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from common.core.spec import get_spec
+from common import frameworks
 from tests.helpers import MODULES
 
 RTOL = 1e-5  # of the largest logit
@@ -36,7 +37,7 @@ def close(a, b):
 def test_gluon_model_zoo_file_gives_the_zoos_logits_in_every_framework(preset, tmp_path):
     import mxnet as mx
     from resnet_mx.modes import classic
-    mxw = MODULES["mx"].weights
+    mxw = frameworks.module("mx", "library")
     spec = get_spec(preset, num_classes=10)
     rng = np.random.default_rng(0)
     zoo = mxw.zoo_network(spec)
@@ -65,7 +66,7 @@ def test_gluon_model_zoo_file_gives_the_zoos_logits_in_every_framework(preset, t
 @pytest.mark.parametrize("preset", ["keras_resnet50", "keras_resnet50_v2"])
 def test_keras_applications_file_gives_the_applications_logits_in_every_framework(preset,
                                                                                    tmp_path):
-    tfw = MODULES["tf"].weights
+    tfw = frameworks.module("tf", "library")
     spec = get_spec(preset, num_classes=10)
     rng = np.random.default_rng(1)
     app = tfw.app_network(spec)
@@ -90,7 +91,7 @@ def test_keras_applications_file_gives_the_applications_logits_in_every_framewor
                                     "keras_resnet152_v2"])
 def test_every_keras_application_variable_has_a_canonical_name(preset):
     """The deeper applications: every variable of Keras's network is reached exactly once."""
-    tfw = MODULES["tf"].weights
+    tfw = frameworks.module("tf", "library")
     spec = get_spec(preset)
     app = tfw.app_network(spec)
     found = tfw.app_variables(app, spec)
@@ -99,7 +100,7 @@ def test_every_keras_application_variable_has_a_canonical_name(preset):
 
 def test_a_zoo_file_of_another_network_is_refused_with_a_short_message(tmp_path):
     import mxnet as mx
-    mxw = MODULES["mx"].weights
+    mxw = frameworks.module("mx", "library")
     small = mxw.zoo_network(get_spec("gluon_resnet18_v1", num_classes=10))
     small.collect_params().save(str(tmp_path / "r18.params"))
     with pytest.raises(ValueError) as err:
@@ -119,13 +120,13 @@ def test_resnet_convert_detects_the_library_file_and_writes_one_back(preset, lib
     from common.commands import convert
     from common.core.weights import load_weights
     spec = get_spec(preset, num_classes=10)
-    module = MODULES["mx" if fmt == "gluon" else "tf"].weights
+    library = frameworks.module("mx" if fmt == "gluon" else "tf", "library")
     if fmt == "gluon":
         from resnet_mx.modes import classic
         with classic():  # the zoo's classic arrays, in either of MXNet's modes
-            module.zoo_network(spec).collect_params().save(str(tmp_path / library_file))
+            library.zoo_network(spec).collect_params().save(str(tmp_path / library_file))
     else:
-        module.app_network(spec).save_weights(str(tmp_path / library_file))
+        library.app_network(spec).save_weights(str(tmp_path / library_file))
     flags = ["--arch", preset, "--num-classes", "10"]
     assert convert.main([str(tmp_path / library_file), str(tmp_path / "w.safetensors"),
                          *flags]) == 0
@@ -133,7 +134,7 @@ def test_resnet_convert_detects_the_library_file_and_writes_one_back(preset, lib
     weights = load_weights(tmp_path / "w.safetensors")
     out = tmp_path / ("back.params" if fmt == "gluon" else "back.weights.h5")
     assert convert.main([str(tmp_path / "w.safetensors"), str(out), *flags, "--to", fmt]) == 0
-    again = (module.load_zoo if fmt == "gluon" else module.load_app)(spec, str(out))
+    again = (library.load_zoo if fmt == "gluon" else library.load_app)(spec, str(out))
     assert all(np.array_equal(again[n], weights[n]) for n in weights)
 
 

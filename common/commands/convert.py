@@ -4,8 +4,9 @@ Every conversion goes through canonical weights (common.core.weights). Formats (
 NAME`; `auto` reads a file's format from its name and the names it holds, and writes the default
 format of the name): canonical `.safetensors`/`.npz` (any framework), torch `.pt`/`.pth` (this
 project's PyTorch state_dict), tf `.weights.h5` (Keras), mx `.params` (Gluon), torchvision
-`.pth`/`.pt`/`.bin`/`.safetensors` (torchvision's and timm's ResNet state_dicts,
-common.formats.libraries).
+`.pth`/`.pt`/`.bin`/`.safetensors` (torchvision's and timm's ResNet state_dicts), keras
+`.weights.h5`/`.h5` (Keras applications), gluon `.params` (the Gluon model zoo): the other
+libraries' formats come from each package's module `library` (its `FORMATS`).
 
     python -m common.commands.convert model.pt model.weights.h5 --arch d2l_resnet18
     python -m common.commands.convert resnet18-f37072fd.pth resnet18.safetensors --arch resnet18
@@ -16,13 +17,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from common.formats import libraries as ecosystem
 from common.commands.cli import Parser, add_spec_flags, guarded, spec_of
-from common.formats.libraries import Format, head_bias, stored_shapes
+from common.formats import libraries
+from common.formats.libraries import Format, head_bias
 from common.core.files import atomic_path, writable_dir
-from common.frameworks import FRAMEWORKS, load
+from common.frameworks import FRAMEWORKS, load, module
 from common.core.spec import ResNetSpec
-from common.core.weights import Weights, canonical_layout, check_weights, load_weights, save_weights
+from common.core.errors import Error
+from common.core.weights import (Weights, WeightsError, canonical_layout, check_weights, load_weights,
+                                 save_weights)
 
 
 def _native(framework: str) -> tuple:
@@ -50,8 +53,11 @@ def _write_canonical(weights: Weights, path: Path, spec: ResNetSpec) -> None:
     save_weights(weights, path)
 
 
-# Every format, by the name --from/--to take. For a suffix that several share, the first listed
-# is what `auto` writes; reading, `auto` asks each one's detect() (common.formats.libraries.Format).
+# Every format, by the name --from/--to take: the project's own, then each package's library's
+# (torchvision, keras, gluon), in the registry's order. For a suffix that several share, the
+# first listed is what `auto` writes (the project's own); reading, `auto` asks each one's
+# detect() (common.formats.libraries.Format).
+LIBRARIES = [module(fw, "library") for fw in FRAMEWORKS]
 FORMATS: dict[str, Format] = {
     "torch": Format("PyTorch state_dict of this project's model", (".pt", ".pth"),
                     _canonical_names, *_native("torch"), head_bias("head.fc.bias")),
@@ -63,11 +69,21 @@ FORMATS: dict[str, Format] = {
     "canonical": Format("canonical weights, any framework", (".safetensors", ".npz"),
                         _canonical_names, lambda path, spec: load_weights(path),
                         _write_canonical, head_bias("head.fc.bias")),
-    **ecosystem.FORMATS,
+    **{name: fmt for library in LIBRARIES for name, fmt in library.FORMATS.items()},
 }
+# The containers whose names and shapes detection reads: .safetensors and .npz, then each
+# package's (.pt/.pth/.bin, .h5, .params).
+CONTAINERS = libraries.CONTAINERS | {suffix: shapes for library in LIBRARIES
+                                     for suffix, shapes in library.CONTAINERS.items()}
 NATIVE = {suffix: fw for fw in FRAMEWORKS for suffix in FORMATS[fw].suffixes}
 CANONICAL = FORMATS["canonical"].suffixes
 SUFFIXES = tuple(dict.fromkeys(s for fmt in FORMATS.values() for s in fmt.suffixes))
+
+
+def stored_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every array in a weights file, from its container
+    (common.formats.libraries.stored_shapes)."""
+    return libraries.stored_shapes(path, CONTAINERS)
 
 
 def formats_of_name(path: str | Path) -> list[str]:
@@ -79,18 +95,18 @@ def file_format(path: str | Path) -> str:
     """The default format of a file name: what `write` writes there unless told otherwise."""
     found = formats_of_name(path)
     if not found:
-        raise ValueError(f"weights file: expected a name ending in {', '.join(SUFFIXES)}, "
-                         f"got {str(path)!r}")
+        raise WeightsError(f"weights file: expected a name ending in {', '.join(SUFFIXES)}, "
+                           f"got {str(path)!r}")
     return found[0]
 
 
 def _checked(path: str | Path, fmt: str) -> str:
     """A format asked for by name (--from/--to), after checking that it reads this file name."""
     if fmt not in FORMATS:
-        raise ValueError(f"format: expected one of auto, {', '.join(FORMATS)}, got {fmt!r}")
+        raise Error(f"format: expected one of auto, {', '.join(FORMATS)}, got {fmt!r}")
     if not str(path).endswith(FORMATS[fmt].suffixes):
-        raise ValueError(f"{fmt} weights file: expected a name ending in "
-                         f"{', '.join(FORMATS[fmt].suffixes)}, got {str(path)!r}")
+        raise WeightsError(f"{fmt} weights file: expected a name ending in "
+                           f"{', '.join(FORMATS[fmt].suffixes)}, got {str(path)!r}")
     return fmt
 
 
@@ -113,7 +129,7 @@ def source_format(path: str | Path, fmt: str = "auto") -> str:
     """The format to read `path` in: `fmt`, or with "auto" the file's own (detect_format)."""
     file_format(path)
     if not Path(path).is_file():
-        raise FileNotFoundError(f"weights file: expected an existing file, got {path}")
+        raise WeightsError(f"weights file: expected an existing file, got {path}")
     return detect_format(path) if fmt == "auto" else _checked(path, fmt)
 
 
