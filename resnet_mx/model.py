@@ -22,6 +22,7 @@ from common.core.oracle import ParamCounts
 from common.core.spec import ResNetSpec
 from resnet_mx.blocks import Bottleneck, PreActBottleneck, PreActResidual, Residual
 from resnet_mx.modes import array, numpy_mode
+from resnet_mx.weights import from_canonical
 
 _LOADED_THREADS = os.environ.get("OMP_NUM_THREADS")  # what MXNet read when it loaded
 
@@ -117,7 +118,6 @@ def build(name_or_spec: str | ResNetSpec = "d2l_resnet18", *, init: str = "commo
     model = ResNet(spec)
     model.initialize(mx.init.Xavier())
     if init == "common":
-        from resnet_mx.weights import from_canonical
         from_canonical(model, init_weights(spec, seed))
     return model
 

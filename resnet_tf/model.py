@@ -16,6 +16,7 @@ from common.core.oracle import ParamCounts, min_input_size
 from common.core.spec import ResNetSpec
 from resnet_tf.blocks import (Bottleneck, PaddedConv2D, PaddedMaxPool2D, PreActBottleneck,
                               PreActResidual, Residual, _same_on)
+from resnet_tf.weights import from_canonical
 
 BLOCKS = {("basic", False): Residual, ("bottleneck", False): Bottleneck,
           ("basic", True): PreActResidual, ("bottleneck", True): PreActBottleneck}
@@ -161,7 +162,6 @@ def build(name_or_spec: str | ResNetSpec = "d2l_resnet18", *, init: str = "commo
     spec = build_spec(name_or_spec, init, **overrides)
     model = ResNet(spec)
     if init == "common":
-        from resnet_tf.weights import from_canonical
         from_canonical(model, init_weights(spec, seed))
     return model
 

@@ -12,6 +12,7 @@ from common.core.init import build_spec, init_weights
 from common.core.oracle import ParamCounts
 from common.core.spec import ResNetSpec
 from resnet_torch.blocks import Bottleneck, PreActBottleneck, PreActResidual, Residual
+from resnet_torch.weights import from_canonical
 
 BLOCKS = {("basic", False): Residual, ("bottleneck", False): Bottleneck,
           ("basic", True): PreActResidual, ("bottleneck", True): PreActBottleneck}
@@ -71,7 +72,6 @@ def build(name_or_spec: str | ResNetSpec = "d2l_resnet18", *, init: str = "commo
     spec = build_spec(name_or_spec, init, **overrides)
     model = ResNet(spec)
     if init == "common":
-        from resnet_torch.weights import from_canonical
         from_canonical(model, init_weights(spec, seed))
     return model
 
