@@ -172,15 +172,16 @@ def test_each_record_agrees_with_its_package(fw):
 def test_every_devices_hook_runs_before_its_framework_loads():
     """crosscheck's GPU hooks, in a fresh process: each runs while its framework is not loaded
     yet, so that MXNet's determinism switches are in the environment before MXNet starts."""
-    code = ("import os, sys\n"
+    code = ("import os\n"
             "from common.commands.crosscheck import before_gpu_crosscheck\n"
             "from resnet_mx.devices import DETERMINISM\n"
             "before_gpu_crosscheck()\n"
-            "assert all(os.environ.get(k) == v for k, v in DETERMINISM.items()), os.environ\n")
+            "print({k: os.environ.get(k) for k in DETERMINISM})\n"
+            "assert all(os.environ.get(k) == v for k, v in DETERMINISM.items())\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MXNET_", "NVIDIA_TF32"))}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
 # --- common reaches the packages only through the registry ------------------------------------

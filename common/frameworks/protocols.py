@@ -13,8 +13,9 @@ names in every package:
 
 Each member's signature is the contract (tests/test_contract.py compares them, parameter by
 parameter); where the packages differ on purpose (d2l's blocks take each framework's own
-arguments), the protocol names the member and says nothing of its signature. Nothing here
-imports a framework.
+arguments), the protocol names the member and says nothing of its signature. A module's
+protocol writes its functions as methods, `self` standing for the module (as typing matches a
+module against a Protocol). Nothing here imports a framework.
 """
 from __future__ import annotations
 
