@@ -30,7 +30,8 @@ from common.commands.cli import Parser, guarded
 from common.commands.plots import plot_curves
 from common.core.checks import check_geometry
 from common.core.data import Dataset, batches, load_dataset
-from common.core.files import atomic_path, writable_dir
+from common.core.errors import Error
+from common.core.files import atomic_path, path_error, writable_dir
 from common.core.init import init_weights
 from common.core.oracle import smallest_bn_map
 from common.core.optim import OptimizerConfig
@@ -63,6 +64,11 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(str(err))
     if args.new_head and not args.weights:
         p.error("--new-head: expected --weights too (it replaces the head of that file)")
+
+
+class RunError(Error):
+    """The run cannot go as asked: --resume of a run made with other settings, or a batch the
+    launched workers cannot share."""
 
 
 def optimizer_config(args: argparse.Namespace) -> OptimizerConfig:
@@ -248,8 +254,8 @@ def set_up(framework: str, args: argparse.Namespace, data: Dataset | None, log) 
     and (under resnet-launch) data-parallel engine, in that order."""
     workers = Workers()
     if args.batch_size % workers.count:
-        raise ValueError(f"--batch-size: expected a multiple of the {workers.count} workers (it "
-                         f"is the global batch, shared equally), got {args.batch_size}")
+        raise RunError(f"--batch-size: expected a multiple of the {workers.count} workers (it "
+                       f"is the global batch, shared equally), got {args.batch_size}")
     if not workers.first:
         log = lambda line: None  # noqa: E731 - the first worker speaks for the run
     out = (writable_dir if workers.first else Path)(args.out or f"runs/{framework}")
@@ -300,11 +306,12 @@ def resume_or_start(run: Run) -> Start:
     ckpt = run.out / CHECKPOINT
     if not run.args.resume:
         if ckpt.exists():
-            raise FileExistsError(f"--out: {run.out} already holds a run; pass --resume to "
-                                  f"continue it or choose another --out")
+            raise path_error(FileExistsError, f"--out: {run.out} already holds a run; pass "
+                             f"--resume to continue it or choose another --out", ckpt)
         return Start()
     if not ckpt.is_file():
-        raise FileNotFoundError(f"--resume: expected a checkpoint at {ckpt}, found none")
+        raise path_error(FileNotFoundError, f"--resume: expected a checkpoint at {ckpt}, found "
+                         f"none", ckpt)
     saved = load_checkpoint(ckpt)
     before = saved.config
     changed = {k: (before.get(k, ADDED_LATER.get(k)), v) for k, v in run.config.items()
@@ -313,7 +320,7 @@ def resume_or_start(run: Run) -> Start:
         what = "; ".join(f"--{k.replace('_', '-')}: expected {a!r}, got {b!r}"
                          for k, (a, b) in changed.items()) or \
             f"framework: expected {saved.framework}, got {run.framework}"
-        raise ValueError(f"--resume: the run in {run.out} was made with other settings: {what}")
+        raise RunError(f"--resume: the run in {run.out} was made with other settings: {what}")
     return Start(saved.epoch, saved.history, saved.weights, saved.optimizer)
 
 

@@ -5,6 +5,8 @@ kept, for writers that pick a format from them), then is renamed onto the target
 mode an ordinary `open(path, "w")` would give (0644 under umask 022), not mkstemp's 0600. A
 failed write removes its temporary file; one left by a killed process is removed by the next
 write to the same target.
+
+`path_error` makes the file-system errors about a user's path that the project raises itself.
 """
 from __future__ import annotations
 
@@ -16,6 +18,40 @@ from pathlib import Path
 from typing import Iterator
 
 PARTIAL = ".partial-"
+
+
+class _ReadsAsMessage:
+    """An OSError that reads as its message alone: the message names the path already."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class MissingPathError(_ReadsAsMessage, FileNotFoundError):
+    """A path the user gave that does not exist."""
+
+
+class PathInUseError(_ReadsAsMessage, FileExistsError):
+    """A path that holds what a command will not overwrite."""
+
+
+class NotAFolderError(_ReadsAsMessage, NotADirectoryError):
+    """A folder flag that names a file."""
+
+
+class FolderNotWritableError(_ReadsAsMessage, PermissionError):
+    """A folder this user cannot make or write."""
+
+
+_PATH_ERRORS = {FileNotFoundError: MissingPathError, FileExistsError: PathInUseError,
+                NotADirectoryError: NotAFolderError, PermissionError: FolderNotWritableError}
+
+
+def path_error(kind: type[OSError], message: str, path: str | os.PathLike) -> OSError:
+    """An OSError of `kind` (FileNotFoundError, NotADirectoryError, ...) about the user's
+    `path`, which it holds as its filename: commands answer such an error with one line
+    (common.commands.cli.expected), which is `message`, not Python's "[Errno N] ...: 'path'"."""
+    return _PATH_ERRORS[kind](None, message, str(path))
 
 
 def _umask() -> int:
@@ -69,12 +105,13 @@ def writable_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     and removed), so that a bad --out stops a command before its work, not after an epoch."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{flag}: expected a folder, got the file {path}")
+        raise path_error(NotADirectoryError, f"{flag}: expected a folder, got the file {path}",
+                         path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=f".write-test{PARTIAL}{os.getpid()}-"):
             pass
     except OSError as err:
-        raise PermissionError(f"{flag}: expected a folder this user can write, got {path} "
-                              f"({err.strerror or err})") from None
+        raise path_error(PermissionError, f"{flag}: expected a folder this user can write, got "
+                         f"{path} ({err.strerror or err})", path) from None
     return path

@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from common.core.errors import Error
-from common.core.files import atomic_path
+from common.core.files import atomic_path, path_error
 from common.core.oracle import layers
 from common.core.spec import ResNetSpec
 
@@ -135,7 +135,8 @@ def load_weights(path: str | os.PathLike) -> Weights:
     """Read a `.safetensors` or `.npz` weights file; never unpickles, so never runs code."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file: expected an existing file, got {path}")
+        raise path_error(FileNotFoundError, f"weights file: expected an existing file, got {path}",
+                         path)
     if path.suffix not in (".safetensors", ".npz"):
         raise WeightsError(f"weights file: expected a .safetensors or .npz path, got {path}")
     try:
