@@ -54,7 +54,7 @@ def assert_file_is_format(path: Path, weights: dict) -> None:
             assert np.array_equal(f["head/fc/vars/0"][()], weights["head.fc.weight"].T)
             assert np.array_equal(f["head/fc/vars/1"][()], weights["head.fc.bias"])
     elif name.endswith(".params"):
-        from common.formats.libraries import load_mx_params
+        from resnet_mx.library import load_mx_params
         arrays = load_mx_params(name)  # in either of MXNet's modes
         assert isinstance(arrays, dict)
         assert np.array_equal(arrays["stem.conv.weight"].asnumpy(), weights["stem.conv.weight"])

@@ -18,7 +18,7 @@ def third_party_modules(folder: Path) -> set[str]:
     """Top-level names of every module imported anywhere in folder's files (also inside
     functions), and of packages whose files are read with importlib.resources.files("...")."""
     names = set()
-    for path in folder.glob("*.py"):
+    for path in folder.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names |= {a.name.split(".")[0] for a in node.names}

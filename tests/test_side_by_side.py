@@ -6,7 +6,6 @@ import ast
 import html
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

@@ -20,7 +20,7 @@ from common.commands import bench
 from common.commands.cli import (add_frameworks_flag, frameworks_arg, guarded, non_negative_int,
                                  positive_int, train_flag_table)
 from common.core.files import atomic_path, writable_dir
-from common.frameworks import FRAMEWORKS, NAMES
+from common.frameworks import FRAMEWORKS, NAMES, record
 from common.commands.plots import plot_curves
 from common.core.spec import get_spec
 from common.commands.summary import summary
@@ -39,7 +39,7 @@ def run_framework(framework: str, args, out: Path) -> dict:
     {"error": why} when it fails (its `error:` line, else its last line and exit status), so
     that the other frameworks still run and the report lists the failure."""
     flags = train_flags(args, out / framework)
-    cmd = [sys.executable, "-m", f"resnet_{framework}.train", *flags]
+    cmd = [sys.executable, "-m", f"{record(framework).package}.train", *flags]
     if args.workers > 1:  # data-parallel on the framework's own engine; --threads is shared
         at = flags.index("--threads") + 1
         flags[at] = str(max(1, args.threads // args.workers))

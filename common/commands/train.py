@@ -38,7 +38,7 @@ from common.core.optim import OptimizerConfig
 from common.core.spec import ResNetSpec, get_spec
 from common.core.weights import Weights, WeightsError, save_weights
 from common.formats.checkpoint import load_checkpoint, save_checkpoint
-from common.frameworks import FRAMEWORKS, NAMES, load, module
+from common.frameworks import NAMES, load, module, record
 
 CHECKPOINT, WEIGHTS, METRICS, RUN, CURVES = ("checkpoint.safetensors", "weights.safetensors",
                                              "metrics.jsonl", "run.json", "curves.png")
@@ -473,9 +473,7 @@ def summarise(run: Run, adapter, history: list[dict], train_clock: StepClock,
 @guarded
 def main(framework: str, argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m resnet_<framework>.train`."""
-    if framework not in FRAMEWORKS:
-        raise ValueError(f"framework: expected one of {FRAMEWORKS}, got {framework!r}")
-    p = parser(f"python -m resnet_{framework}.train")
+    p = parser(f"python -m {record(framework).package}.train")
     args = p.parse_args(argv)
     check_args(p, args)
     # OpenMP and MXNet read the thread count once, when they load, which has not happened yet

@@ -62,7 +62,7 @@ def check_dtype(dtype: str) -> str:
     """The compute dtype of an adapter: float32 (the default, as the models are stored) or
     float64 (for checks of many training steps, free of float32 rounding)."""
     if dtype not in DTYPES:
-        raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise InputError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
     return dtype
 
 
@@ -73,9 +73,9 @@ def check_precision(precision: str, dtype: str) -> str:
     as float16's range needs). Both are speed options over float32 weights, so they are refused
     with float64, whose purpose is to be free of rounding."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "fp32" and dtype != "float32":
-        raise ValueError(f"precision: expected dtype float32 with {precision} (mixed precision "
+        raise InputError(f"precision: expected dtype float32 with {precision} (mixed precision "
                          f"keeps float32 weights), got dtype {dtype!r}")
     return precision
 

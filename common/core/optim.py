@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from common.core.errors import Error
+
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -25,13 +27,13 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
-            raise ValueError(f"--optimizer: expected one of {', '.join(OPTIMIZERS)}, got {self.name!r}")
+            raise Error(f"--optimizer: expected one of {', '.join(OPTIMIZERS)}, got {self.name!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"--lr: expected a positive learning rate, got {self.lr}")
+            raise Error(f"--lr: expected a positive learning rate, got {self.lr}")
         if not 0 <= self.momentum < 1:  # NaN fails this too
-            raise ValueError(f"--momentum: expected a value in [0, 1), got {self.momentum}")
+            raise Error(f"--momentum: expected a value in [0, 1), got {self.momentum}")
         if self.momentum and self.name != "sgd":
-            raise ValueError(f"--momentum: expected 0 with --optimizer {self.name} "
+            raise Error(f"--momentum: expected 0 with --optimizer {self.name} "
                              f"(Adam has its own betas), got {self.momentum}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"--weight-decay: expected a value >= 0, got {self.weight_decay}")
+            raise Error(f"--weight-decay: expected a value >= 0, got {self.weight_decay}")

@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from types import ModuleType
 
+from common.core.errors import Error
+
 
 @dataclass(frozen=True)
 class Framework:
@@ -47,9 +49,9 @@ NAMES: dict[str, str] = {key: f.name for key, f in RECORDS.items()}
 
 
 def record(framework: str) -> Framework:
-    """The record of `framework`; an unknown key is a ValueError naming the known ones."""
+    """The record of `framework`; an unknown key is an Error naming the known ones."""
     if framework not in RECORDS:
-        raise ValueError(f"framework: expected one of {FRAMEWORKS}, got {framework!r}")
+        raise Error(f"framework: expected one of {FRAMEWORKS}, got {framework!r}")
     return RECORDS[framework]
 
 
