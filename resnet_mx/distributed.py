@@ -91,7 +91,7 @@ class Engine:
         self.workers, self.rank, self.sync_bn = workers, rank, sync_bn
         self.kvstore = mx.kv.create("dist_sync")
         if self.kvstore.num_workers != workers:
-            raise ValueError(f"workers: expected the KVStore's {self.kvstore.num_workers} "
+            raise Error(f"workers: expected the KVStore's {self.kvstore.num_workers} "
                              f"(DMLC_NUM_WORKER), got {workers}")
         self._sum_keys: dict[tuple[int, ...], int] = {}
         self._trainer = None

@@ -16,6 +16,7 @@ import numpy as np
 from mxnet import autograd
 from mxnet.gluon import nn
 
+from common.core.errors import Error
 from common.core.checks import check_batch, check_geometry
 from common.core.init import build_spec, init_weights
 from common.core.oracle import ParamCounts
@@ -170,7 +171,7 @@ def set_threads(n: int) -> None:
     (resnet_mx/__init__.py defaults it to all cores), and ignores later requests; so any other n
     is refused rather than silently ignored."""
     if str(n) != _LOADED_THREADS:
-        raise ValueError(f"threads: expected {_LOADED_THREADS or 'the count MXNet loaded with'} "
+        raise Error(f"threads: expected {_LOADED_THREADS or 'the count MXNet loaded with'} "
                          f"(MXNet reads OMP_NUM_THREADS once, when it loads), got {n}; "
                          f"set OMP_NUM_THREADS={n} in the environment before starting Python")
 

@@ -106,7 +106,7 @@ def join(workers: int, rank: int, sync_bn: bool = False) -> Engine:
         implementation=tf.distribute.experimental.CommunicationImplementation.RING)
     strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     if strategy.num_replicas_in_sync != workers:
-        raise ValueError(f"MultiWorkerMirroredStrategy: expected one replica per worker "
+        raise Error(f"MultiWorkerMirroredStrategy: expected one replica per worker "
                          f"({workers}), got {strategy.num_replicas_in_sync} replicas; give "
                          f"each worker one device (CUDA_VISIBLE_DEVICES)")
     return Engine(strategy, workers, rank, sync_bn)

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow import keras
 
+from common.core.errors import Error
 from common.core.checks import check_batch, check_geometry
 from common.core.init import build_spec, init_weights
 from common.core.oracle import ParamCounts, min_input_size
@@ -210,7 +211,7 @@ def set_threads(n: int) -> None:
     except RuntimeError:
         current = threading.get_intra_op_parallelism_threads() or os.cpu_count()  # 0: all cores
         if n != current or n != (threading.get_inter_op_parallelism_threads() or os.cpu_count()):
-            raise ValueError(f"threads: expected {current} (TensorFlow fixed its threads when it "
+            raise Error(f"threads: expected {current} (TensorFlow fixed its threads when it "
                              f"started), got {n}; call set_threads before the first TensorFlow "
                              f"operation") from None
 

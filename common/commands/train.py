@@ -122,7 +122,7 @@ class Workers:
         self.count = int(environ.get("RESNET3_WORKERS", environ.get("WORLD_SIZE", "1")))
         self.rank = int(environ.get("RESNET3_RANK", environ.get("RANK", "0")))
         if not 0 <= self.rank < self.count:
-            raise ValueError(f"RESNET3_RANK: expected 0..{self.count - 1}, got {self.rank}")
+            raise Error(f"RESNET3_RANK: expected 0..{self.count - 1}, got {self.rank}")
 
     @property
     def first(self) -> bool:
