@@ -14,11 +14,10 @@ from typing import TYPE_CHECKING, Collection
 
 import numpy as np
 
-from common.core.files import atomic_path
 from common.core.spec import ResNetSpec
 from common.core.weights import (Weights, WeightsError, canonical_layout, check_weights, few_names,
                                  fit_file, unreadable)
-from common.formats.libraries import Format, Shapes
+from common.formats.libraries import Format, Shapes, written_atomically
 
 if TYPE_CHECKING:
     from mxnet import gluon
@@ -171,16 +170,11 @@ def save_zoo(spec: ResNetSpec, weights: Weights, path: str) -> None:
         net.save_parameters(path)
 
 
-def _write_zoo(weights: Weights, path: Path, spec: ResNetSpec) -> None:
-    with atomic_path(path) as tmp:
-        save_zoo(spec, weights, str(tmp))
-
-
 # The containers this package reads (common.formats.libraries.stored_shapes), and its library's
 # formats (common.commands.convert offers them beside the project's own).
 CONTAINERS = {".params": params_shapes}
 FORMATS: dict[str, Format] = {
     "gluon": Format("Gluon model zoo parameters (gluon_resnet* presets)", (".params",),
                     detect=is_gluon_zoo, read=lambda path, spec: load_zoo(spec, str(path)),
-                    write=_write_zoo, classes=gluon_classes),
+                    write=written_atomically(save_zoo), classes=gluon_classes),
 }

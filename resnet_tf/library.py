@@ -14,11 +14,10 @@ from typing import TYPE_CHECKING, Collection
 
 import numpy as np
 
-from common.core.files import atomic_path
 from common.core.spec import ResNetSpec
 from common.core.weights import (Weights, WeightsError, canonical_layout, check_weights, fit_file,
                                  unreadable)
-from common.formats.libraries import Format, Shapes
+from common.formats.libraries import Format, Shapes, written_atomically
 
 if TYPE_CHECKING:
     from tensorflow import keras
@@ -136,16 +135,11 @@ def save_app(spec: ResNetSpec, weights: Weights, path: str) -> None:
     model.save_weights(path)
 
 
-def _write_app(weights: Weights, path: Path, spec: ResNetSpec) -> None:
-    with atomic_path(path) as tmp:
-        save_app(spec, weights, str(tmp))
-
-
 # The containers this package reads (common.formats.libraries.stored_shapes), and its library's
 # formats (common.commands.convert offers them beside the project's own).
 CONTAINERS = {".h5": h5_shapes}
 FORMATS: dict[str, Format] = {
     "keras": Format("Keras applications weights (keras_resnet* presets)", (".weights.h5", ".h5"),
                     detect=is_keras_app, read=lambda path, spec: load_app(spec, str(path)),
-                    write=_write_app, classes=keras_classes),
+                    write=written_atomically(save_app), classes=keras_classes),
 }

@@ -25,6 +25,7 @@ from typing import Callable, Collection, Mapping
 
 import numpy as np
 
+from common.core.files import atomic_path
 from common.core.spec import BIAS_CONVS, ResNetSpec
 from common.core.weights import (Weights, WeightsError, canonical_layout, check_values,
                                  check_weights, layout_problems)
@@ -57,6 +58,16 @@ def head_bias(*names: str) -> Callable[[Shapes], int | None]:
 
 
 # --- containers: the names and shapes a file holds --------------------------------------------
+
+def written_atomically(save: Callable[[ResNetSpec, Weights, str], None]
+                       ) -> Callable[[Weights, Path, ResNetSpec], None]:
+    """A Format's `write` from a library's `save(spec, weights, path)`, which writes in place:
+    it writes a temporary file and renames it (core.files.atomic_path)."""
+    def write(weights: Weights, path: Path, spec: ResNetSpec) -> None:
+        with atomic_path(path) as tmp:
+            save(spec, weights, str(tmp))
+    return write
+
 
 def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor of a `.safetensors` file, from its header."""
