@@ -177,7 +177,7 @@ EXERCISES_MD = md("""
        but one and replace the concatenation with an addition of the input, and you have a
        residual block.
     2. *Table 1 of the ResNet paper.* Every depth of the table is a preset of this project
-       (`common/core/spec.py`, one row each, in torchvision's configuration: 3 input channels, 1000
+       (`common/core/presets.py`, one row each, in torchvision's configuration: 3 input channels, 1000
        classes, no conv biases). Here each is built and its parameters counted with
        `param_counts`, next to the paper's blocks per stage and FLOPs (multiply-adds at
        $224\\times 224$). torchvision's bottleneck, like ours, strides its $3\\times 3$

@@ -52,16 +52,16 @@ engine= (resnet_mx.distributed.join): data-parallel training on a KVStore `dist_
 Trainer pushes each worker's gradient and pulls the workers' sum (update_on_kvstore=False),
 then runs the single process's optimiser on it; train_step takes this worker's share of the
 global batch, and `step(workers)` makes the mean of the workers' mean losses the loss that is
-differentiated, as one process's mean over the whole batch. Works in both modes (measured:
-NumPy-mode workers match a classic single process as classic ones do, 7e-8 after 3 steps).
+differentiated, as one process's mean over the whole batch. Works in both modes: NumPy-mode
+workers match a classic single process as classic ones do (tests/test_distributed_mx.py).
 
 Both of MXNet's modes (resnet_mx.modes): an adapter made after `npx.set_np()` builds its model
 with mx.np parameters and hands it mx.np batches; the NumPy it takes and returns is the same.
 The optimiser's slots are classic NDArrays in both modes (Gluon's Updater hands the optimiser
 classic views of the weights). bf16 and fp16 are refused in NumPy mode: AMP's operator lists
 name the classic operators, and a NumPy-mode graph's ReLUs and sums (_npx_relu, _npi_add) are
-on none of them, so its rewrite is not the measured and documented one above (tried with bf16:
-its logits differed from classic-mode bf16 ones by up to 3e-3 on d2l_resnet18).
+on none of them, so its rewrite is not the documented one above (docs/performance.md,
+"Measurements behind the code").
 """
 from __future__ import annotations
 

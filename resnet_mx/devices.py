@@ -55,7 +55,7 @@ def native(device: Device):
 # oneDNN, MXNet's CPU backend, has bfloat16 convolutions only on AVX-512 CPUs ("avx512_core":
 # these four; native with avx512_bf16 or AMX, emulated in float32 otherwise). Elsewhere MXNet
 # 1.9.1 fails in its first bfloat16 convolution with "could not create a primitive descriptor
-# iterator" (seen on an AMD EPYC with AVX2 only).
+# iterator" (docs/performance.md, "Measurements behind the code").
 BF16_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq")
 
 

@@ -72,8 +72,9 @@ class Stem(Part):
     on the same reversed axes for both the strided convolution and the max-pool (even sizes),
     the stem runs on the reversed input: it reverses the small input before the convolution and
     the pooled map after, instead of padding the large map the pool reads (BatchNorm and ReLU
-    act on each pixel alone, so the order of the pixels is theirs to ignore). Measured with
-    resnet-bench: 2-3% of a d2l ResNet-18 step at 96 px."""
+    act on each pixel alone, so the order of the pixels is theirs to ignore). Why: padding the
+    large map costs a measurable share of a step (docs/performance.md, "Measurements behind
+    the code")."""
 
     def reversed_axes(self, shape) -> list[int] | None:
         if ("pool" not in self.order or "bn" not in self.order
@@ -111,7 +112,7 @@ class ResNet(keras.Model):
         st = spec.stem
         # flip=False: where the stem cannot run whole on reversed axes (see Stem), its input,
         # which needs no gradient, is padded: a copy of a small input, cheaper than reversing
-        # the large output (measured with resnet-bench).
+        # the large output.
         stem = {}
         if spec.input_bn:  # Gluon v2: the raw input normalised, no gamma or beta
             stem["input_bn"] = keras.layers.BatchNormalization(center=False, scale=False, **bn)

@@ -38,8 +38,8 @@ def _why_none() -> str:
 def cpu_has_float16() -> bool:
     """Whether this CPU does float16 arithmetic natively (x86 AVX512-FP16 or AMX-FP16, ARM
     FP16 arithmetic), as torch.cpu.get_capabilities() reports it. Without it PyTorch still runs
-    float16 convolutions on the CPU, but emulated: a d2l ResNet-18 training step (32 px, batch
-    64) took 6.6 s in fp16 against 0.06 s in fp32 and bf16 on an AMD EPYC without it."""
+    float16 convolutions on the CPU, but emulated and about a hundred times slower than fp32
+    (docs/performance.md, "Measurements behind the code"), so the adapter warns."""
     caps = torch.cpu.get_capabilities()
     return any(caps.get(k, False) for k in ("avx512_fp16", "amx_fp16", "fp16_arith"))
 

@@ -154,14 +154,7 @@ def test_preset_table_is_every_preset_with_the_oracles_counts():
         assert ("v2" in blocks) == spec.preact, name
 
 
-# docs/side-by-side.md is written by common/commands/side_by_side.py, whose header still says
-# "(README, For students and teachers)": that section is docs/coursework.md now.
-GENERATED_STALE = {"side-by-side.md": "the generator's header names a README section"}
-
-
-@pytest.mark.parametrize("page", [
-    pytest.param(p.name, marks=pytest.mark.xfail(strict=True, reason=GENERATED_STALE[p.name]))
-    if p.name in GENERATED_STALE else p.name for p in sorted(DOCS.glob("*.md"))])
+@pytest.mark.parametrize("page", [p.name for p in sorted(DOCS.glob("*.md"))])
 def test_pages_do_not_point_at_the_readme_for_a_fact(page):
     """Each fact lives on one page: a page links to another page, never to a README section."""
     text = (DOCS / page).read_text()

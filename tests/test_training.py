@@ -70,8 +70,8 @@ def test_the_loop_gives_the_same_losses_in_every_framework(tmp_path, monkeypatch
     mean loss and accuracy), with float64 adapters: the frameworks' train losses agree to
     float64 rounding, and the train accuracies exactly. In float32 this setting
     (lr 0.05 on 64 examples, losses up to 4.4) amplifies the frameworks' different float32
-    rounding, by a factor that depends on the CPU's kernels: first-epoch means 1e-2 apart were
-    seen on an AVX2 CPU (docs/framework-differences.md, "ReLU kinks"). Test accuracies are not
+    rounding, by a factor that depends on the CPU's kernels (docs/framework-differences.md,
+    "ReLU kinks"). Test accuracies are not
     compared: PyTorch's running variance is the unbiased one (row 6 there), which moves its
     eval logits on this 1x1-map network."""
     import functools

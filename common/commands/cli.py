@@ -171,7 +171,7 @@ def train_flag_table() -> Flags:
     from common.core.spec import PRESETS
     f = Flags()
     f.add_argument("--arch", default="d2l_resnet18", choices=sorted(PRESETS),
-                   help="preset (README, Presets)")
+                   help="preset (docs/presets.md)")
     f.add_argument("--dataset", default="fashion_mnist", choices=DATASETS,
                    help="digits and mnist5k are embedded (no network)")
     f.add_argument("--data-dir", default=None, help="where data files are (or go)")
@@ -197,7 +197,7 @@ def train_flag_table() -> Flags:
                         "(head.fc), which is new, for the data set's classes, from --init and "
                         "--seed: fine-tuning a 1000-class ImageNet file on 10 classes")
     add_threads_flag(f, help="CPU threads for the framework; all cores by default, the fastest "
-                             "measured (README, Performance)")
+                             "measured (docs/performance.md)")
     f.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="bf16: torch.autocast, Keras mixed_bfloat16, MXNet AMP; weights stay "
                         "float32")
