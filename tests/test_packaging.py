@@ -27,7 +27,7 @@ def third_party_modules(folder: Path) -> set[str]:
             elif (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "files"
                   and node.args and isinstance(node.args[0], ast.Constant)):
                 names.add(node.args[0].value)
-    local = {"common", "resnet_torch", "resnet_tf", "resnet_mx"}
+    local = {"common", "resnet_torch", "resnet_tf", "resnet_mx", "resnet_jax"}
     return {n for n in names if n not in sys.stdlib_module_names and n not in local}
 
 
@@ -51,7 +51,7 @@ def test_every_import_of_common_is_a_declared_dependency():
 def test_requirements_pin_every_declared_dependency():
     pinned = {_norm(line.split("==")[0]) for line in (ROOT / "requirements.txt").read_text()
               .splitlines() if "==" in line}
-    every = declared(("torch", "tf", "mx", "onnx", "dev"))  # dev: the tests' own (nbclient, ...)
+    every = declared(("torch", "tf", "mx", "jax", "onnx", "dev"))  # dev: the tests' own (nbclient, ...)
     assert every <= pinned, every - pinned
 
 
@@ -60,6 +60,10 @@ def test_the_gpu_requirements_are_the_cpu_ones_with_the_three_gpu_builds():
         return {line.split("==")[0]: line.split("==")[1].split()[0]
                 for line in (ROOT / name).read_text().splitlines() if "==" in line}
     cpu, gpu = pins("requirements.txt"), pins("requirements-gpu.txt")
+    # JAX's pins (issue 23, phase 1) are CPU-only until requirements-gpu.txt gets a CUDA jaxlib.
+    jax = {k for k in declared(("jax",)) - declared(()) if k in cpu} | {"dm-tree", "toolz", "etils",
+                                                                       "zipp", "nest-asyncio"}
+    cpu = {k: v for k, v in cpu.items() if k not in jax}
     swapped = {"tensorflow-cpu": "tensorflow", "mxnet": "mxnet-cu117"}
     assert {swapped.get(k, k): v for k, v in cpu.items()} == gpu
     assert gpu["torch"] == cpu["torch"] and gpu["tensorflow"] == cpu["tensorflow-cpu"]
