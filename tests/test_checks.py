@@ -139,3 +139,53 @@ def test_a_damaged_or_foreign_checkpoint_is_named_on_resume(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and str(out / "checkpoint.safetensors") in err, err
         assert ("truncated" in err) if name == "cut" else ("not a checkpoint" in err)
+
+
+# --- the BatchNorm geometry check at its boundary ---------------------------------------------
+
+@pytest.mark.parametrize("n, h, w", [(2, 4, 4), (1, 8, 4), (1, 4, 8)])
+def test_a_training_batch_of_exactly_two_values_per_channel_trains(n, h, w):
+    """Two values per channel is enough for a batch variance: two examples whose last map is
+    1x1, or one example whose last map is 2x1 or 1x2 (a non-square input). Every framework
+    trains on it (a finite loss) and changes its weights; one value less is refused."""
+    from common.core.oracle import smallest_bn_map
+    bh, bw, _ = smallest_bn_map(SPEC, h, w)
+    assert n * bh * bw == 2, (bh, bw)
+    x, y = batch(n, 8)
+    x = np.ascontiguousarray(x[:, :, :h, :w])
+    for fw in FRAMEWORKS:
+        adapter = MODULES[fw].Adapter(SPEC, init_weights(SPEC, 0))
+        loss, _ = adapter.train_step(x, y)
+        assert np.isfinite(loss), fw
+        assert not np.array_equal(adapter.get_weights()["head.fc.bias"],
+                                  init_weights(SPEC, 0)["head.fc.bias"]), fw
+    one_less = (x[:1, :, :4, :4], y[:1])  # one example, a 1x1 map
+    assert len(set(errors(lambda a: a.train_step(*one_less)).values())) == 1
+
+
+# --- the finiteness check's slow path ---------------------------------------------------------
+
+def huge_weights() -> dict:
+    """The shared initial weights with every value of stem.conv.weight 3e38: finite, but the
+    float32 sum overflows, so the quick test (a sum) must fall back to the exact one."""
+    weights = init_weights(SPEC, 0)
+    weights["stem.conv.weight"] = np.full_like(weights["stem.conv.weight"], 3e38)
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(weights["stem.conv.weight"].sum())
+    return weights
+
+
+def test_huge_but_finite_weights_load_in_every_framework():
+    weights = huge_weights()
+    for fw, module in MODULES.items():
+        model = module.from_canonical(module.build(SPEC, init="framework"), weights)
+        back = module.to_canonical(model)
+        assert np.array_equal(back["stem.conv.weight"], weights["stem.conv.weight"]), fw
+
+
+@pytest.mark.parametrize("bad", [np.nan, -np.inf])
+def test_a_non_finite_weight_among_huge_ones_is_named_with_its_position(bad):
+    weights = huge_weights()
+    weights["stem.conv.weight"][3, 1, 2, 0] = bad
+    assert weight_errors(weights) == {f"stem.conv.weight: expected finite values, got {bad} at "
+                                      f"position (3, 1, 2, 0)"}

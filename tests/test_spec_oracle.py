@@ -151,3 +151,38 @@ def test_bottleneck_oracle_puts_stride_where_asked():
                          config=BlockConfig("bottleneck", stride_in_1x1=True))
     assert tv[0].out_shape == (1, 64, 8, 8) and paper[0].out_shape == (1, 64, 4, 4)
     assert tv[-1].out_shape == paper[-1].out_shape == (1, 256, 4, 4)
+
+
+# --- FLOPs on non-square inputs ------------------------------------------------------------------
+
+def _resnet20_macs_by_hand(h, w):
+    """cifar_resnet20 (3x3 stem, no pool; stages of 16, 32, 64 channels, strides 1, 2, 2;
+    zero-padded shortcuts, so no 1x1 convolution) on an h x w image, written out by hand."""
+    k = 3 * 3
+    return (16 * 3 * k * h * w                                              # stem
+            + 6 * 16 * 16 * k * h * w                                       # stage1
+            + (32 * 16 * k + 5 * 32 * 32 * k) * (h // 2) * (w // 2)         # stage2
+            + (64 * 32 * k + 5 * 64 * 64 * k) * (h // 4) * (w // 4)         # stage3
+            + 64 * 10)                                                      # head
+
+
+def _d2l_resnet18_macs_by_hand():
+    """d2l's ResNet-18 on a 96 x 64 image: 7x7/2 stem to 48x32, 3x3/2 pool to 24x16, then
+    24x16, 12x8, 6x4, 3x2 in the four stages (each later stage with a 1x1 projection)."""
+    def stage(c_in, c, hw, project=True):
+        return (c * c_in * 9 + 3 * c * c * 9 + (c * c_in if project else 0)) * hw
+    return (64 * 1 * 49 * 48 * 32 + 4 * 64 * 64 * 9 * 24 * 16 + stage(64, 128, 12 * 8)
+            + stage(128, 256, 6 * 4) + stage(256, 512, 3 * 2) + 512 * 10)
+
+
+def test_flops_on_non_square_inputs_equal_a_count_by_hand():
+    """Each convolution's weights times its output height times its output width: on a
+    non-square image, a count that used one side twice would differ."""
+    from common.core.oracle import flops
+    r20 = get_spec("cifar_resnet20")
+    for h, w in ((32, 16), (16, 32), (32, 32), (24, 8)):
+        assert flops(r20, (h, w)) == 2 * _resnet20_macs_by_hand(h, w), (h, w)
+    d2l = get_spec("d2l_resnet18")
+    assert flops(d2l, (96, 64)) == 2 * _d2l_resnet18_macs_by_hand()
+    assert flops(d2l, (64, 96)) == flops(d2l, (96, 64))  # square kernels: the sides commute
+    assert flops(d2l, (96, 64), "train") == 3 * 2 * _d2l_resnet18_macs_by_hand()
