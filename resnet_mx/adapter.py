@@ -80,7 +80,7 @@ from common.core.optim import OptimizerConfig
 from common.core.spec import ResNetSpec
 from common.core.weights import Weights
 from resnet_mx.devices import check_bf16_cpu, native, select
-from resnet_mx.model import build
+from resnet_mx.model import to_load
 from resnet_mx.modes import array, numpy_mode, zeros_like
 from resnet_mx.weights import canonical_parameters, from_canonical, to_canonical
 
@@ -120,7 +120,7 @@ class Adapter:
                         f"on the CPU (its float16 Convolution fails with 'FP16 gemm on "
                         f"cpu not implemented!'): use fp16 on a GPU, or bf16 on the CPU")
         self.compiled = bool(compile)
-        self.model = from_canonical(build(spec, init="framework"), weights)
+        self.model = from_canonical(to_load(spec), weights)
         self.model.cast(self.dtype)
         # Built and loaded on the CPU, then moved (a copy of each Parameter and a fresh
         # gradient buffer on the device); the Trainer and the hybridized graph see only the

@@ -10,7 +10,7 @@ import numpy as np
 from common.core.spec import ResNetSpec
 from common.core.weights import Weights
 from common.formats.onnx_file import OPSET
-from resnet_mx.model import build
+from resnet_mx.model import to_load
 from resnet_mx.modes import classic
 from resnet_mx.weights import from_canonical
 
@@ -24,7 +24,7 @@ def onnx_graph(spec: ResNetSpec, weights: Weights, size: int):
     # Built and exported in MXNet's classic mode whatever the caller's (npx.set_np()): the ONNX
     # converter translates classic operators only, and reads files saved without set_np.
     with classic(), tempfile.TemporaryDirectory() as folder:
-        model = from_canonical(build(spec, init="framework"), weights)
+        model = from_canonical(to_load(spec), weights)
         model.hybridize()
         model(mx.nd.zeros((1, spec.in_channels, size, size)))  # export needs the cached graph
         model.export(f"{folder}/model", epoch=0)  # model-symbol.json, model-0000.params

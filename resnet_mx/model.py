@@ -114,12 +114,24 @@ def build(name_or_spec: str | ResNetSpec = "d2l_resnet18", *, init: str = "commo
           seed: int = 0, **overrides) -> ResNet:
     """The network of a preset name or spec, initialised. `init="common"` loads the seeded
     NumPy initialisation shared by all three frameworks; `init="framework"` keeps Gluon's own,
-    Xavier as d2l's train_ch6 (BatchNorm: gamma 1, beta 0, running mean 0, running var 1)."""
+    Xavier as d2l's train_ch6 (BatchNorm: gamma 1, beta 0, running mean 0, running var 1),
+    drawn after `mx.random.seed(seed)`: MXNet's global generator, which it cannot save and
+    restore (d2l seeds it the same way)."""
     spec = build_spec(name_or_spec, init, **overrides)
     model = ResNet(spec)
+    if init == "framework":
+        mx.random.seed(seed)
     model.initialize(mx.init.Xavier())
     if init == "common":
         from_canonical(model, init_weights(spec, seed))
+    return model
+
+
+def to_load(spec: ResNetSpec) -> ResNet:
+    """The network with placeholder values (zeros; BatchNorm's own constants), for weights to be
+    loaded into: unlike `build(init="framework")`, it leaves MXNet's generator alone."""
+    model = ResNet(spec)
+    model.initialize(mx.init.Zero())
     return model
 
 

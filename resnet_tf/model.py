@@ -5,6 +5,7 @@ Batches are NHWC, TensorFlow's layout; every other package of this project takes
 from __future__ import annotations
 
 import os
+import random
 
 import numpy as np
 import tensorflow as tf
@@ -160,9 +161,16 @@ def build(name_or_spec: str | ResNetSpec = "d2l_resnet18", *, init: str = "commo
           seed: int = 0, **overrides) -> ResNet:
     """The network of a preset name or spec, with every weight created. `init="common"` loads
     the seeded NumPy initialisation shared by all three frameworks; `init="framework"` keeps
-    Keras's own (Glorot uniform kernels, zero biases, BatchNorm gamma 1, beta 0, mean 0, var 1)."""
+    Keras's own (Glorot uniform kernels, zero biases, BatchNorm gamma 1, beta 0, mean 0, var 1),
+    seeded with `seed`: Keras gives each initialiser a seed from Python's `random` when a layer
+    is made, so that module is seeded here and its state restored afterwards."""
     spec = build_spec(name_or_spec, init, **overrides)
-    model = ResNet(spec)
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        model = ResNet(spec)
+    finally:
+        random.setstate(state)
     if init == "common":
         from_canonical(model, init_weights(spec, seed))
     return model

@@ -68,9 +68,12 @@ class ResNet(nn.Sequential):
 def build(name_or_spec: str | ResNetSpec = "d2l_resnet18", *, init: str = "common",
           seed: int = 0, **overrides) -> ResNet:
     """The network of a preset name or spec. `init="common"` loads the seeded NumPy
-    initialisation shared by all three frameworks; `init="framework"` keeps PyTorch's own."""
+    initialisation shared by all three frameworks; `init="framework"` keeps PyTorch's own,
+    drawn from a generator seeded with `seed` (PyTorch's global one is left as it was)."""
     spec = build_spec(name_or_spec, init, **overrides)
-    model = ResNet(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ResNet(spec)
     if init == "common":
         from_canonical(model, init_weights(spec, seed))
     return model
