@@ -1,7 +1,10 @@
 """The residual blocks of d2l's ResNet chapter, in PyTorch, and the ones its exercises ask for.
 
 Imports only torch and the standard library: copy this one file into your coursework.
-`Residual` and `resnet_block` are d2l's; the keyword-only arguments after `strides` are this
+`Residual` and `resnet_block` are d2l's. `Residual` takes both editions' calls: the classic
+one's `Residual(input_channels, num_channels, use_1x1conv=False, strides=1)` and d2l-en 1.x's
+`Residual(num_channels, use_1x1conv=False, strides=1)`, whose convolutions infer their input
+channels on the first call (`nn.LazyConv2d`). The keyword-only arguments after `strides` are this
 project's additions, with defaults that keep d2l's behaviour:
 - `use_bias`: torchvision-style networks turn conv biases off (or name the convolutions
   that keep one);
@@ -33,19 +36,39 @@ def _bn(num_channels, eps, momentum):
     return nn.BatchNorm2d(num_channels, eps=eps, momentum=momentum)
 
 
+def _editions(input_channels, num_channels, use_1x1conv, strides):
+    """(input_channels, num_channels, use_1x1conv, strides) from either edition's call.
+    d2l-en 1.x's Residual(6, use_1x1conv=True, strides=2) arrives here as input_channels=6 and
+    no num_channels; its positional Residual(6, True, 2) one place to the left."""
+    if num_channels is None:
+        return None, input_channels, use_1x1conv, strides
+    if isinstance(num_channels, bool):
+        return None, input_channels, num_channels, strides if use_1x1conv is False else use_1x1conv
+    return input_channels, num_channels, use_1x1conv, strides
+
+
+def _conv(input_channels, num_channels, **kwargs):
+    """nn.Conv2d, or nn.LazyConv2d where the input channels come with the first batch."""
+    if input_channels is None:
+        return nn.LazyConv2d(num_channels, **kwargs)
+    return nn.Conv2d(input_channels, num_channels, **kwargs)
+
+
 class Residual(nn.Module):
     """The Residual block of ResNet."""
-    def __init__(self, input_channels, num_channels, use_1x1conv=False, strides=1, *,
+    def __init__(self, input_channels, num_channels=None, use_1x1conv=False, strides=1, *,
                  use_bias=True, shortcut_bn=False, pad_shortcut=False, bn_eps=1e-5,
                  bn_momentum=0.1):
         super().__init__()
-        self.conv1 = nn.Conv2d(input_channels, num_channels, kernel_size=3, padding=1,
-                               stride=strides, bias=_has_bias(use_bias, "conv1"))
+        input_channels, num_channels, use_1x1conv, strides = _editions(
+            input_channels, num_channels, use_1x1conv, strides)
+        self.conv1 = _conv(input_channels, num_channels, kernel_size=3, padding=1,
+                           stride=strides, bias=_has_bias(use_bias, "conv1"))
         self.conv2 = nn.Conv2d(num_channels, num_channels, kernel_size=3, padding=1,
                                bias=_has_bias(use_bias, "conv2"))
         if use_1x1conv:
-            self.conv3 = nn.Conv2d(input_channels, num_channels, kernel_size=1,
-                                   stride=strides, bias=_has_bias(use_bias, "conv3"))
+            self.conv3 = _conv(input_channels, num_channels, kernel_size=1,
+                               stride=strides, bias=_has_bias(use_bias, "conv3"))
         else:
             self.conv3 = None
         self.bn1 = _bn(num_channels, bn_eps, bn_momentum)
