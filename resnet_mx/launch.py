@@ -9,11 +9,15 @@ from typing import Callable, Sequence
 
 def plan(command: Sequence[str], workers: int, hosts: Sequence[str], host_rank: int,
          port: int | None, free_ports: Callable[[int], list[int]],
-         env: dict[str, str]) -> list[tuple[str, list[str], dict[str, str]]]:
+         env: dict[str, str], *, iface: str | None = None
+         ) -> list[tuple[str, list[str], dict[str, str]]]:
     """This machine's processes, (name, argv, extra environment) each, for `workers` workers
     in all running `python <command>`, split equally over `hosts` (this machine is
     hosts[host_rank]); `port`: the first port every host can use, else `free_ports(n)` gives
-    free ones; `env`: what every process gets."""
+    free ones; `env`: what every process gets; `iface`: the interface ps-lite's scheduler,
+    server and workers announce (DMLC_INTERFACE)."""
+    if iface:
+        env = env | {"DMLC_INTERFACE": iface}
     per_host = workers // len(hosts)
     first = host_rank * per_host  # the global rank of this machine's first worker
     root = port or free_ports(1)[0]

@@ -184,9 +184,12 @@ class Launch(Protocol):
 
     def plan(self, command: Sequence[str], workers: int, hosts: Sequence[str], host_rank: int,
              port: int | None, free_ports: Callable[[int], list[int]],
-             env: dict[str, str]) -> list[tuple[str, list[str], dict[str, str]]]:
+             env: dict[str, str], *, iface: str | None = None
+             ) -> list[tuple[str, list[str], dict[str, str]]]:
         """This machine's processes, (name, argv, extra environment) each, for `workers`
-        workers in all running `python <command>`, split equally over `hosts`."""
+        workers in all running `python <command>`, split equally over `hosts`; `iface`, on
+        several hosts, names this machine's network interface that reaches the others, for
+        the engines that pick an interface themselves."""
 
 
 class Library(Protocol):
