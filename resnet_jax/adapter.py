@@ -1,0 +1,264 @@
+"""The small JAX/Flax adapter that the common training loop and the cross-framework tests drive.
+
+Every adapter takes and returns NumPy: batches NCHW float32, labels int, weights and gradients
+as canonical dicts. This one transposes each batch to NHWC once, and keeps the parameters, the
+BatchNorm running statistics and the optimiser's slots as JAX arrays on its device between
+steps.
+
+- **Compiled always.** Every step is a `jax.jit` function (the forward pass, the gradient and
+  the update in one program), traced on its first call for each batch shape; `compile=True`
+  has nothing more to do and is accepted, so that the flag means the same in every framework.
+- **Optimisers written here**, in jax.numpy, as PyTorch computes them (the formulas of
+  docs/framework-differences.md, "Optimiser updates in float64"): SGD with momentum and L2
+  weight decay, and Adam with eps added to sqrt(v_hat); the learning rate is rounded to float32
+  as in the other adapters, and Adam's bias corrections are computed on the host in double, as
+  PyTorch does. (optax would do, but does not import with the pinned jax: requirements.txt.)
+- **float64** needs JAX's `jax_enable_x64`, a process-wide flag that would also change the
+  default dtypes of every other JAX user of the process; a float64 adapter instead runs each of
+  its calls inside `jax.experimental.enable_x64()`, which sets it for that call only (and traces
+  its own programs under it).
+- BatchNorm: Flax's momentum weights the old value, so it is given 1 - the spec's (PyTorch's)
+  momentum; its running variance folds in the biased batch variance, as Keras and Gluon do
+  (PyTorch: the unbiased one; docs/framework-differences.md).
+- Not yet (issue 23's second phase): bf16/fp16, data-parallel engines.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from jax.experimental import enable_x64
+
+from common.core.checks import InputError, batch_as, check_dtype, check_precision, labels_as
+from common.core.devices import Device
+from common.core.errors import Error
+from common.core.optim import OptimizerConfig
+from common.core.spec import ResNetSpec
+from common.core.weights import Weights, canonical_layout, check_weights
+from resnet_jax.devices import native, select
+from resnet_jax.model import Network, ResNet
+from resnet_jax.weights import flax_path, to_canonical, to_canonical_layout, to_flax_layout
+
+if TYPE_CHECKING:
+    from common.frameworks.protocols import Engine
+
+_STATS = ("running_mean", "running_var")
+_SLOTS = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq")}
+
+
+def cross_entropy(logits, y):
+    """The batch's mean cross-entropy of integer labels (PyTorch's F.cross_entropy)."""
+    picked = jnp.take_along_axis(logits, y[:, None], axis=1)[:, 0]
+    return jnp.mean(jax.nn.logsumexp(logits, axis=1) - picked)
+
+
+def sgd(w, g, buf, h):
+    """PyTorch's SGD for one array: g += wd w; buf = mu buf + g (buf starts at 0, so it is g
+    at the first step); w -= lr buf."""
+    g = g + h["weight_decay"] * w
+    buf = h["momentum"] * buf + g
+    return w - h["lr"] * buf, (buf,)
+
+
+def adam(w, g, m, v, h):
+    """PyTorch's Adam for one array, in its order of operations: g += wd w; m = lerp(m, g,
+    1-b1); v = b2 v + (1-b2) g g; w -= (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)."""
+    g = g + h["weight_decay"] * w
+    m = m + h["one_minus_b1"] * (g - m)
+    v = v * h["b2"] + h["one_minus_b2"] * g * g
+    denom = jnp.sqrt(v) / h["bc2_sqrt"] + h["eps"]
+    return w - h["step_size"] * (m / denom), (m, v)
+
+
+def _in_dtype(method):
+    """Run the method with float64 enabled where the adapter computes in float64."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._x64():
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
+@functools.lru_cache(maxsize=16)
+def programs(spec: ResNetSpec, optimizer: str) -> tuple:
+    """The jitted programs of a network and optimiser: inference, a training-mode forward pass,
+    the gradient, and one optimiser step. Shared by every adapter of the same spec and
+    optimiser, so that a second adapter reuses the first one's compiled programs (JAX keys its
+    cache by function, batch shape, dtype and the float64 flag)."""
+    eval_net, train_net = ResNet(spec, training=False), ResNet(spec, training=True)
+    update = sgd if optimizer == "sgd" else adam
+
+    def loss_fn(params, stats, X, Y):
+        logits, new = train_net.apply({"params": params, "batch_stats": stats}, X,
+                                      mutable=["batch_stats"])
+        return cross_entropy(logits, Y), (logits, new["batch_stats"])
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(params, stats, slots, X, Y, h):
+        (loss, (logits, stats)), grads = grad_fn(params, stats, X, Y)
+        out = jax.tree_util.tree_map(lambda w, g, *s: update(w, g, *s, h), params, grads, *slots)
+        is_pair = lambda o: isinstance(o, tuple) and len(o) == 2  # noqa: E731
+        params = jax.tree_util.tree_map(lambda o: o[0], out, is_leaf=is_pair)
+        slots = tuple(jax.tree_util.tree_map(lambda o, i=i: o[1][i], out, is_leaf=is_pair)
+                      for i in range(len(slots)))
+        correct = jnp.sum(jnp.argmax(logits, axis=1) == Y)
+        return params, stats, slots, loss, correct
+
+    train_forward = jax.jit(lambda p, s, X: train_net.apply({"params": p, "batch_stats": s}, X,
+                                                             mutable=["batch_stats"]))
+    return jax.jit(eval_net.apply), train_forward, jax.jit(grad_fn), jax.jit(step)
+
+
+class Adapter:
+    framework = "jax"
+
+    def __init__(self, spec: ResNetSpec, weights: Weights, *, lr: float = 0.05,
+                 optimizer: OptimizerConfig | None = None, dtype: str = "float32",
+                 precision: str = "fp32", compile: bool = False, device: str | Device = "auto",
+                 engine: Engine | None = None):
+        self.spec = spec
+        self.dtype = check_dtype(dtype)
+        self.precision = check_precision(precision, self.dtype)
+        if self.precision != "fp32":
+            raise InputError(f"precision: expected fp32 in JAX (its bf16 and fp16 paths are not "
+                             f"written yet), got {precision!r}")
+        if engine is not None:
+            raise Error("engine: expected None in JAX (its data-parallel engine is not written "
+                        "yet), got an engine")
+        self.engine = None
+        self.device = select(device)
+        self._device = native(self.device)
+        self.compiled = bool(compile)  # every step is jitted anyway
+        self.opt = optimizer or OptimizerConfig(lr=lr)
+        self.trainable = [n for n in canonical_layout(spec) if not n.endswith(_STATS)]
+        self.model = Network(spec, {})
+        self.set_weights(weights)
+        self.t = 0  # optimiser steps taken
+        with self._x64():
+            self.slots = self._zero_slots()
+        self._eval, self._train_forward, self._grad, self._step = programs(spec, self.opt.name)
+
+    def _x64(self):
+        return enable_x64() if self.dtype == "float64" else contextlib.nullcontext()
+
+
+    def _put(self, a: Any):
+        return jax.device_put(jnp.asarray(a, self.dtype), self._device)
+
+    def _batch(self, x: np.ndarray, training: bool):
+        x = batch_as(x, self.dtype, self.spec, training)
+        return self._put(np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1))))
+
+    def _labels(self, y: np.ndarray, n: int):
+        return jax.device_put(jnp.asarray(labels_as(y, n, self.spec.num_classes)), self._device)
+
+    @property
+    def params(self):
+        return self.model.variables["params"]
+
+    @property
+    def stats(self):
+        return self.model.variables["batch_stats"]
+
+    def _set(self, params, stats) -> None:
+        self.model.variables = {"params": params, "batch_stats": stats}
+
+    @_in_dtype
+    def logits(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Forward pass. training=True normalises with batch statistics and updates the running
+        ones, as a training step does; False uses the running statistics."""
+        X = self._batch(x, training)
+        if not training:
+            return np.asarray(self._eval(self.model.variables, X))
+        out, new = self._train_forward(self.params, self.stats, X)
+        self._set(self.params, new["batch_stats"])
+        return np.asarray(out)
+
+    eval_step = logits
+
+    def _hyper(self) -> dict:
+        """The step's hyperparameters as scalars of the compute dtype; Adam's bias corrections
+        for step self.t, in double on the host, as PyTorch computes them."""
+        o, lr = self.opt, float(np.float32(self.opt.lr))
+        if o.name == "sgd":
+            h = dict(lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        else:
+            (b1, b2), t = o.betas, self.t
+            h = dict(weight_decay=o.weight_decay, one_minus_b1=1 - b1, b2=b2,
+                     one_minus_b2=1 - b2, eps=o.eps, step_size=lr / (1 - b1 ** t),
+                     bc2_sqrt=(1 - b2 ** t) ** 0.5)
+        return {k: jnp.asarray(v, self.dtype) for k, v in h.items()}
+
+    @_in_dtype
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Weights]:
+        """Mean cross-entropy in train mode and its gradient for every trainable canonical name
+        (in the compute dtype); the running statistics move, as in a training forward pass."""
+        X = self._batch(x, True)
+        (loss, (_, stats)), grads = self._grad(self.params, self.stats, X,
+                                               self._labels(y, len(x)))
+        self._set(self.params, stats)
+        flat = traverse_util.flatten_dict(grads)
+        return float(loss), {n: np.array(to_canonical_layout(np.asarray(flat[flax_path(n)[1:]])))
+                             for n in self.trainable}
+
+    @_in_dtype
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        """One optimiser step; returns the batch's mean loss and correct predictions, both
+        from the forward pass before the step (as d2l's train_ch6 counts them)."""
+        X = self._batch(x, True)
+        Y = self._labels(y, len(x))
+        self.t += 1
+        params, stats, self.slots, loss, correct = self._step(self.params, self.stats,
+                                                              self.slots, X, Y, self._hyper())
+        self._set(params, stats)
+        return float(loss), int(correct)
+
+    @_in_dtype
+    def get_weights(self) -> Weights:
+        return to_canonical(self.model)
+
+    @_in_dtype
+    def set_weights(self, weights: Weights) -> None:
+        check_weights(self.spec, weights)
+        flat = {flax_path(n): self._put(to_flax_layout(np.asarray(weights[n], np.float32)))
+                for n in canonical_layout(self.spec)}
+        self.model.variables = traverse_util.unflatten_dict(flat)
+
+    def _zero_slots(self) -> tuple:
+        return tuple(jax.tree_util.tree_map(jnp.zeros_like, self.params)
+                     for _ in _SLOTS[self.opt.name])
+
+    @_in_dtype
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """The optimiser's slots keyed `<canonical name>.<slot>`, PyTorch's names
+        (momentum_buffer; exp_avg, exp_avg_sq and step), in the canonical layout, float32."""
+        out = {}
+        for slot, tree in zip(_SLOTS[self.opt.name], self.slots):
+            flat = traverse_util.flatten_dict(tree)
+            for n in self.trainable:
+                out[f"{n}.{slot}"] = np.array(to_canonical_layout(
+                    np.asarray(flat[flax_path(n)[1:]])), np.float32)
+        if self.opt.name == "adam":
+            out.update({f"{n}.step": np.asarray(self.t, np.float32) for n in self.trainable})
+        return out
+
+    @_in_dtype
+    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        slots = []
+        for slot, tree in zip(_SLOTS[self.opt.name], self.slots):
+            flat = traverse_util.flatten_dict(tree)
+            for n in self.trainable:
+                if f"{n}.{slot}" in state:
+                    flat[flax_path(n)[1:]] = self._put(to_flax_layout(
+                        np.asarray(state[f"{n}.{slot}"])))
+            slots.append(traverse_util.unflatten_dict(flat))
+        self.slots = tuple(slots)
+        steps = [v for k, v in state.items() if k.endswith(".step")]
+        if steps:
+            self.t = int(np.asarray(steps[0]).item())

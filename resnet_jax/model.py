@@ -1,0 +1,227 @@
+"""ResNet built from a `common` spec in JAX/Flax (linen), with parameter counts read from Flax's
+variables.
+
+A Flax module holds no weights: `ResNet(spec, training)` describes the network (d2l's JAX tab
+builds its ResNet the same way) and its variables, `{"params": ..., "batch_stats": ...}`, live
+beside it. `build()` returns a `Network`, the module and its variables together, which is what
+the other packages' models are and what `param_counts`, `part_shapes`, the weights functions
+and the adapter take. Batches are NHWC, Flax's layout.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from common.core.checks import check_batch, check_geometry
+from common.core.errors import Error
+from common.core.init import build_spec, init_weights
+from common.core.oracle import ParamCounts, min_input_size
+from common.core.spec import ResNetSpec
+from resnet_jax.blocks import Bottleneck, PreActBottleneck, PreActResidual, Residual
+from resnet_jax.weights import from_canonical
+
+BLOCKS = {("basic", False): Residual, ("bottleneck", False): Bottleneck,
+          ("basic", True): PreActResidual, ("bottleneck", True): PreActBottleneck}
+
+
+def batch_norm(spec: ResNetSpec, training: bool, **kwargs) -> nn.BatchNorm:
+    """Flax's BatchNorm with the spec's epsilon and momentum (Flax's momentum weights the old
+    value: 1 - the spec's PyTorch momentum) and the two-pass batch variance."""
+    return nn.BatchNorm(not training, momentum=1 - spec.bn.momentum, epsilon=spec.bn.eps,
+                        use_fast_variance=False, **kwargs)
+
+
+class Stem(nn.Module):
+    """d2l's b1: [input_bn], conv, [bn, relu], [3x3/2 max-pool], named as the canonical weights."""
+    spec: ResNetSpec
+    training: bool = True
+
+    @nn.compact
+    def __call__(self, X):
+        spec, st = self.spec, self.spec.stem
+        if spec.input_bn:  # Gluon v2: the raw input normalised, no gamma or beta
+            X = batch_norm(spec, self.training, use_scale=False, use_bias=False,
+                           name="input_bn")(X)
+        p = st.padding
+        X = nn.Conv(st.channels, (st.kernel_size,) * 2, strides=(st.stride,) * 2,
+                    padding=((p, p), (p, p)), use_bias=spec.has_bias("stem"), name="conv")(X)
+        if st.norm:
+            X = nn.relu(batch_norm(spec, self.training, name="bn")(X))
+        if st.pool and st.pool_zeros:  # Keras's ResNetV2: zeros around a map that may be < 0
+            X = nn.max_pool(jnp.pad(X, ((0, 0), (1, 1), (1, 1), (0, 0))), (3, 3), (2, 2))
+        elif st.pool:  # Flax pads a max-pool with -inf
+            X = nn.max_pool(X, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        return X
+
+
+class Stage(nn.Module):
+    """Stage `index` (1-based) of the spec: its blocks, named "0", "1", ..."""
+    spec: ResNetSpec
+    index: int
+    training: bool = True
+
+    @nn.compact
+    def __call__(self, X):
+        spec = self.spec
+        stage = spec.stages[self.index - 1]
+        block = BLOCKS[spec.block, spec.preact]
+        for j in range(stage.blocks):
+            s = spec.block_stride(stage, j)
+            X = block(stage.channels,
+                      use_1x1conv=j == 0 and stage.project and spec.shortcut == "conv",
+                      strides=(s, s), training=self.training, name=str(j),
+                      **spec.block_kwargs(stage, momentum_of_old=True))(X)
+        return X
+
+
+class Head(nn.Module):
+    """[bn, relu] (pre-activation nets), global average pool, dense."""
+    spec: ResNetSpec
+    training: bool = True
+
+    @nn.compact
+    def __call__(self, X):
+        if self.spec.preact:  # v2 blocks end un-normalised: one BN and ReLU before pooling
+            X = nn.relu(batch_norm(self.spec, self.training, name="bn")(X))
+        X = jnp.mean(X, axis=(1, 2))  # Flax has no global average pool layer
+        return nn.Dense(self.spec.num_classes, name="fc")(X)
+
+
+class ResNet(nn.Module):
+    """stem (d2l's b1), stage1..stageN (b2..b5), head: named parts, so that variables read
+    params["stage2"]["0"]["conv1"]["kernel"]. `training`, as in d2l's JAX tab: batch statistics
+    (and, with mutable=["batch_stats"], updated running ones) or the running ones."""
+    spec: ResNetSpec
+    training: bool = True
+
+    def setup(self):
+        self.stem = Stem(self.spec, self.training)
+        for i in range(1, len(self.spec.stages) + 1):
+            setattr(self, f"stage{i}", Stage(self.spec, i, self.training))
+        self.head = Head(self.spec, self.training)
+
+    def parts(self, X) -> dict[str, Any]:
+        """The output of each part, in order (stem, stage1..stageN, head)."""
+        out = {}
+        for name in self.spec.part_names():
+            X = getattr(self, name)(X)
+            out[name] = X
+        return out
+
+    def __call__(self, X):
+        for name in self.spec.part_names():
+            X = getattr(self, name)(X)
+        return X
+
+
+def check_input(X, spec: ResNetSpec, training: bool = False) -> None:
+    """Raise common.core.checks.InputError unless X is an NHWC floating-point batch of the
+    spec's channels that the network can run (common.core.checks)."""
+    dtype = np.dtype(getattr(X, "dtype", np.asarray(X).dtype))
+    shape = tuple(np.shape(X))
+    check_batch(shape, dtype.name, np.issubdtype(dtype, np.floating), spec.in_channels, "NHWC")
+    check_geometry(spec, shape, "NHWC", training)
+
+
+class Network:
+    """A Flax ResNet with its variables: what `build` returns and the other functions of this
+    package take (a Flax module holds no weights; PyTorch's, Keras's and Gluon's do).
+    `variables` is Flax's dict, {"params": ..., "batch_stats": ...}; calling the network with
+    training=True updates its running statistics, as a training forward pass does elsewhere."""
+
+    def __init__(self, spec: ResNetSpec, variables: dict):
+        self.spec = spec
+        self.module = ResNet(spec, training=False)
+        self.variables = variables
+
+    def __call__(self, X, training: bool = False):
+        check_input(X, self.spec, training)
+        if not training:
+            return self.module.apply(self.variables, X)
+        logits, updates = self.module.clone(training=True).apply(self.variables, X,
+                                                                  mutable=["batch_stats"])
+        self.variables = {**self.variables, **updates}
+        return logits
+
+
+def variable_shapes(spec: ResNetSpec) -> dict:
+    """The shapes of the network's variables, traced without computing anything."""
+    x = jax.ShapeDtypeStruct((1, *(max(8, min_input_size(spec)),) * 2, spec.in_channels),
+                             jnp.float32)
+    return jax.eval_shape(ResNet(spec, training=False).init, jax.random.PRNGKey(0), x)
+
+
+def build(name_or_spec: str | ResNetSpec = "d2l_resnet18", *, init: str = "common",
+          seed: int = 0, **overrides) -> Network:
+    """The network of a preset name or spec. `init="common"` loads the seeded NumPy
+    initialisation shared by all frameworks; `init="framework"` keeps Flax's own (LeCun normal
+    kernels, zero biases, BatchNorm scale 1, bias 0, mean 0, var 1) from PRNGKey(seed)."""
+    spec = build_spec(name_or_spec, init, **overrides)
+    if init == "common":
+        return from_canonical(Network(spec, {}), init_weights(spec, seed))
+    size = max(8, min_input_size(spec))
+    x = jnp.zeros((1, size, size, spec.in_channels), jnp.float32)
+    return Network(spec, ResNet(spec, training=False).init(jax.random.PRNGKey(seed), x))
+
+
+def resnet18(num_classes: int = 10, in_channels: int = 1, **kwargs) -> Network:
+    """d2l's ResNet-18 (conv biases on; 1 channel and 10 classes by default)."""
+    return build("d2l_resnet18", num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+def _size(tree) -> int:
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def param_counts(module) -> ParamCounts:
+    """Trainable parameters (Flax's "params") and BatchNorm running statistics ("batch_stats"),
+    of a Network or of a variables dict (a part's)."""
+    variables = module.variables if isinstance(module, Network) else module
+    return ParamCounts(_size(variables.get("params", {})), _size(variables.get("batch_stats", {})))
+
+
+def part_param_counts(model: Network) -> dict[str, ParamCounts]:
+    """Parameter counts per part: stem, stage1..stageN, head."""
+    return {name: param_counts({c: model.variables[c].get(name, {}) for c in model.variables})
+            for name in model.spec.part_names()}
+
+
+def part_shapes(model: Network, X) -> dict[str, tuple[int, ...]]:
+    """Output shape (NHWC, Flax's layout) after each part for the NHWC batch X, in inference
+    mode (BatchNorm statistics are not touched)."""
+    check_input(X, model.spec)
+    outs = jax.eval_shape(lambda v, x: model.module.apply(v, x, method=ResNet.parts),
+                          model.variables, jnp.asarray(X))
+    return {name: tuple(outs[name].shape) for name in model.spec.part_names()}
+
+
+_SINGLE = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def _backend_started() -> bool:
+    from jax._src import xla_bridge
+    return bool(xla_bridge._backends)
+
+
+def set_threads(n: int) -> None:
+    """Use n CPU threads. XLA's CPU runtime takes its thread count when JAX starts its backend
+    (at the first computation) and offers two settings: all cores (its default) or one
+    (XLA_FLAGS); another count, or a change once the backend runs, is refused, not ignored."""
+    cores = os.cpu_count() or 1
+    if n == get_threads():
+        return
+    if n not in (1, cores) or _backend_started():
+        raise Error(f"threads: expected {get_threads()} (JAX's CPU runtime runs on 1 thread or on "
+                    f"all {cores} cores, fixed when it starts), got {n}")
+    flags = os.environ.get("XLA_FLAGS", "").replace(_SINGLE, "").strip()
+    os.environ["XLA_FLAGS"] = f"{flags} {_SINGLE}".strip() if n == 1 else flags
+
+
+def get_threads() -> int:
+    """The CPU threads XLA's operators use: 1 under the single-thread flags, else all cores."""
+    return 1 if _SINGLE in os.environ.get("XLA_FLAGS", "") else (os.cpu_count() or 1)

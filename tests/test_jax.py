@@ -1,0 +1,420 @@
+"""resnet_jax (issue 23, phase 1) against the oracle and against PyTorch, before JAX joins the
+framework registry (then the cross-framework tests take it in; until then this file does).
+
+- every preset: part shapes and parameter counts equal the oracle's, and the Flax variables
+  are exactly the canonical layout under resnet_jax.weights' names;
+- a small network of each block kind, two of this project's library options (Gluon v2's input
+  BatchNorm; Keras's ResNetV2 stem and stride on the last block) and d2l's ResNet-18: with the
+  same canonical weights, eval- and train-mode logits equal PyTorch's to 1e-5 (float32);
+  gradients, ten SGD steps with momentum and weight decay, and Adam steps equal PyTorch's in
+  float64 (1e-10), and each step equals PyTorch's formula given JAX's gradient; running
+  statistics follow the documented formula (Flax folds in the biased variance, PyTorch the
+  unbiased one: docs/framework-differences.md);
+- round trips: canonical bit-exact, Flax's msgpack file, torch -> jax -> torch;
+- bad input gives the other frameworks' messages word for word;
+- blocks.py imports only jax, flax and the standard library and, copied alone, runs d2l's
+  JAX-tab examples.
+"""
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flax import traverse_util
+
+import resnet_jax
+from common.core.init import init_weights
+from common.core.optim import OptimizerConfig
+from common.core.oracle import min_input_size, part_table, param_counts, zero_gradient_biases
+from common.core.spec import PRESETS, ResNetSpec, Stage, Stem, get_spec
+from common.core.weights import WeightsError, canonical_layout
+from resnet_jax.model import Network, ResNet, variable_shapes
+from resnet_jax.weights import flax_path, to_flax_layout
+from tests.helpers import MODULES
+from tests.test_fidelity import CASES, batches, random_weights, rel
+from tests.test_optimizers import SPEC as OPT_SPEC, torch_adam, torch_sgd, trainable_float64
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCH = MODULES["torch"]
+STEPS, SGD = 10, OptimizerConfig("sgd", 0.05, momentum=0.9, weight_decay=5e-4)
+_SMALL = dict(stem=Stem(8, 3, 1, False), in_channels=3, num_classes=5)
+JAX_CASES = {name: CASES[name][:2] for name in (
+    "one_block@11", "resnext_bottleneck@9", "paper_bottleneck@9", "cifar_option_a@9")}
+JAX_CASES |= {
+    # Gluon v2: a BatchNorm of the raw input (statistics only), pre-activation basic blocks.
+    "gluon_v2_input_bn@9": (ResNetSpec("gluon_v2_small", (Stage(8, 1), Stage(16, 1, 2, True)),
+                                       preact=True, input_bn=True, **_SMALL), 9),
+    # Keras ResNetV2: no stem BN, zero-padded stem pool, the stride on a stage's last block,
+    # biases on some convolutions only.
+    "keras_v2@17": (ResNetSpec("keras_v2_small", (Stage(16, 2, 2, True),), block="bottleneck",
+                               preact=True, stride_at="last", conv_bias=("stem", "conv3", "conv4"),
+                               stem=Stem(8, 3, 2, True, norm=False, pool_zeros=True),
+                               in_channels=3, num_classes=5), 17),
+}
+
+
+def exactly_zero_gradients(spec: ResNetSpec) -> set[str]:
+    """The oracle's conv biases with an exact gradient of 0, less the stem's where its pool pads
+    with zeros (Keras's ResNetV2): max(x + b, 0) at the border depends on b, so that bias has a
+    gradient (the oracle counts it as 0: a note for common/core/oracle.py)."""
+    zero = zero_gradient_biases(spec)
+    return zero - {"stem.conv.bias"} if spec.stem.pool and spec.stem.pool_zeros else zero
+
+
+def jax_trainable_float64(adapter) -> dict[str, np.ndarray]:
+    """The JAX adapter's trainable parameters in the canonical layout, in the compute dtype
+    (get_weights rounds to float32, which would hide everything below 6e-8)."""
+    from resnet_jax.weights import to_canonical_layout
+    flat = traverse_util.flatten_dict(adapter.params)
+    return {n: np.array(to_canonical_layout(np.asarray(flat[flax_path(n)[1:]])))
+            for n in adapter.trainable}
+
+
+def run(module, spec: ResNetSpec, size: int) -> dict:
+    """What the tests compare, each from a fresh adapter: float32 logits and running
+    statistics; float64 gradients and ten SGD steps (momentum 0.9, weight decay 5e-4)."""
+    w = random_weights(spec, 0)
+    data = batches(spec, size, STEPS)
+    x, y = data[0]
+    out: dict = {"weights_in": w}
+    a = module.Adapter(spec, w)
+    out["round_trip"], out["eval"] = a.get_weights(), a.logits(x)
+    a = module.Adapter(spec, w)
+    out["train"], out["after_one_forward"] = a.logits(x, training=True), a.get_weights()
+    a = module.Adapter(spec, w, optimizer=SGD, dtype="float64")
+    out["loss"], out["grads"] = a.loss_and_grads(x, y)
+    a = module.Adapter(spec, w, optimizer=SGD, dtype="float64")
+    out["losses"] = [a.train_step(xb, yb)[0] for xb, yb in data]
+    out["final"] = a.get_weights()
+    read = jax_trainable_float64 if module is resnet_jax else trainable_float64
+    out["final64"] = read(a)
+    return out
+
+
+@pytest.fixture(scope="module", params=list(JAX_CASES))
+def case(request):
+    spec, size = JAX_CASES[request.param]
+    return spec, size, {"jax": run(resnet_jax, spec, size), "torch": run(TORCH, spec, size)}
+
+
+# --- every preset against the oracle ---------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_has_the_oracles_shapes_counts_and_canonical_variables(name):
+    """From one trace of Flax's init (jax.eval_shape: nothing computed): the part shapes equal
+    the oracle's, the variables are the canonical layout under flax_path's names and Flax's
+    layout, and the counts read from them are the oracle's."""
+    import jax
+    spec = PRESETS[name]
+    size = max(64, min_input_size(spec))
+    x = jax.ShapeDtypeStruct((2, size, size, spec.in_channels), np.float32)
+    outs, variables = jax.eval_shape(lambda x: ResNet(spec, training=False).init_with_output(
+        jax.random.PRNGKey(0), x, method=ResNet.parts), x)
+    table = part_table(spec, size, batch=2)
+    assert {k: tuple(v.shape) for k, v in outs.items()} == {r.name: nhwc(r.out_shape)
+                                                           for r in table}
+    expected = {flax_path(n): to_flax_layout(np.zeros(s, np.uint8)).shape
+                for n, s in canonical_layout(spec).items()}
+    got = {p: tuple(v.shape) for p, v in traverse_util.flatten_dict(variables).items()}
+    assert got == expected
+    net = Network(spec, variables)
+    assert resnet_jax.param_counts(net) == param_counts(spec)
+    assert resnet_jax.part_param_counts(net) == {r.name: r.counts for r in table}
+
+
+def nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (shape[0], *shape[2:], shape[1]) if len(shape) == 4 else shape
+
+
+@pytest.mark.parametrize("name", ["d2l_resnet18", "resnext26_32x4d", "keras_resnet50_v2",
+                                  "cifar_resnet20"])
+def test_part_shapes_of_a_built_network_equal_the_oracles(name):
+    spec = PRESETS[name]
+    size = 224 if name == "d2l_resnet18" else 40
+    net = Network(spec, variable_shapes(spec))
+    x = np.zeros((1, size, size, spec.in_channels), np.float32)
+    assert resnet_jax.part_shapes(net, x) == {r.name: nhwc(r.out_shape)
+                                              for r in part_table(spec, size)}
+
+
+def test_resnet18_is_d2ls_with_the_shared_initial_weights():
+    model = resnet_jax.resnet18()
+    c = resnet_jax.param_counts(model)
+    assert (c.trainable, c.non_trainable, c.total) == (11_178_378, 7_808, 11_186_186)
+    got, want = resnet_jax.to_canonical(model), init_weights(get_spec("d2l_resnet18"), 0)
+    assert list(got) == list(want) and all(np.array_equal(got[n], want[n]) for n in want)
+    framework = resnet_jax.build("d2l_resnet18", init="framework", seed=1)
+    assert resnet_jax.param_counts(framework) == c
+    assert not np.array_equal(resnet_jax.to_canonical(framework)["stem.conv.weight"],
+                              want["stem.conv.weight"])
+
+
+# --- against PyTorch on the same weights ----------------------------------------------------
+
+def test_round_trip_through_jax_is_bit_exact(case):
+    _, _, res = case
+    r = res["jax"]
+    assert list(r["round_trip"]) == list(r["weights_in"])
+    for name, a in r["weights_in"].items():
+        assert r["round_trip"][name].dtype == np.float32
+        assert np.array_equal(r["round_trip"][name], a), name
+
+
+def test_torch_jax_torch_chain_leaves_every_weight_bit_identical(case):
+    spec, _, res = case
+    w = res["jax"]["weights_in"]
+    current = TORCH.Adapter(spec, resnet_jax.Adapter(spec, TORCH.Adapter(spec, w)
+                                                     .get_weights()).get_weights()).get_weights()
+    assert all(np.array_equal(current[n], w[n]) for n in w)
+
+
+def test_eval_and_train_mode_logits_equal_pytorchs(case):
+    _, _, res = case
+    j, t = res["jax"], res["torch"]
+    scale = float(np.abs(t["eval"]).max())
+    assert 0.05 < scale < 100, f"logit scale {scale} is not a meaningful test"
+    for mode in ("eval", "train"):
+        diff = np.abs(j[mode] - t[mode]).max()
+        assert diff <= 1e-5 * max(scale, 1), f"{mode}: max |diff| {diff:.2e}, |logits| <= {scale:.2f}"
+    assert np.abs(j["train"] - j["eval"]).max() > 1e-3, "train mode must use batch statistics"
+
+
+def test_float64_gradients_equal_pytorchs(case):
+    spec, _, res = case
+    j, t = res["jax"], res["torch"]
+    assert abs(j["loss"] - t["loss"]) <= 1e-12
+    trainable = [n for n in j["weights_in"] if not n.endswith(("running_mean", "running_var"))]
+    assert list(j["grads"]) == trainable and sorted(t["grads"]) == sorted(trainable)
+    assert all(g.dtype == np.float64 for g in j["grads"].values())
+    zero = exactly_zero_gradients(spec)
+    total = np.sqrt(sum(float(np.sum(t["grads"][n] ** 2)) for n in trainable))
+    for n in zero:  # exactly 0 in exact arithmetic: rounding noise far below the gradient
+        assert np.linalg.norm(j["grads"][n]) <= 1e-12 * total, n
+    worst = max((n for n in trainable if n not in zero),
+                key=lambda n: rel(j["grads"][n], t["grads"][n]))
+    assert rel(j["grads"][worst], t["grads"][worst]) <= 1e-10, \
+        f"{worst}: relative error {rel(j['grads'][worst], t['grads'][worst]):.2e}"
+
+
+def test_ten_float64_sgd_steps_with_momentum_and_weight_decay_equal_pytorchs(case):
+    spec, _, res = case
+    j, t = res["jax"], res["torch"]
+    assert np.abs(np.array(j["losses"]) - np.array(t["losses"])).max() <= 1e-10, \
+        f"losses {j['losses']} vs {t['losses']}"
+    params = [n for n in j["final64"] if n not in exactly_zero_gradients(spec)]
+    worst = max(params, key=lambda n: rel(j["final64"][n], t["final64"][n]))
+    assert rel(j["final64"][worst], t["final64"][worst]) <= 1e-10, worst
+    moved = max(rel(j["final64"][n], j["weights_in"][n]) for n in params)
+    assert moved > 1e-3, "SGD did not move the parameters"
+
+
+def check_running_statistics(spec, size, steps, old, jax_w, torch_w) -> None:
+    """Running means equal; running variances: PyTorch folds in the unbiased batch variance,
+    Flax the biased one, so (torch - 0.9**steps old) == (jax - 0.9**steps old) * n / (n - 1),
+    n = N*H*W (the formula test_fidelity.py holds Keras and Gluon to)."""
+    from common.core.oracle import layers
+    kept = 0.9 ** steps
+    moved = 0.0
+    for layer in (ly for ly in layers(spec, size, 4) if ly.kind == "bn"):
+        mean, var = f"{layer.path}.running_mean", f"{layer.path}.running_var"
+        n = layer.out_shape[0] * layer.out_shape[2] * layer.out_shape[3]
+        np.testing.assert_allclose(jax_w[mean], torch_w[mean], rtol=1e-5, atol=1e-6, err_msg=mean)
+        torch_part, jax_part = (w[var] - kept * old[var] for w in (torch_w, jax_w))
+        np.testing.assert_allclose(torch_part, jax_part * n / (n - 1), rtol=2e-4, atol=1e-5,
+                                   err_msg=f"{var} (n={n})")
+        moved = max(moved, float(np.abs(jax_w[mean] - old[mean]).max()))
+    assert moved > 1e-3, "the running statistics did not move"
+
+
+def test_running_statistics_after_one_forward_and_ten_steps_follow_the_formula(case):
+    spec, size, res = case
+    j, t = res["jax"], res["torch"]
+    check_running_statistics(spec, size, 1, j["weights_in"], j["after_one_forward"],
+                             t["after_one_forward"])
+    check_running_statistics(spec, size, STEPS, j["weights_in"], j["final"], t["final"])
+
+
+def test_d2l_resnet18_logits_and_running_statistics_equal_pytorchs():
+    """d2l's ResNet-18 at an odd size, float32: eval and train logits to 1e-5, and the running
+    statistics after the train-mode pass (its float64 gradients and steps are left to the small
+    networks above: compiling them for ResNet-18 costs most of a minute here)."""
+    spec, size = get_spec("d2l_resnet18"), 33
+    w = random_weights(spec, 0)
+    x = batches(spec, size, 1)[0][0]
+    out = {}
+    for m in (resnet_jax, TORCH):
+        a = m.Adapter(spec, w)
+        out[m] = a.logits(x), a.logits(x, training=True), a.get_weights()
+    (je, jt, jw), (te, tt, tw) = out[resnet_jax], out[TORCH]
+    assert 0.05 < np.abs(te).max() < 100
+    assert np.abs(je - te).max() <= 1e-5 and np.abs(jt - tt).max() <= 1e-5
+    check_running_statistics(spec, size, 1, w, jw, tw)
+
+
+# --- optimisers: Adam, and each step against PyTorch's formula ------------------------------
+
+ADAM = OptimizerConfig("adam", 0.01, weight_decay=5e-4)
+
+
+def steps64(module, opt: OptimizerConfig, n: int = 4):
+    """n float64 steps on test_optimizers' small network: per step (before, grads, loss,
+    after), trainable parameters read in float64."""
+    a = module.Adapter(OPT_SPEC, random_weights(OPT_SPEC, 0), optimizer=opt, dtype="float64")
+    read = jax_trainable_float64 if module is resnet_jax else trainable_float64
+    out = []
+    for x, y in batches(OPT_SPEC, 8, n):
+        before = read(a)
+        loss, grads = a.loss_and_grads(x, y)
+        assert a.train_step(x, y)[0] == pytest.approx(loss, rel=1e-14)
+        out.append((before, grads, loss, read(a)))
+    return out
+
+
+@pytest.mark.parametrize("opt", [SGD, ADAM, OptimizerConfig("adam", 0.01, eps=1e-2)],
+                         ids=["sgd", "adam_wd", "adam_eps"])
+def test_optimizer_steps_equal_pytorchs_and_its_formula(opt):
+    jax_steps, torch_steps = steps64(resnet_jax, opt), steps64(TORCH, opt)
+    update, state = {"sgd": torch_sgd, "adam": torch_adam}[opt.name], {}
+    for t, ((before, grads, loss, after), (_, _, t_loss, t_after)) in enumerate(
+            zip(jax_steps, torch_steps), 1):
+        assert abs(loss - t_loss) <= 1e-12, f"step {t}: losses {loss!r} vs {t_loss!r}"
+        for n, w in before.items():
+            predicted = update(opt, t, w, grads[n], state.setdefault(n, {}))
+            assert rel(after[n] - w, predicted - w) <= 1e-12, f"step {t}: {n} off the formula"
+            assert rel(after[n], t_after[n]) <= 1e-12, f"step {t}: {n} differs from PyTorch"
+    moved = max(rel(jax_steps[-1][3][n], jax_steps[0][0][n]) for n in jax_steps[0][0])
+    assert moved > 1e-2, f"the steps barely moved the parameters ({moved:.1e})"
+
+
+def test_optimizer_state_round_trips_into_a_fresh_adapter():
+    """A resumed adapter (weights and slots) takes the same next step as an uninterrupted one."""
+    x, y = batches(OPT_SPEC, 8, 1)[0]
+    a = resnet_jax.Adapter(OPT_SPEC, random_weights(OPT_SPEC, 0), optimizer=ADAM)
+    a.train_step(x, y)
+    b = resnet_jax.Adapter(OPT_SPEC, a.get_weights(), optimizer=ADAM)
+    state = a.optimizer_state()
+    assert {k.rsplit(".", 1)[1] for k in state} == {"exp_avg", "exp_avg_sq", "step"}
+    b.set_optimizer_state(state)
+    assert a.train_step(x, y) == b.train_step(x, y)
+    wa, wb = a.get_weights(), b.get_weights()
+    assert all(np.array_equal(wa[n], wb[n]) for n in wa)
+
+
+# --- files ---------------------------------------------------------------------------------
+
+def test_msgpack_file_round_trips_and_a_bad_one_is_refused_by_name(tmp_path):
+    spec = CASES["preact_bottleneck@9"][0]
+    w = random_weights(spec, 0)
+    path = tmp_path / "net.msgpack"
+    resnet_jax.save_native(resnet_jax.from_canonical(resnet_jax.build(spec), w), str(path))
+    loaded = resnet_jax.to_canonical(resnet_jax.load_native(resnet_jax.build(spec, init="framework"),
+                                                            str(path)))
+    assert all(np.array_equal(loaded[n], w[n]) for n in w)
+    other = get_spec(spec, num_classes=7)
+    with pytest.raises(WeightsError, match=rf"^weights file {re.escape(str(path))}: weights do not fit "
+                                           r"'preact_bn': mis-shaped 2: head\.fc\.weight"):
+        resnet_jax.load_native(resnet_jax.build(other), str(path))
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(WeightsError, match=rf"^weights file {re.escape(str(path))}: expected a Flax msgpack "
+                                           r"file .*could not read it"):
+        resnet_jax.load_native(resnet_jax.build(spec), str(path))
+
+
+# --- the same refusals as the other frameworks ------------------------------------------------
+
+def message(make) -> str:
+    with pytest.raises(ValueError) as info:
+        make()
+    return str(info.value)
+
+
+@pytest.mark.parametrize("bad", ["channels", "nan", "integer", "label", "missing_weight",
+                                 "dtype"])
+def test_bad_input_gets_pytorchs_message_word_for_word(bad):
+    spec, size = JAX_CASES["one_block@11"]
+    w = random_weights(spec, 0)
+    x, y = batches(spec, size, 1)[0]
+    nan = x.copy()
+    nan[1, 2, 3, 4] = np.nan
+    calls = {
+        "channels": lambda m: m.Adapter(spec, w).logits(x[:, :2]),
+        "nan": lambda m: m.Adapter(spec, w).train_step(nan, y),
+        "integer": lambda m: m.Adapter(spec, w).logits(x.astype(np.int32)),
+        "label": lambda m: m.Adapter(spec, w).train_step(x, y + spec.num_classes),
+        "missing_weight": lambda m: m.Adapter(spec, {k: v for k, v in w.items()
+                                                     if k != "stage1.0.bn2.running_var"}),
+        "dtype": lambda m: m.Adapter(spec, w, dtype="float16"),
+    }
+    got, want = (message(lambda m=m: calls[bad](m)) for m in (resnet_jax, TORCH))
+    assert got == want
+
+
+def test_float64_adapter_computes_in_float64_and_leaves_jax_in_float32():
+    import jax.numpy as jnp
+    spec, size = JAX_CASES["one_block@11"]
+    w = random_weights(spec, 0)
+    x = batches(spec, size, 1)[0][0]
+    lo32 = resnet_jax.Adapter(spec, w).logits(x)
+    lo64 = resnet_jax.Adapter(spec, w, dtype="float64").logits(x)
+    assert lo32.dtype == np.float32 and lo64.dtype == np.float64
+    assert 0 < np.abs(lo64 - lo32).max() <= 1e-5
+    assert jnp.asarray(np.ones(2)).dtype == jnp.float32, "jax_enable_x64 leaked out of the adapter"
+
+
+# --- the copyable blocks file -------------------------------------------------------------
+
+def test_blocks_file_imports_only_jax_flax_and_the_standard_library():
+    tree = ast.parse((ROOT / "resnet_jax" / "blocks.py").read_text())
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            roots.add(node.module.split(".")[0])
+    assert roots - sys.stdlib_module_names == {"jax", "flax"}
+
+
+# d2l's JAX tab: the two shape examples (NHWC), and a stage of its `block`.
+D2L_JAX_EXAMPLES = """
+import jax
+from blocks import Residual, resnet_block
+key = jax.random.PRNGKey(0)
+X = jax.random.normal(key, (4, 6, 6, 3))
+blk = Residual(3)
+a = blk.init_with_output(key, X)[0].shape
+blk = Residual(6, use_1x1conv=True, strides=(2, 2))
+b = blk.init_with_output(key, X)[0].shape
+c = resnet_block(8, 2, training=False).init_with_output(key, X)[0].shape
+print(a, b, c)
+"""
+
+
+def test_a_copied_blocks_file_runs_d2ls_jax_tab_examples_alone(tmp_path):
+    (tmp_path / "blocks.py").write_text((ROOT / "resnet_jax" / "blocks.py").read_text())
+    (tmp_path / "example.py").write_text(D2L_JAX_EXAMPLES)
+    done = subprocess.run([sys.executable, "-E", "example.py"], cwd=tmp_path, text=True,
+                          capture_output=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "(4, 6, 6, 3) (4, 3, 3, 6) (4, 3, 3, 8)"
+
+
+def test_flax_pads_a_max_pool_with_minus_infinity_and_same_is_asymmetric():
+    """Why blocks.py writes its padding out: Flax's max-pool padding never wins (an
+    all-negative map stays negative), and a strided 'SAME' convolution pads bottom-right only,
+    unlike the symmetric padding PyTorch and Gluon use."""
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
+    x = -jnp.ones((1, 4, 4, 1))
+    assert float(nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))).max()) == -1.0
+    ramp = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    conv = lambda padding: nn.Conv(1, (3, 3), strides=(2, 2), padding=padding,  # noqa: E731
+                                   use_bias=False)
+    params = conv("SAME").init(jax.random.PRNGKey(0), ramp)
+    same, sym = (conv(p).apply(params, ramp) for p in ("SAME", ((1, 1), (1, 1))))
+    assert same.shape == sym.shape and float(jnp.abs(same - sym).max()) > 1e-3
