@@ -20,6 +20,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import pytest
 
+from common.commands import bench
 from common.commands import compare
 from common.commands import convert
 from common.commands import crosscheck
@@ -355,6 +356,36 @@ def crosscheck_native(damage) -> Callable:
     return check
 
 
+# --- numbers a framework cannot hold, resources the machine does not have -------------------
+
+def adapter_with(adam: dict | None = None, **kwargs) -> Callable:
+    """A row through an adapter's own constructor, as an API user makes one (`adam`: the
+    settings of an Adam OptimizerConfig handed to it)."""
+    def make(fw):
+        from common.core.optim import OptimizerConfig
+        extra = {"optimizer": OptimizerConfig("adam", **adam)} if adam else {}
+        return MODULES[fw].Adapter(SPEC, init_weights(SPEC, 0), **kwargs, **extra)
+    return lambda fw, tmp_path: refused(lambda: make(fw))
+
+
+def for_framework(main, *argv) -> Callable:
+    """A command that takes --frameworks, run for this framework alone."""
+    def check(fw, tmp_path):
+        return command(main, ["--frameworks", fw, "--out", str(tmp_path / "out"), *argv])
+    return check
+
+
+HUGE = ("--batch-size", "256", "--resize", "5000")  # d2l_resnet18: 2.4 TB of activations
+MEMORY = "memory: expected a batch whose activations fit in the memory available, got "
+LR_INF = "--lr: expected a number that float32 holds, got 1e+300, which is inf in float32"
+LR_ZERO = "--lr: expected a number that float32 holds, got 1e-50, which is 0.0 in float32"
+CORES = "the CPU cores this process may use (os.sched_getaffinity), got 999"
+
+
+DIVERGED_FIRST = ("weights: expected finite values after epoch 1, got -inf in stem.conv.weight "
+                  "(the last steps diverged; try a lower --lr); no checkpoint was written")
+
+
 ROWS: dict[str, Row] = {
     # inputs, through the adapters
     "input-rank": Row("a 3-d image (C, H, W) instead of a batch",
@@ -546,6 +577,68 @@ ROWS: dict[str, Row] = {
     "cifar-code": Row("a CIFAR-10 batch whose pickle would run code",
                       "CIFAR batch: expected only arrays, got a reference to builtins.print",
                       train_on_cifar(pickle.dumps({b"data": Evil(), b"labels": [0]}))),
+    # numbers a framework cannot hold
+    "adapter-lr-float32": Row("an adapter made with lr=1e300 (beyond float32)", LR_INF,
+                              adapter_with(lr=1e300)),
+    "adapter-lr-tiny": Row("an adapter made with lr=1e-50 (0 in float32)", LR_ZERO,
+                           adapter_with(lr=1e-50)),
+    "adapter-adam-beta": Row("an adapter with Adam's beta2 0.9999999999 (1.0 in float32)",
+                             "betas: expected a number that float32 holds below 1, got "
+                             "0.9999999999, which is 1.0 in float32",
+                             adapter_with(adam={"betas": (0.9, 0.9999999999)})),
+    "train-lr-float32": Row("--lr 1e300", LR_INF, train_flags("--lr", "1e300")),
+    "train-lr-tiny": Row("--lr 1e-50", LR_ZERO, train_flags("--lr", "1e-50")),
+    "train-weight-decay-float32": Row("--weight-decay 1e300", "--weight-decay: expected a number "
+                                      "that float32 holds, got 1e+300, which is inf in float32",
+                                      train_flags("--weight-decay", "1e300")),
+    "train-momentum-float32": Row("--momentum 0.9999999999 (1.0 in float32)", "--momentum: "
+                                  "expected a number that float32 holds below 1, got "
+                                  "0.9999999999, which is 1.0 in float32",
+                                  train_flags("--momentum", "0.9999999999")),
+    "compare-lr-float32": Row("resnet-compare --lr 1e300", LR_INF,
+                              for_framework(compare.main, "--lr", "1e300")),
+    # resources the machine does not have
+    "train-threads": Row("--threads 999, more than the cores", CORES,
+                         train_flags("--threads", "999")),
+    "compare-threads": Row("resnet-compare --threads 999", CORES,
+                           for_framework(compare.main, "--threads", "999")),
+    "bench-threads": Row("resnet-bench --threads 999", CORES,
+                         for_framework(bench.main, "--threads", "999")),
+    "train-memory": Row("--batch-size 256 --resize 5000 (activations beyond the memory)",
+                        MEMORY + "a training step of d2l_resnet18 at --batch-size 256, --resize "
+                        "5000", train_flags(*HUGE)),
+    "compare-memory": Row("resnet-compare --batch-size 256 --resize 5000",
+                          MEMORY + "a training step of d2l_resnet18 at --batch-size 256, "
+                          "--resize 5000", for_framework(compare.main, *HUGE)),
+    "crosscheck-memory": Row("resnet-crosscheck --batch 256 --input-size 5000",
+                             MEMORY + "a training step of d2l_resnet18 at --batch 256, "
+                             "--input-size 5000",
+                             crosscheck_cmd("--batch", "256", "--input-size", "5000")),
+    "bench-memory": Row("resnet-bench --batch-size 256 --input-size 5000",
+                        MEMORY + "a training step of d2l_resnet18 at --batch-size 256, "
+                        "--input-size 5000", for_framework(bench.main, "--batch-size", "256",
+                                                           "--input-size", "5000")),
+    "summary-memory": Row("resnet-summary --input-size 100000",
+                          MEMORY + "an inference step of d2l_resnet18 at --input-size 100000",
+                          lambda fw, t: command(summary.main, ["--frameworks", fw,
+                                                               "--input-size", "100000"])),
+    # a run's life: empty paths, weights that diverge on the last step
+    "train-out-empty": Row("--out '' (an unset shell variable)", "--out: expected a path, got ''",
+                           train_flags("--out", "")),
+    "train-weights-empty": Row("--weights ''", "--weights: expected a path, got ''",
+                               train_flags("--weights", "")),
+    "train-data-dir-empty": Row("--data-dir ''", "--data-dir: expected a path, got ''",
+                                train_flags("--data-dir", "")),
+    "compare-out-empty": Row("resnet-compare --out ''", "--out: expected a path, got ''",
+                             lambda fw, t: command(compare.main, ["--frameworks", fw, "--out",
+                                                                  ""])),
+    "convert-empty": Row("resnet-convert with an empty destination", "argument dst: expected a "
+                         "path, got ''", lambda fw, t: command(convert.main, [
+                             str(t / f"w{NATIVE[fw]}"), ""])),
+    "train-diverged": Row("--lr 1e30 --weight-decay 1e30, one step per epoch: the step's loss is "
+                          "finite, the weights it leaves are not", DIVERGED_FIRST,
+                          train_flags("--arch", "cifar_resnet20", "--epochs", "2", "--limit",
+                                      "32", "--lr", "1e30", "--weight-decay", "1e30")),
 }
 
 

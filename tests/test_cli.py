@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -149,3 +150,44 @@ def test_guarded_keeps_the_traceback_with_resnet_traceback(monkeypatch):
 def test_guarded_answers_ctrl_c_with_130(capsys):
     assert raising(KeyboardInterrupt())() == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_guarded_answers_sigterm_with_143_and_says_terminated(capsys):
+    """SIGTERM raises cli.Terminated in the command (its finally blocks run, as on Ctrl-C),
+    reported as terminated, exit 143 (128 + SIGTERM), never as Ctrl-C; the handler before the
+    command is put back after it."""
+    import os
+    import signal
+    from common.commands.cli import Terminated
+
+    ran_finally = []
+
+    @guarded
+    def main(argv=None) -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here
+            return 0
+        finally:
+            ran_finally.append(True)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main() == 143 and ran_finally == [True]
+    assert capsys.readouterr().err == "terminated (SIGTERM)\n"
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert issubclass(Terminated, KeyboardInterrupt)  # code that stops children on Ctrl-C
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["train", "--framework", "torch", "--out", ""], "--out"),
+    (["train", "--framework", "tf", "--weights", ""], "--weights"),
+    (["train", "--framework", "mx", "--data-dir", ""], "--data-dir"),
+    (["compare", "--out", ""], "--out"), (["convert", "", "b.pt"], "src"),
+    (["convert", "a.pt", ""], "dst"), (["export", "", "--framework", "torch"], "output"),
+    (["crosscheck", "--weights", ""], "--weights"), (["bench", "--out", ""], "--out")])
+def test_an_empty_path_is_refused_not_taken_for_the_default(argv, name):
+    """An empty value (an unset shell variable) for any path flag of any command: one usage
+    error naming the flag, exit 2, before anything runs."""
+    done = run(sys.executable, "-m", "common", *argv)
+    assert done.returncode == 2, done.stderr
+    assert f"argument {name}: expected a path, got ''" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

@@ -14,6 +14,7 @@ from common.commands import convert
 from common.commands import crosscheck
 from common.commands import summary
 from common.core.init import init_weights
+from common.frameworks import NAMES
 from common.core.oracle import param_counts, part_table
 from common.core.spec import get_spec
 from common.commands.train import parser as train_parser
@@ -156,6 +157,21 @@ def test_summary_says_no_when_only_a_shape_disagrees(monkeypatch, capsys):
     assert summary.main(["--arch", ARCH, "--input-size", "16"]) == 1
     out = capsys.readouterr().out
     assert "all agree: NO" in out and "1x32x9x8" in out
+
+
+@pytest.mark.parametrize("framework", ["torch", "tf", "mx"])
+def test_summary_says_a_missing_part_is_missing(framework, monkeypatch, capsys):
+    """A part a framework's model lacks reads n/a, naming the framework, never a shape () and
+    counts of 0; the verdict is NO."""
+    module = MODULES[framework]
+    real = module.part_shapes
+    monkeypatch.setattr(module, "part_shapes", lambda model, x: {
+        k: v for k, v in real(model, x).items() if k != "stage2"})
+    assert summary.main(["--arch", ARCH, "--input-size", "16", "--frameworks", framework]) == 1
+    out = capsys.readouterr().out
+    stage2 = next(line for line in out.splitlines() if line.startswith("stage2"))
+    assert f"n/a (no such part in {NAMES[framework]})" in stage2 and "()" not in stage2, stage2
+    assert "all agree: NO" in out
 
 
 def test_summary_checks_only_the_frameworks_asked_for(monkeypatch, capsys):

@@ -34,11 +34,11 @@ from typing import Sequence
 
 import numpy as np
 
-from common.commands.cli import (Parser, guarded, frameworks_arg, non_negative_int, positive_float,
-                        positive_int)
+from common.commands.cli import (Parser, add_threads_flag, guarded, frameworks_arg, non_negative_int,
+                                 path_arg, positive_float, positive_int)
 from common.core.checks import PRECISIONS
 from common.core.data import batches
-from common.core.devices import add_device_flag, cpu
+from common.core.devices import add_device_flag, check_memory, cpu
 from common.core.files import atomic_path, writable_dir
 from common.frameworks import FRAMEWORKS, NAMES, load, module
 from common.core.oracle import flops
@@ -64,14 +64,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="arithmetic")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile, XLA (jit_compile), Gluon static_alloc/static_shape")
-    p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
-                   help="CPU threads per framework (all cores by default)")
+    add_threads_flag(p)
     add_device_flag(p)
     p.add_argument("--steps", type=positive_int, default=2, help="steps per side in each round")
     p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed steps per side after the first")
     p.add_argument("--rounds", type=positive_int, default=5, help="rounds of A then B")
     p.add_argument("--timeout", type=positive_float, default=1800, help="seconds per framework process")
-    p.add_argument("--out", default="reports/bench", help="folder for bench.jsonl and bench.md")
+    p.add_argument("--out", type=path_arg, default="reports/bench", help="folder for bench.jsonl and bench.md")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -83,6 +82,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[st
         flops(spec, args.input_size)  # too small an input is refused here
     except ValueError as err:
         p.error(str(err))
+    check_memory(spec, args.batch_size, args.input_size, args.phase != "infer",
+                 f"--batch-size {args.batch_size}, --input-size {args.input_size}")
     # The plain reference steps (resnet_<fw>/reference.py) build the common structure only.
     unusual = [what for what, there in (("an input BatchNorm", spec.input_bn),
                                         ("a stem without BatchNorm", not spec.stem.norm),

@@ -8,7 +8,10 @@ import difflib
 import functools
 import math
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 from common.core.devices import add_device_flag
 from common.core.errors import Error
@@ -67,6 +70,17 @@ non_negative_float = _number(float, lambda v: math.isfinite(v) and v >= 0,
 unit_interval = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
+def path_arg(text: str) -> str:
+    """An argparse type for a path flag: an empty value (an unset shell variable, `--out
+    "$OUT"`) is refused, never taken for the flag's absence or for the current folder."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got ''")
+    return text
+
+
+path_arg.__name__ = "a path"
+
+
 def expected(err: BaseException) -> bool:
     """Whether err is an expected failure: an Error (a bad flag, input, file, spec or device), a
     file-system error about a path (an OSError with a filename), or a diverging loss (the
@@ -75,14 +89,42 @@ def expected(err: BaseException) -> bool:
             or isinstance(err, OSError) and err.filename is not None)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, as Ctrl-C raises KeyboardInterrupt: the same code
+    stops what the command started (finally blocks, children), and guarded reports it as
+    terminated, exit status 143 (128 + SIGTERM), not as Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+@contextmanager
+def sigterm_raises_terminated():
+    """While the block runs, SIGTERM raises Terminated in the main thread (a handler can only
+    be set there; elsewhere nothing changes); the previous handler is put back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
+
+
 def guarded(main):
     """A command's main(argv) that answers an expected failure with one line, `error: ...`, and
-    exit status 2, and Ctrl-C with exit status 130, instead of a Python traceback;
-    RESNET_TRACEBACK=1 keeps the traceback."""
+    exit status 2, Ctrl-C with exit status 130 and SIGTERM with 143, instead of a Python
+    traceback; RESNET_TRACEBACK=1 keeps the traceback."""
     @functools.wraps(main)
     def run(*args, **kwargs):
         try:
-            return main(*args, **kwargs)
+            with sigterm_raises_terminated():
+                return main(*args, **kwargs)
+        except Terminated:
+            print("terminated (SIGTERM)", file=sys.stderr)
+            return 143
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
@@ -121,8 +163,10 @@ def add_frameworks_flag(p, help: str | None = None) -> None:
 
 
 def add_threads_flag(p, help: str = "CPU threads per framework (all cores by default)") -> None:
-    """--threads: CPU threads for a framework, every core by default."""
-    p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1, help=help)
+    """--threads: CPU threads for a framework, every core this process may use by default;
+    more than that is refused (common.core.devices.check_threads)."""
+    from common.core.devices import threads_arg, usable_cores
+    p.add_argument("--threads", type=threads_arg, default=usable_cores(), help=help)
 
 
 def add_seed_flag(p, help: str | None = None) -> None:
@@ -174,7 +218,7 @@ def train_flag_table() -> Flags:
                    help="preset (docs/presets.md)")
     f.add_argument("--dataset", default="fashion_mnist", choices=DATASETS,
                    help="digits and mnist5k are embedded (no network)")
-    f.add_argument("--data-dir", default=None, help="where data files are (or go)")
+    f.add_argument("--data-dir", type=path_arg, default=None, help="where data files are (or go)")
     f.add_argument("--epochs", type=positive_int, default=10, help="epochs to train")
     f.add_argument("--batch-size", type=positive_int, default=256, help="examples per step")
     f.add_argument("--lr", type=positive_float, default=0.05, help="learning rate")
@@ -188,7 +232,7 @@ def train_flag_table() -> Flags:
     add_seed_flag(f, help="initial weights and data order")
     f.add_argument("--init", default="common", choices=INIT_CHOICES,
                    help="common: the shared seeded NumPy init; framework: the framework's own")
-    f.add_argument("--weights", default=None, metavar="PATH",
+    f.add_argument("--weights", type=path_arg, default=None, metavar="PATH",
                    help="start (fine-tune) from this file, in any format resnet-convert reads "
                         "(canonical, .pt, .weights.h5, .params, torchvision/timm .pth, "
                         ".safetensors); its head must fit the data set's classes, see --new-head")
@@ -203,7 +247,7 @@ def train_flag_table() -> Flags:
                         "float32")
     f.add_argument("--compile", action="store_true",
                    help="torch.compile, XLA (jit_compile), Gluon static_alloc/static_shape")
-    f.add_argument("--out", default=None, help="run folder; None: runs/<framework>")
+    f.add_argument("--out", type=path_arg, default=None, help="run folder; None: runs/<framework>")
     f.add_argument("--resume", action="store_true", help="continue the run in --out")
     add_device_flag(f)
     f.add_argument("--sync-bn", action="store_true",

@@ -4,7 +4,9 @@ and write one report: results side by side, the per-stage shape table, three lea
     resnet3 compare --dataset digits --epochs 4 --resize 32 --batch-size 64
 
 Each framework trains in its own process (`python -m resnet_<fw>.train`, same flags), so that
-its peak memory is its own and thread settings do not leak between frameworks.
+its peak memory is its own and thread settings do not leak between frameworks. On SIGTERM or
+Ctrl-C, compare stops the training it started (and its children), says so, and exits 143 or 130.
+--out is held while compare runs: a second compare (or train run) there is refused.
 """
 from __future__ import annotations
 
@@ -17,11 +19,13 @@ from pathlib import Path
 from typing import Sequence
 
 from common.commands import bench
-from common.commands.cli import (add_frameworks_flag, frameworks_arg, guarded, non_negative_int,
-                                 positive_int, train_flag_table)
-from common.core.files import atomic_path, writable_dir
+from common.commands.cli import (Terminated, add_frameworks_flag, frameworks_arg, guarded,
+                                 non_negative_int, positive_int, train_flag_table)
+from common.commands.launch import Process, stop
+from common.core.files import atomic_path, lock_folder, writable_dir
 from common.frameworks import FRAMEWORKS, NAMES, record
 from common.commands.plots import plot_curves
+from common.core.devices import check_memory
 from common.core.spec import get_spec
 from common.commands.summary import summary
 from common.core.tables import render
@@ -49,12 +53,21 @@ def run_framework(framework: str, args, out: Path) -> dict:
     # MXNet reads OMP_NUM_THREADS once, when it loads: set it for the child before it starts.
     env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": str(args.threads)}
     last, error = "", ""
-    with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True) as child:
-        for line in child.stderr:  # echoed as it comes; the last error line is kept
-            sys.stderr.write(line)
-            if line.strip():
-                last = line.strip()
-                error = last.removeprefix("error: ") if last.startswith("error: ") else error
+    # In a session of its own, so that stop() finds it and every process it started.
+    with subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as child:
+        try:
+            for line in child.stderr:  # echoed as it comes; the last error line is kept
+                sys.stderr.write(line)
+                if line.strip():
+                    last = line.strip()
+                    error = last.removeprefix("error: ") if last.startswith("error: ") else error
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (cli.guarded raises Terminated)
+            stop([Process(framework, child)])
+            why = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted (Ctrl-C)"
+            print(f"== {NAMES[framework]}: {why}; stopped its training (process {child.pid}) "
+                  f"and every process it started", file=sys.stderr, flush=True)
+            raise
     if child.returncode == 0:
         return json.loads((out / framework / RUN).read_text())
     why = error or f"exit status {child.returncode}" + (f": {last}" if last else "")
@@ -84,14 +97,16 @@ def speed_section(runs: dict[str, dict], rows: list[dict], lines: list[str]) -> 
               "infer ratio to reference", "train % FP32 peak", "infer % FP32 peak"]
     table = []
     for fw, run in runs.items():
-        cells = [NAMES[fw], _num(run.get("train_examples_per_sec"), ".1f"),
-                 _num(run.get("infer_examples_per_sec"), ".1f"),
-                 _num(run.get("first_step_seconds"), ".2f"),
-                 _num(run.get("first_eval_step_seconds"), ".2f"), f"{run['peak_rss_mib']:.0f}"]
+        cells = [NAMES[fw], _num(run.get("train_examples_per_sec"), ".1f", ONE_STEP),
+                 _num(run.get("infer_examples_per_sec"), ".1f", ONE_STEP),
+                 _num(run.get("first_step_seconds"), ".2f", NO_STEP),
+                 _num(run.get("first_eval_step_seconds"), ".2f", NO_STEP),
+                 _num(run.get("peak_rss_mib"), ".0f")]
         for key, fmt in (("ratio_wall", ".3f"), ("peak_share", ".1%")):
             for phase in ("train", "infer"):
                 r = by.get((fw, phase), {})
-                cells.append(_num(r.get(key), fmt) if "error" not in r else r["error"])
+                cells.append(_num(r.get(key), fmt, "not measured by the bench")
+                             if "error" not in r else r["error"])
         table.append(cells)
     return (render(header, table, markdown=True) + "\n\n"
             "img/s: the training run's steady speed (its first train and inference steps, where a "
@@ -101,8 +116,36 @@ def speed_section(runs: dict[str, dict], rows: list[dict], lines: list[str]) -> 
             + " ".join(lines) + "\n")
 
 
-def _num(value, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
+# Why a figure of a run can be missing: said in its cell, as "n/a (why)".
+ONE_STEP = "one step per epoch, timed apart as the first"
+NO_STEP = "no step in this process"
+
+
+def _num(value, fmt: str, why: str = "not measured") -> str:
+    return f"n/a ({why})" if value is None else format(value, fmt)
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def results_row(framework: str, run: dict) -> list:
+    """One framework's row of the Results table; a missing figure reads "n/a (why)": a run of
+    one step per epoch has no steady speed (its step is the first, timed apart), a data set
+    without test examples no test accuracy, a run without epochs no loss."""
+    hist = run.get("history") or []
+    first, last = (hist[0], hist[-1]) if hist else ({}, {})
+    timed = [r for r in hist if r.get("examples_per_sec") is not None]
+    no_epoch = "no epoch"
+    return [NAMES[framework], _num(first.get("train_loss"), ".4f", no_epoch),
+            _num(last.get("train_loss"), ".4f", no_epoch),
+            _num(last.get("train_acc"), ".3f", no_epoch),
+            _num(last.get("test_acc"), ".3f", "no test examples" if hist else no_epoch),
+            _num(_mean([r["examples_per_sec"] for r in timed]), ".1f", ONE_STEP),
+            _num(_mean([r.get("seconds") for r in timed]), ".2f", ONE_STEP),
+            _num(run.get("peak_rss_mib"), ".0f"), run["params"]["trainable"],
+            run["params"]["non_trainable"], run["params"]["total"]]
 
 
 def failures_section(failed: dict[str, str]) -> str:
@@ -123,15 +166,7 @@ def report(runs: dict[str, dict], args, out: Path, speed: str = "",
             tmp.write_text(text)
         return text
     first = next(iter(runs.values()))
-    rows = []
-    for fw, run in runs.items():
-        last, hist = run["history"][-1], run["history"]
-        rows.append([NAMES[fw], f"{hist[0]['train_loss']:.4f}", f"{last['train_loss']:.4f}",
-                     f"{last['train_acc']:.3f}", f"{last['test_acc']:.3f}",
-                     f"{sum(r['examples_per_sec'] for r in hist) / len(hist):.1f}",
-                     f"{sum(r['seconds'] for r in hist) / len(hist):.2f}",
-                     f"{run['peak_rss_mib']:.0f}", run["params"]["trainable"],
-                     run["params"]["non_trainable"], run["params"]["total"]])
+    rows = [results_row(fw, run) for fw, run in runs.items()]
     header = ["framework", "epoch-1 loss", "final loss", "train acc", "test acc",
               "examples/sec", "s/epoch (train)", "peak RSS MiB", "trainable", "BN stats", "total"]
     spec = get_spec(first["arch"], in_channels=first["in_channels"],
@@ -171,7 +206,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     check_args(p, args)
     frameworks = frameworks_arg(p, args.frameworks, FRAMEWORKS)
+    if args.resize:  # up front, for every framework (the workers of --workers share a machine)
+        check_memory(get_spec(args.arch, in_channels=1), args.batch_size, args.resize, True,
+                     f"--batch-size {args.batch_size}, --resize {args.resize}")
     out = writable_dir(args.out)
+    with lock_folder(out):  # one compare (or train run) in --out at a time
+        return compare(args, frameworks, out)
+
+
+def compare(args, frameworks: tuple[str, ...], out: Path) -> int:
+    """Train each framework, measure their speed, write the report; 1 if any failed."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the shape table loads TensorFlow here
     results = {fw: run_framework(fw, args, out) for fw in frameworks}
     runs = {fw: r for fw, r in results.items() if "error" not in r}

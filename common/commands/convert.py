@@ -17,10 +17,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from common.commands.cli import Parser, add_spec_flags, guarded, spec_of
+from common.commands.cli import Parser, add_spec_flags, guarded, path_arg, spec_of
 from common.formats import libraries
 from common.formats.libraries import Format, head_bias
-from common.core.files import atomic_path, writable_dir
+from common.core.files import arrays_bytes, atomic_path, ensure_space, writable_dir
 from common.frameworks import FRAMEWORKS, load, module
 from common.core.spec import ResNetSpec
 from common.core.errors import Error
@@ -146,7 +146,9 @@ def read(path: str | Path, spec: ResNetSpec, fmt: str = "auto") -> Weights:
 
 
 def write(weights: Weights, path: str | Path, spec: ResNetSpec, fmt: str = "auto") -> None:
-    """Write canonical weights in any supported format."""
+    """Write canonical weights in any supported format; refused before it starts when the
+    file system has too little room (a library may crash on a full disk: MXNet does)."""
+    ensure_space(path, arrays_bytes(weights.values()))
     FORMATS[target_format(path, fmt)].write(weights, Path(path), spec)
 
 
@@ -165,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="resnet-convert", description=__doc__.splitlines()[0],
                     epilog="formats: " + "; ".join(f"{name}: {fmt.what} ({', '.join(fmt.suffixes)})"
                                                    for name, fmt in FORMATS.items()))
-    parser.add_argument("src", help="weights file to read")
-    parser.add_argument("dst", help="weights file to write")
+    parser.add_argument("src", type=path_arg, help="weights file to read")
+    parser.add_argument("dst", type=path_arg, help="weights file to write")
     parser.add_argument("--from", dest="src_format", default="auto", choices=["auto", *FORMATS],
                         help="SRC's format; auto: from its name and the names it holds")
     parser.add_argument("--to", dest="dst_format", default="auto", choices=["auto", *FORMATS],

@@ -12,9 +12,9 @@ import sys
 import numpy as np
 
 from common.core.checks import DTYPES, check_geometry
-from common.commands.cli import (Parser, add_spec_flags, guarded, non_negative_int, positive_int,
+from common.commands.cli import (Parser, add_spec_flags, guarded, non_negative_int, path_arg, positive_int,
                         spec_of)
-from common.core.devices import add_device_flag
+from common.core.devices import add_device_flag, check_memory
 from common.frameworks import FRAMEWORKS, NAMES, load, module
 from common.core.init import init_weights
 from common.core.oracle import zero_gradient_biases
@@ -97,7 +97,7 @@ def before_gpu_crosscheck() -> None:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="resnet-crosscheck", description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", help="weights file in any format resnet-convert reads "
+    parser.add_argument("--weights", type=path_arg, help="weights file in any format resnet-convert reads "
                         "(.safetensors, .npz, .pt, .weights.h5, .params, torchvision/timm .pth, "
                         ".bin), found from its contents; default: the shared seeded "
                         "initialisation")
@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     # The batch runs in train mode too: refused here, before any framework loads, if it cannot.
     check_geometry(spec, (args.batch, spec.in_channels, args.input_size, args.input_size),
                    training=True)
+    check_memory(spec, args.batch, args.input_size, True,
+                 f"--batch {args.batch}, --input-size {args.input_size}",
+                 itemsize=8 if args.dtype == "float64" else 4)
     if args.device != "cpu":  # before reading --weights, which may load a framework
         before_gpu_crosscheck()
     if args.weights:

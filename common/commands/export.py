@@ -25,7 +25,7 @@ import numpy as np
 
 from common.core.checks import check_geometry
 from common.core.errors import Error
-from common.commands.cli import Parser, add_spec_flags, guarded, non_negative_int, positive_int, spec_of
+from common.commands.cli import Parser, add_spec_flags, guarded, non_negative_int, path_arg, positive_int, spec_of
 from common.core.files import atomic_path
 from common.frameworks import FRAMEWORKS, NAMES, load, module
 from common.core.init import init_weights
@@ -132,7 +132,7 @@ def export(framework: str, spec: ResNetSpec, weights: Weights, input_size: int,
         raise ExportMismatch(f"onnxruntime's logits differ from {NAMES[framework]}'s eval "
                              f"logits by {diff:.2e}, expected at most {TOLERANCE:g} x "
                              f"{scale:.3g} (the logit scale); nothing written")
-    with atomic_path(path) as tmp:
+    with atomic_path(path, needed=len(data)) as tmp:
         tmp.write_bytes(data)
     return diff, scale
 
@@ -145,10 +145,10 @@ def _version(package: str) -> str:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="resnet-export", description=__doc__.splitlines()[0])
-    parser.add_argument("output", help="the file to write, ending in .onnx")
+    parser.add_argument("output", type=path_arg, help="the file to write, ending in .onnx")
     parser.add_argument("--framework", required=True, choices=FRAMEWORKS,
                         help="whose model and converter build the graph")
-    parser.add_argument("--weights", help="weights file (.safetensors, .npz, .pt, .weights.h5, "
+    parser.add_argument("--weights", type=path_arg, help="weights file (.safetensors, .npz, .pt, .weights.h5, "
                         ".params); default: the shared seeded initialisation")
     add_spec_flags(parser)
     parser.add_argument("--input-size", type=positive_int, default=96,

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 
 from common.core.checks import check_geometry
+from common.core.devices import check_memory
 from common.commands.cli import Parser, add_spec_flags, frameworks_arg, guarded, positive_int, spec_of
 from common.frameworks import FRAMEWORKS, NAMES, load, shape_as_nchw, to_layout
 from common.core.oracle import ParamCounts, part_table
@@ -39,9 +40,12 @@ def summary(spec: ResNetSpec, input_size: int = 224, frameworks=FRAMEWORKS,
     rows, agree = [], True
     for part in oracle:
         row: list[object] = [part]
-        for parts in columns.values():
-            shape, counts = parts.get(part, ((), ParamCounts(0, 0)))
+        for col, parts in columns.items():
             agree &= parts.get(part) == oracle[part]
+            if part not in parts:  # missing, said so: never a shape () and counts of 0
+                row += [f"n/a (no such part in {NAMES.get(col, col)})", "n/a", "n/a"]
+                continue
+            shape, counts = parts[part]
             row += [shape, counts.trainable, counts.non_trainable]
         rows.append(row)
     totals: list[object] = ["total"]
@@ -67,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     frameworks = frameworks_arg(parser, args.frameworks, FRAMEWORKS)
     spec = spec_of(args)
     check_geometry(spec, (1, spec.in_channels, args.input_size, args.input_size))
+    check_memory(spec, 1, args.input_size, False, f"--input-size {args.input_size}")
     table, agree = summary(spec, args.input_size, frameworks, args.markdown)
     print(table)
     return 0 if agree else 1

@@ -18,6 +18,7 @@ import os
 import resource
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -29,9 +30,11 @@ import numpy as np
 from common.commands.cli import Parser, guarded
 from common.commands.plots import plot_curves
 from common.core.checks import check_geometry
+from common.core.devices import check_memory
 from common.core.data import Dataset, batches, load_dataset
 from common.core.errors import Error
-from common.core.files import atomic_path, path_error, writable_dir
+from common.core.files import (arrays_bytes, atomic_path, ensure_space, lock_folder, path_error,
+                               writable_dir)
 from common.core.init import init_weights
 from common.core.oracle import smallest_bn_map
 from common.core.optim import OptimizerConfig
@@ -62,7 +65,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         OptimizerConfig(args.optimizer, args.lr, args.momentum, args.weight_decay)
     except ValueError as err:
         p.error(str(err))
-    if args.new_head and not args.weights:
+    if args.new_head and args.weights is None:
         p.error("--new-head: expected --weights too (it replaces the head of that file)")
 
 
@@ -99,18 +102,19 @@ class StepClock:
 
 
 def evaluate(adapter, x: np.ndarray, y: np.ndarray, batch_size: int, resize: int | None,
-             clock: StepClock | None = None, engine=None) -> float:
+             clock: StepClock | None = None, engine=None) -> float | None:
     """Accuracy in inference mode (running BatchNorm statistics); `clock` times the steps.
-    With an engine, each worker evaluates its slice of the test set and the counts are summed."""
+    With an engine, each worker evaluates its slice of the test set and the counts are summed.
+    None when there is no test example to evaluate."""
     clock = clock or StepClock()
     if engine is not None:
         x, y = (np.array_split(a, engine.workers)[engine.rank] for a in (x, y))
     correct = sum(int((clock.time(partial(adapter.eval_step, xb), len(yb)).argmax(1) == yb).sum())
                   for xb, yb in batches(x, y, batch_size, resize) if len(yb))
     if engine is None:
-        return correct / len(y)
+        return correct / len(y) if len(y) else None
     total = engine.all_sum(np.array([correct, len(y)], np.float64))
-    return float(total[0] / total[1])
+    return float(total[0] / total[1]) if total[1] else None
 
 
 class Workers:
@@ -241,25 +245,39 @@ def train(framework: str, args: argparse.Namespace, data: Dataset | None = None,
     """Train one framework as the flags say; returns the run summary (also in run.json).
     Under resnet-launch, each worker trains on its share of every global batch through its
     framework's data-parallel engine, and the first worker alone writes files and logs."""
-    run = set_up(framework, args, data, log)
-    try:
-        return train_run(run)
-    finally:
-        if run.engine is not None:
-            run.engine.close()
-
-
-def set_up(framework: str, args: argparse.Namespace, data: Dataset | None, log) -> Run:
-    """The run's data, spec and folder, checked before any work; then its framework, device
-    and (under resnet-launch) data-parallel engine, in that order."""
     workers = Workers()
     if args.batch_size % workers.count:
         raise RunError(f"--batch-size: expected a multiple of the {workers.count} workers (it "
                        f"is the global batch, shared equally), got {args.batch_size}")
+    out = run_folder(framework, args, workers)
+    # The first worker holds --out until the run ends: a second run there is refused.
+    with lock_folder(out) if workers.first else nullcontext():
+        run = set_up(framework, args, data, log, workers, out)
+        try:
+            return train_run(run)
+        finally:
+            if run.engine is not None:
+                run.engine.close()
+
+
+def run_folder(framework: str, args: argparse.Namespace, workers: Workers) -> Path:
+    """--out (runs/<framework> when not given), made and proven writable by the first worker;
+    an empty --out (an unset shell variable) is refused, not taken for the default."""
+    if args.out == "":
+        raise RunError("--out: expected a path, got ''")
+    out = args.out if args.out is not None else f"runs/{framework}"
+    return writable_dir(out) if workers.first else Path(out)
+
+
+def set_up(framework: str, args: argparse.Namespace, data: Dataset | None, log,
+           workers: Workers, out: Path) -> Run:
+    """The run's data and spec, checked before any work; then its framework, device and
+    (under resnet-launch) data-parallel engine, in that order."""
     if not workers.first:
         log = lambda line: None  # noqa: E731 - the first worker speaks for the run
-    out = (writable_dir if workers.first else Path)(args.out or f"runs/{framework}")
     data = (data or load_dataset(args.dataset, args.data_dir)).limit(args.limit)
+    for line in data.notes():  # classes left out (a short --limit run): said, not refused
+        log(f"{NAMES[framework]}: warning: {line}")
     spec = get_spec(args.arch, in_channels=data.in_channels, num_classes=data.num_classes)
     config = {k: getattr(args, k) for k in RUN_DEFINING}
     size = args.resize or int(data.train_x.shape[2])
@@ -267,6 +285,8 @@ def set_up(framework: str, args: argparse.Namespace, data: Dataset | None, log) 
     local = args.batch_size if args.sync_bn else args.batch_size // workers.count
     check_geometry(spec, (min(local, len(data.train_y)), spec.in_channels, size, size),
                    training=True)
+    check_memory(spec, min(local, len(data.train_y)), size, True,
+                 f"--batch-size {args.batch_size}, --resize {size}")
     package = load(framework)
     package.set_threads(args.threads)
     # A GPU the framework does not see is refused here, before any work (never a fall-back).
@@ -331,8 +351,9 @@ def initial_weights(run: Run) -> Weights:
     if args.init == "common":
         weights = init_weights(run.spec, args.seed)
     else:
-        weights = run.package.to_canonical(run.package.build(run.spec, init="framework"))
-    if args.weights:
+        weights = run.package.to_canonical(run.package.build(run.spec, init="framework",
+                                                                 seed=args.seed))
+    if args.weights is not None:
         weights = weights_from_file(args.weights, run.spec, weights, args.new_head,
                                     run.data.name, run.note)
     if run.engine is not None and args.init == "framework":
@@ -419,21 +440,77 @@ def validate(run: Run, adapter, clock: StepClock) -> dict:
             "infer_examples_per_sec": (clock.examples - examples0) / seconds if seconds else None}
 
 
+# Why a figure of an epoch can be missing (None in metrics.jsonl and run.json).
+MISSING = {"examples_per_sec": "one step, timed apart as the first",
+           "infer_examples_per_sec": "one step, timed apart as the first",
+           "test_acc": "no test examples"}
+
+
+def figure(row: dict, key: str, fmt: str, unit: str = "") -> str:
+    """row[key] formatted (before `unit`), or "<unit> n/a (why)" when it is missing (MISSING
+    says why)."""
+    value = row.get(key)
+    if value is None:
+        return f"{unit} n/a ({MISSING.get(key, 'not measured')})".lstrip()
+    return f"{value:{fmt}} {unit}".rstrip()
+
+
 def log_epoch(run: Run, adapter, row: dict, first_step: float | None) -> None:
     """The epoch's line; `first_step`: the seconds of the first step, timed apart, on the first
     epoch of this process."""
-    speed = (f"{row['examples_per_sec']:.1f} examples/sec" if row["examples_per_sec"]
-             else "examples/sec after the first step only")
     first = f", first step {first_step:.2f} s apart" if first_step is not None else ""
     run.log(f"epoch {row['epoch']}/{run.args.epochs}: loss {row['train_loss']:.3f}, train acc "
-            f"{row['train_acc']:.3f}, test acc {row['test_acc']:.3f}, {speed} on "
+            f"{row['train_acc']:.3f}, test acc {figure(row, 'test_acc', '.3f')}, "
+            f"{figure(row, 'examples_per_sec', '.1f', 'examples/sec')} on "
             f"{adapter.device} ({NAMES[run.framework]}, {run.args.precision}{first})")
 
 
+class Snapshot:
+    """An adapter's weights and optimiser state, read once, so that what is checked is what
+    is written (common.formats.checkpoint.Checkpointed)."""
+
+    def __init__(self, adapter):
+        self.framework = adapter.framework
+        self.weights, self.optimizer = adapter.get_weights(), adapter.optimizer_state()
+
+    def get_weights(self) -> Weights:
+        return self.weights
+
+    def optimizer_state(self) -> dict:
+        return self.optimizer
+
+    def nbytes(self) -> int:
+        """About the size of its checkpoint (core.files.arrays_bytes)."""
+        return arrays_bytes([*self.weights.values(), *self.optimizer.values()])
+
+
+def finite_snapshot(run: Run, adapter, epoch: int) -> Snapshot:
+    """The adapter's state after `epoch` epochs, refused (FloatingPointError, one line) when a
+    weight or an optimiser slot is NaN or infinite: the last steps diverged although the loss
+    they reported was finite, and the last finite checkpoint must stay the one on disk."""
+    snap = Snapshot(adapter)
+    for name, value in itertools.chain(snap.weights.items(), snap.optimizer.items()):
+        value = np.asarray(value)
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            bad = value[~np.isfinite(value)].flat[0]
+            kept = (f"the checkpoint of epoch {epoch - 1} in {run.out} is kept"
+                    if epoch > 1 and (run.out / CHECKPOINT).is_file()
+                    else "no checkpoint was written")
+            raise FloatingPointError(f"weights: expected finite values after epoch {epoch}, got "
+                                     f"{bad} in {name} (the last steps diverged; try a lower "
+                                     f"--lr); {kept}")
+    return snap
+
+
 def save_progress(run: Run, adapter, history: list[dict]) -> None:
-    """The checkpoint and metrics.jsonl after an epoch (the first worker writes them)."""
+    """The checkpoint and metrics.jsonl after an epoch (the first worker writes them), once
+    the weights are known to be finite."""
+    epoch = history[-1]["epoch"]
+    snap = finite_snapshot(run, adapter, epoch)
     if run.workers.first:
-        save_checkpoint(run.out / CHECKPOINT, adapter, history[-1]["epoch"], history, run.config)
+        path = run.out / CHECKPOINT
+        ensure_space(path, snap.nbytes() + len(json.dumps(history)))
+        save_checkpoint(path, snap, epoch, history, run.config)
         _write_text_atomically(run.out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
 
 
@@ -442,7 +519,9 @@ def finish(run: Run, adapter, history: list[dict], train_clock: StepClock,
     """The run's last files (the first worker writes them): weights.safetensors, curves.png,
     and run.json with the summary, which it returns."""
     if run.workers.first:
-        save_weights(adapter.get_weights(), run.out / WEIGHTS)
+        snap = finite_snapshot(run, adapter, len(history))
+        ensure_space(run.out / WEIGHTS, snap.nbytes())
+        save_weights(snap.weights, run.out / WEIGHTS)
     if history and run.workers.first:
         plot_curves({NAMES[run.framework]: history}, run.out / CURVES,
                     f"{run.spec.name} on {run.data.name}")
@@ -457,6 +536,7 @@ def summarise(run: Run, adapter, history: list[dict], train_clock: StepClock,
     """run.json: what was trained, how, its history, parameter counts, speed and peak memory."""
     args, spec, counts = run.args, run.spec, run.package.param_counts(adapter.model)
     return {"framework": run.framework, "arch": spec.name, "dataset": run.data.name,
+            "data_from": run.data.source,
             "in_channels": spec.in_channels, "num_classes": spec.num_classes,
             "input_size": run.input_size, "epochs": len(history), "history": history,
             "params": {"trainable": counts.trainable, "non_trainable": counts.non_trainable,
