@@ -52,11 +52,19 @@ def load_native(model: nn.Module, path: str) -> nn.Module:
     if is_torchvision(state) and not any(k.startswith("stem.") for k in state):
         # torchvision's or timm's names: the ecosystem's own format of PyTorch
         return from_canonical(model, from_torchvision_state(
-            {k: v.numpy() for k, v in state.items()}, model.spec, path))
+            {k: _numpy(v) for k, v in state.items()}, model.spec, path))
     names = {_torch_name(n): n for n in canonical_layout(model.spec)}
-    weights = {names.get(k, k): v.numpy() for k, v in state.items()
+    weights = {names.get(k, k): _numpy(v) for k, v in state.items()
                if not k.endswith("num_batches_tracked")}
     return fit_file(path, lambda: from_canonical(model, weights))
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A state_dict tensor as NumPy; float16 and bfloat16 (which NumPy lacks) as float32,
+    exactly, as every weights file is read."""
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        tensor = tensor.float()
+    return tensor.detach().numpy()
 
 
 def _torch_name(canonical: str) -> str:

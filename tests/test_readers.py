@@ -56,8 +56,11 @@ def test_idx_labels_are_read_in_order(tmp_path, name):
 @pytest.mark.parametrize("extra", [1, 35])
 def test_idx_trailing_bytes_are_refused(tmp_path, name, extra):
     raw = idx_images(2, 5, 7, {}) + bytes(extra)  # 16 header bytes, 70 pixels, then extra
+    # A gzip file is inflated no further than the promised bytes plus one, so its true size
+    # is not known; a plain file's is.
+    got = "more than 86" if name.endswith(".gz") else str(86 + extra)
     with pytest.raises(DataError, match=r"expected 86 bytes for shape \(2, 5, 7\), got "
-                                        rf"{86 + extra}.*trailing"):
+                                        rf"{got} .*trailing"):
         read_idx(write(tmp_path / name, raw))
 
 

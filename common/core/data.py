@@ -17,6 +17,7 @@ import shutil
 import tarfile
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -37,23 +38,45 @@ class DataError(Error):
 
 @dataclass
 class Dataset:
-    """Images as uint8 or float32 NCHW arrays with values in [0, 1] after `as_float`."""
+    """Images as uint8 or float32 NCHW arrays with values in [0, 1] after `as_float`.
+    `source`: where the examples were read from (a folder, or the package that ships them)."""
     name: str
     train_x: np.ndarray
     train_y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
     num_classes: int
+    source: str = "(in memory)"
 
     def __post_init__(self) -> None:
         # The adapters check every batch's labels too; checked here, a bad file is named
-        # when it loads, before any training starts.
+        # when it loads, before any training starts. An empty split leaves nothing to train
+        # on or to measure (every accuracy would divide by zero): an error, with where.
         for split, x, y in (("train", self.train_x, self.train_y),
                             ("test", self.test_x, self.test_y)):
+            if len(x) == 0:
+                raise DataError(f"{self.name} {split} split: expected at least one example, got "
+                                f"none in {self.source}")
             try:
                 labels_as(y, len(x), self.num_classes)
             except InputError as err:
                 raise DataError(f"{self.name} {split} {err}") from None
+
+    def notes(self) -> list[str]:
+        """Warnings about a degenerate but usable data set: classes with no training or test
+        example, and training labels that are all alike. A short --limit run (d2l's quick
+        check) legitimately leaves classes out, so these are said, not refused."""
+        out = []
+        for split, y in (("training", self.train_y), ("test", self.test_y)):
+            missing = sorted(set(range(self.num_classes)) - set(np.unique(y).tolist()))
+            if len(missing) == self.num_classes - 1:
+                out.append(f"every {split} label of {self.name} is {int(y[0])}: accuracy says "
+                           f"nothing about the other {len(missing)} classes")
+            elif missing:
+                out.append(f"the {split} split of {self.name} has no example of class"
+                           f"{'es' if len(missing) > 1 else ''} "
+                           f"{', '.join(map(str, missing))}")
+        return out
 
     @property
     def in_channels(self) -> int:
@@ -66,7 +89,7 @@ class Dataset:
         if n < 1:
             raise DataError(f"--limit: expected a positive number of examples, got {n}")
         return Dataset(self.name, self.train_x[:n], self.train_y[:n], self.test_x,
-                       self.test_y, self.num_classes)
+                       self.test_y, self.num_classes, self.source)
 
 
 # --- the files of each downloadable data set: (name, md5) ------------------------------------
@@ -104,28 +127,50 @@ def cache_roots(data_dir: str | os.PathLike | None) -> list[Path]:
 # --- readers ---------------------------------------------------------------------------------
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """An IDX file (gzip or not) as a uint8 array: (n, rows, cols) images or (n,) labels."""
+    """An IDX file (gzip or not) as a uint8 array: (n, rows, cols) images or (n,) labels.
+    At most the bytes its header promises, plus one, are read (and inflated): a small gzip file
+    that inflates to gigabytes is refused after the promised size, not read whole."""
     path = Path(path)
     try:
         with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
-            raw = f.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+            magic = _read_at_most(f, 4)
+            _check_idx_magic(path, magic)
+            ndim = magic[3]
+            sizes = _read_at_most(f, 4 * ndim) if ndim in (1, 3) else b""
+            if ndim not in (1, 3) or len(sizes) < 4 * ndim:
+                raise DataError(f"{path}: expected a 1-d (labels) or 3-d (images) IDX file, "
+                                f"got {ndim} dimensions in {4 + len(sizes)} bytes")
+            dims = tuple(int.from_bytes(sizes[4 * i:4 * i + 4], "big") for i in range(ndim))
+            count = int(np.prod(dims))
+            data = _read_at_most(f, count + 1)
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:
         raise DataError(f"{path}: expected a readable IDX file, got a corrupt or truncated "
                         f"gzip stream ({err})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(f"{path}: expected an IDX file of unsigned bytes (magic 0x0000 08 xx), "
-                        f"got header {raw[:4].hex() or 'empty'}")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if ndim not in (1, 3) or len(raw) < header:
-        raise DataError(f"{path}: expected a 1-d (labels) or 3-d (images) IDX file, got "
-                        f"{ndim} dimensions in {len(raw)} bytes")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(dims))
-    if len(raw) != expected:
-        raise DataError(f"{path}: expected {expected} bytes for shape {dims}, got {len(raw)} "
+    if len(data) != count:
+        header = 4 + 4 * ndim
+        got = (header + len(data) if len(data) < count else
+               f"more than {header + count}" if path.suffix == ".gz" else path.stat().st_size)
+        raise DataError(f"{path}: expected {header + count} bytes for shape {dims}, got {got} "
                         f"(the file is truncated or has trailing data)")
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+    return np.frombuffer(data, np.uint8).reshape(dims)
+
+
+def _read_at_most(f, n: int) -> bytearray:
+    """Up to n bytes of a file object, fewer only at its end, read in pieces of at most 16 MiB
+    so that a promise larger than the file costs no more memory than the file holds."""
+    out = bytearray()
+    while len(out) < n:
+        piece = f.read(min(n - len(out), 1 << 24))
+        if not piece:
+            break
+        out += piece
+    return out
+
+
+def _check_idx_magic(path: Path, magic: bytes) -> None:
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] != 0x08:
+        raise DataError(f"{path}: expected an IDX file of unsigned bytes (magic 0x0000 08 xx), "
+                        f"got header {bytes(magic).hex() or 'empty'}")
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -145,8 +190,9 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
             batch = _ArraysOnly(f, encoding="bytes").load()
-        data = np.asarray(batch[b"data"], np.uint8)
-        labels = np.asarray(batch[b"labels"], np.int64)
+        data, labels = batch[b"data"], batch[b"labels"]
+        _check_cifar_types(path, data, labels)
+        data, labels = np.asarray(data, np.uint8), np.asarray(labels, np.int64)
     except DataError:
         raise
     except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as err:
@@ -156,6 +202,20 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: expected data of shape (n, 3072) and n labels, got "
                         f"{data.shape} and {len(labels)} labels")
     return data.reshape(-1, 3, 32, 32), labels
+
+
+def _check_cifar_types(path, data, labels) -> None:
+    """CIFAR's b'data' is one uint8 array and b'labels' a list of ints. Checked before NumPy
+    converts them: a pickle can refer to one object many times at a few bytes each, so a small
+    file of a list of references to an array would otherwise become gigabytes."""
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        raise DataError(f"{path}: expected b'data' a uint8 array, got "
+                        f"{getattr(data, 'dtype', type(data).__name__)}")
+    if not (isinstance(labels, list) and all(type(v) is int for v in labels)
+            or isinstance(labels, np.ndarray) and labels.ndim == 1
+            and np.issubdtype(labels.dtype, np.integer)):
+        raise DataError(f"{path}: expected b'labels' a list of integers, got a "
+                        f"{type(labels).__name__} of other things")
 
 
 # --- finding and fetching files --------------------------------------------------------------
@@ -188,6 +248,28 @@ def _find(roots: list[Path], subdirs: list[str], names: list[str]) -> Path | Non
     return None
 
 
+def _locate(name: str, data_dir: str | None, subdirs: list[str], names: list[str]) -> Path | None:
+    """The folder that holds all of a data set's files: with --data-dir, only there (a folder
+    the user named is never passed over for ./data or a framework cache), else in ./data or a
+    framework cache; None when none holds them (they are then downloaded). A --data-dir folder
+    that holds only some of them is an error that says which are missing where."""
+    if not data_dir:
+        return _find(cache_roots(None), subdirs, names)
+    found = _find([Path(data_dir)], subdirs, names)
+    if found is not None:
+        return found
+    for sub in subdirs:
+        folder = Path(data_dir) / sub
+        present = [n for n in names if (folder / n).is_file()]
+        if present:
+            missing = [n for n in names if n not in present]
+            raise DataError(f"{name}: --data-dir {data_dir}: expected all of its files in "
+                            f"{folder}, got {len(present)} of {len(names)}: missing "
+                            f"{', '.join(missing)}; add them there, or name a folder without "
+                            f"any of them to download all")
+    return None
+
+
 def _offline_error(name: str, where: Path, names: list[str], err: Exception) -> DataError:
     return DataError(f"{name}: expected its files in --data-dir or a framework cache, and could "
                      f"not download them ({err}). Put {', '.join(names)} in {where} (or pass "
@@ -197,7 +279,7 @@ def _offline_error(name: str, where: Path, names: list[str], err: Exception) -> 
 def _load_idx_set(name: str, data_dir: str | None, download_ok: bool) -> Dataset:
     info = IDX_FILES[name]
     files = list(info["files"])
-    folder = _find(cache_roots(data_dir), info["dirs"], files)
+    folder = _locate(name, data_dir, info["dirs"], files)
     if folder is None:
         folder = cache_roots(data_dir)[0] / info["dirs"][0]
         missing = [f for f in files if not (folder / f).is_file()]
@@ -213,12 +295,13 @@ def _load_idx_set(name: str, data_dir: str | None, download_ok: bool) -> Dataset
         if len(images) != len(labels):
             raise DataError(f"{folder}: expected as many {split} labels as images, got "
                             f"{len(labels)} labels and {len(images)} images")
-    return Dataset(name, tx[:, None], ty.astype(np.int64), vx[:, None], vy.astype(np.int64), 10)
+    return Dataset(name, tx[:, None], ty.astype(np.int64), vx[:, None], vy.astype(np.int64), 10,
+                   str(folder.resolve()))
 
 
 def _load_cifar10(data_dir: str | None, download_ok: bool) -> Dataset:
     names = CIFAR["train"] + CIFAR["test"]
-    folder = _find(cache_roots(data_dir), [CIFAR["dir"], f"cifar10/{CIFAR['dir']}"], names)
+    folder = _locate("cifar10", data_dir, [CIFAR["dir"], f"cifar10/{CIFAR['dir']}"], names)
     if folder is None:
         root = cache_roots(data_dir)[0]
         try:
@@ -233,22 +316,24 @@ def _load_cifar10(data_dir: str | None, download_ok: bool) -> Dataset:
     train = [read_cifar_batch(folder / n) for n in CIFAR["train"]]
     tx, ty = np.concatenate([b[0] for b in train]), np.concatenate([b[1] for b in train])
     vx, vy = read_cifar_batch(folder / CIFAR["test"][0])
-    return Dataset("cifar10", tx, ty, vx, vy, 10)
+    return Dataset("cifar10", tx, ty, vx, vy, 10, str(folder.resolve()))
 
 
-def _split(name: str, x: np.ndarray, y: np.ndarray, test_fraction: float = 0.2) -> Dataset:
+def _split(name: str, x: np.ndarray, y: np.ndarray, source: str,
+           test_fraction: float = 0.2) -> Dataset:
     """A fixed train/test split (seed 0, independent of the training seed)."""
     order = np.random.default_rng(0).permutation(len(x))
     n_test = int(len(x) * test_fraction)
     test, train = order[:n_test], order[n_test:]
-    return Dataset(name, x[train], y[train], x[test], y[test], 10)
+    return Dataset(name, x[train], y[train], x[test], y[test], 10, source)
 
 
 def _load_digits() -> Dataset:
     from sklearn.datasets import load_digits
     d = load_digits()
     images = np.round(d.images * (255 / 16)).astype(np.uint8)  # 0..16 -> 0..255
-    return _split("digits", images[:, None], d.target.astype(np.int64))
+    return _split("digits", images[:, None], d.target.astype(np.int64),
+                  "scikit-learn's sklearn.datasets.load_digits")
 
 
 def _load_mnist5k() -> Dataset:
@@ -257,7 +342,7 @@ def _load_mnist5k() -> Dataset:
     with gzip.open(io.BytesIO(path.read_bytes())) as f:
         table = np.loadtxt(f, delimiter=",")
     images = table[:, :-1].astype(np.uint8).reshape(-1, 1, 28, 28)
-    return _split("mnist5k", images, table[:, -1].astype(np.int64))
+    return _split("mnist5k", images, table[:, -1].astype(np.int64), str(path))
 
 
 def load_dataset(name: str, data_dir: str | None = None, download_ok: bool = True) -> Dataset:

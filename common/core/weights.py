@@ -8,9 +8,12 @@ loading a weights file never runs code.
 """
 from __future__ import annotations
 
+import json
 import os
+import zipfile
+from functools import partial
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -62,10 +65,12 @@ def layout_problems(layout: Mapping[str, tuple[int, ...]],
     """What keeps `weights` (name -> array or shape) from fitting `layout` (name -> shape): the
     missing, unexpected and mis-shaped names, a few of each with their counts; [] if it fits.
     Names are whatever the layout uses: canonical ones, or a foreign file's (torchvision's)."""
-    missing = [n for n in layout if n not in weights]
-    unexpected = [n for n in weights if n not in layout]
-    misshaped = [f"{n}: expected {layout[n]}, got {tuple(np.shape(weights[n]))}"
-                 for n in layout if n in weights and tuple(np.shape(weights[n])) != layout[n]]
+    shapes = {n: tuple(v) if isinstance(v, tuple) else tuple(np.shape(v))
+              for n, v in weights.items()}
+    missing = [n for n in layout if n not in shapes]
+    unexpected = [n for n in shapes if n not in layout]
+    misshaped = [f"{n}: expected {layout[n]}, got {shapes[n]}"
+                 for n in layout if n in shapes and shapes[n] != layout[n]]
     problems = []
     if missing:
         problems.append(f"missing {few_names(missing)}")
@@ -131,20 +136,144 @@ def save_weights(weights: Mapping[str, np.ndarray], path: str | os.PathLike) -> 
     return path
 
 
-def load_weights(path: str | os.PathLike) -> Weights:
-    """Read a `.safetensors` or `.npz` weights file; never unpickles, so never runs code."""
+def load_weights(path: str | os.PathLike, spec: ResNetSpec | None = None) -> Weights:
+    """Read a `.safetensors` or `.npz` weights file; never unpickles, so never runs code.
+    float16 and bfloat16 tensors are read as float32 (exactly: both widen without rounding).
+    With `spec`, the names, shapes and dtypes the file's headers promise are checked against
+    it before any data is read, so that a file that does not fit costs no more than its
+    headers (an .npz member of compressed zeros may promise gigabytes)."""
     path = Path(path)
     if not path.is_file():
         raise path_error(FileNotFoundError, f"weights file: expected an existing file, got {path}",
                          path)
     if path.suffix not in (".safetensors", ".npz"):
         raise WeightsError(f"weights file: expected a .safetensors or .npz path, got {path}")
+    kind = "safetensors" if path.suffix == ".safetensors" else "npz (zip of .npy arrays)"
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.numpy import load_file
-            return dict(load_file(str(path)))
-        with np.load(path, allow_pickle=False) as data:
-            return {n: data[n] for n in data.files}
+        entries = stored_entries(path)
+    except WeightsError:
+        raise
     except Exception as err:  # noqa: BLE001 - each reader has its own errors for a bad file
-        kind = "safetensors" if path.suffix == ".safetensors" else "npz (zip of .npy arrays)"
         raise unreadable(path, f"a {kind} file", err) from None
+    if spec is not None:
+        fit_file(path, lambda: check_entries(spec, entries))
+    try:
+        return {name: as_float32(entry.read()) for name, entry in entries.items()}
+    except WeightsError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a file damaged past its headers
+        raise unreadable(path, f"a {kind} file", err) from None
+
+
+class Entry(NamedTuple):
+    """One tensor of a weights file as its header describes it: shape, dtype (a NumPy dtype,
+    or safetensors' name for one NumPy lacks: BF16, F8_...) and read(), which reads only the
+    bytes the header promises."""
+    shape: tuple[int, ...]
+    dtype: str
+    read: Callable[[], np.ndarray]
+
+
+def stored_entries(path: str | os.PathLike) -> dict[str, Entry]:
+    """Name -> Entry of every tensor of a `.safetensors` or `.npz` file, from the headers
+    alone (nothing of the data is read until an entry's read() is called)."""
+    path = Path(path)
+    return safetensors_entries(path) if path.suffix == ".safetensors" else npz_entries(path)
+
+
+def check_entries(spec: ResNetSpec, entries: Mapping[str, Entry]) -> None:
+    """check_weights from a file's headers: names, shapes and a floating-point dtype."""
+    problems = layout_problems(canonical_layout(spec), {n: e.shape for n, e in entries.items()})
+    if problems:
+        raise WeightsError(f"weights do not fit {spec.name!r}: " + " | ".join(problems))
+    for name, entry in entries.items():
+        if not _floating(entry.dtype):
+            raise WeightsError(f"{name}: expected a floating-point dtype, got {entry.dtype}")
+
+
+def _floating(dtype: str) -> bool:
+    """Whether a header's dtype is a floating-point one this module reads."""
+    if dtype in HALF:
+        return True
+    try:
+        return bool(np.issubdtype(np.dtype(dtype), np.floating))
+    except TypeError:  # a name NumPy does not know (safetensors' F8_E4M3, ...)
+        return False
+
+
+# safetensors' dtype names that NumPy reads as they are; BF16 is widened by hand (as_float32).
+SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "I64": "int64",
+                      "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+                      "BOOL": "bool"}
+HALF = ("BF16",)
+SAFETENSORS_MAX_HEADER = 100 << 20  # safetensors' own limit
+
+
+def safetensors_entries(path: Path) -> dict[str, Entry]:
+    """The tensors of a `.safetensors` file from its header: 8 bytes (little-endian length),
+    a JSON object name -> {dtype, shape, data_offsets}, then the data. safetensors' own
+    reader checks the header first (offsets inside the file, no overlap), and raises what it
+    raises for a damaged file."""
+    from safetensors import safe_open
+    with safe_open(str(path), framework="numpy"):
+        pass  # validates the header against the file, or raises
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if size > SAFETENSORS_MAX_HEADER:
+            raise ValueError(f"a header of {size} bytes")
+        header = json.loads(f.read(size))
+    start = 8 + size
+    return {name: Entry(tuple(e["shape"]), SAFETENSORS_DTYPES.get(e["dtype"], e["dtype"]),
+                        partial(_read_safetensor, path, e, start + e["data_offsets"][0]))
+            for name, e in header.items() if name != "__metadata__"}
+
+
+def _read_safetensor(path: Path, entry: dict, offset: int) -> np.ndarray:
+    dtype = SAFETENSORS_DTYPES.get(entry["dtype"], "uint16" if entry["dtype"] == "BF16" else None)
+    if dtype is None:
+        raise WeightsError(f"weights file {path}: expected tensors of a dtype NumPy reads "
+                           f"({', '.join([*SAFETENSORS_DTYPES, *HALF])}), got {entry['dtype']}")
+    shape = tuple(entry["shape"])
+    array = np.fromfile(path, dtype=np.dtype(dtype).newbyteorder("<"),
+                        count=int(np.prod(shape)), offset=offset).reshape(shape)
+    return _bfloat16_as_float32(array) if entry["dtype"] == "BF16" else array
+
+
+def npz_entries(path: Path) -> dict[str, Entry]:
+    """The arrays of a `.npz` file from each member's .npy header (np.lib.format): an object
+    array (which only pickle could read) is refused here, as np.load(allow_pickle=False) does."""
+    out = {}
+    with zipfile.ZipFile(path) as zf:
+        for member in zf.namelist():
+            with zf.open(member) as fp:
+                version = np.lib.format.read_magic(fp)
+                if version not in ((1, 0), (2, 0)):
+                    raise ValueError(f"{member}: .npy format version {version}")
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(fp)
+            if dtype.hasobject:
+                raise ValueError(f"{member}: Object arrays cannot be loaded when "
+                                 f"allow_pickle=False")
+            out[member.removesuffix(".npy")] = Entry(tuple(shape), dtype.name,
+                                                     partial(_read_npz_member, path, member))
+    return out
+
+
+def _read_npz_member(path: Path, member: str) -> np.ndarray:
+    with zipfile.ZipFile(path) as zf, zf.open(member) as fp:
+        return np.lib.format.read_array(fp, allow_pickle=False)
+
+
+def _bfloat16_as_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 is the upper half of a float32: shifting its 16 bits up gives the float32 of
+    the same value exactly (NaN and infinities included)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def as_float32(array: np.ndarray) -> np.ndarray:
+    """float16 and bfloat16 (ml_dtypes' type, which TensorFlow gives NumPy) widened to float32,
+    exactly; every other dtype as it is (check_values refuses the non-floating ones)."""
+    if array.dtype.name == "bfloat16":
+        return _bfloat16_as_float32(array.view(np.uint16))
+    return array.astype(np.float32) if array.dtype == np.float16 else array

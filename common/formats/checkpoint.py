@@ -16,7 +16,9 @@ from typing import Protocol
 import numpy as np
 
 from common.core.files import atomic_path
-from common.core.weights import Weights, WeightsError
+from common.core.spec import ResNetSpec
+from common.core.weights import (Weights, WeightsError, as_float32, check_entries,
+                                 safetensors_entries)
 
 METADATA = ("epoch", "history", "config", "framework")
 
@@ -70,13 +72,15 @@ def save_checkpoint(path: str | Path, adapter: Checkpointed, epoch: int, history
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp), metadata=meta)
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """The checkpoint in `path`; a damaged or foreign file is a WeightsError that names it."""
+def load_checkpoint(path: str | Path, spec: ResNetSpec | None = None) -> Checkpoint:
+    """The checkpoint in `path`; a damaged or foreign file is a WeightsError that names it.
+    With `spec`, the model's names, shapes and dtypes are checked from the file's header
+    before any data is read (common.core.weights.check_entries)."""
     from safetensors import safe_open
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata()
-            arrays = {k: f.get_tensor(k) for k in f.keys()}
+        entries = safetensors_entries(Path(path))
     except Exception as err:  # noqa: BLE001 - safetensors' own errors for a bad file
         raise WeightsError(f"checkpoint {path}: expected a safetensors file, could not read it "
                            f"({type(err).__name__}: {str(err)[:200]}); is it truncated?") from None
@@ -84,6 +88,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise WeightsError(f"checkpoint {path}: expected metadata {', '.join(METADATA)}, got "
                            f"{', '.join(sorted(meta or {})) or 'none'}; it is not a checkpoint "
                            f"of this project's train scripts")
+    if spec is not None:
+        model = {k[6:]: e for k, e in entries.items() if k.startswith("model/")}
+        try:
+            check_entries(spec, model)
+        except WeightsError as err:
+            raise WeightsError(f"checkpoint {path}: {err}") from None
+    arrays = {k: as_float32(e.read()) for k, e in entries.items()}
     model = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")}
     opt = {k[10:]: v for k, v in arrays.items() if k.startswith("optimizer/")}
     return Checkpoint(model, opt, meta)

@@ -28,7 +28,8 @@ import numpy as np
 from common.core.files import atomic_path
 from common.core.spec import BIAS_CONVS, ResNetSpec
 from common.core.weights import (Weights, WeightsError, canonical_layout, check_values,
-                                 check_weights, layout_problems)
+                                 check_weights, layout_problems, npz_entries,
+                                 safetensors_entries)
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -71,15 +72,13 @@ def written_atomically(save: Callable[[ResNetSpec, Weights, str], None]
 
 def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor of a `.safetensors` file, from its header."""
-    from safetensors import safe_open
-    with safe_open(str(path), framework="numpy") as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    return {k: e.shape for k, e in safetensors_entries(Path(path)).items()}
 
 
 def npz_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every array of a `.npz` file."""
-    with np.load(str(path), allow_pickle=False) as data:
-        return {k: data[k].shape for k in data.files}
+    """Name -> shape of every array of a `.npz` file, from each member's .npy header (the data
+    is not read: a member of compressed zeros may inflate to gigabytes)."""
+    return {k: e.shape for k, e in npz_entries(Path(path)).items()}
 
 
 # Suffix -> the lister of a container's names and shapes; the packages' `library.CONTAINERS`
