@@ -148,10 +148,11 @@ def test_resnet18_is_d2ls_with_the_shared_initial_weights():
     assert (c.trainable, c.non_trainable, c.total) == (11_178_378, 7_808, 11_186_186)
     got, want = resnet_jax.to_canonical(model), init_weights(get_spec("d2l_resnet18"), 0)
     assert list(got) == list(want) and all(np.array_equal(got[n], want[n]) for n in want)
-    framework = resnet_jax.build("d2l_resnet18", init="framework", seed=1)
-    assert resnet_jax.param_counts(framework) == c
+    small = get_spec("cifar_resnet20")  # Flax's init runs the network once, op by op
+    framework = resnet_jax.build(small, init="framework", seed=1)
+    assert resnet_jax.param_counts(framework) == param_counts(small)
     assert not np.array_equal(resnet_jax.to_canonical(framework)["stem.conv.weight"],
-                              want["stem.conv.weight"])
+                              init_weights(small, 1)["stem.conv.weight"])
 
 
 # --- against PyTorch on the same weights ----------------------------------------------------
@@ -418,3 +419,25 @@ def test_flax_pads_a_max_pool_with_minus_infinity_and_same_is_asymmetric():
     params = conv("SAME").init(jax.random.PRNGKey(0), ramp)
     same, sym = (conv(p).apply(params, ramp) for p in ("SAME", ((1, 1), (1, 1))))
     assert same.shape == sym.shape and float(jnp.abs(same - sym).max()) > 1e-3
+
+
+# --- the contract (common/frameworks/protocols.py), as tests/test_contract.py checks the others --
+
+def test_resnet_jax_provides_the_package_adapter_and_devices_protocols():
+    import importlib
+    import inspect
+
+    from common.frameworks import EXPORTS, protocols
+    from tests.test_contract import check
+    assert check(protocols.Package, resnet_jax, "resnet_jax") == []
+    assert set(EXPORTS) <= set(dir(resnet_jax)) and resnet_jax.LAYOUT == "NHWC"
+    assert check(protocols.Adapter, resnet_jax.Adapter, "jax Adapter", methods_of_class=True) == []
+    devices = importlib.import_module("resnet_jax.devices")
+    assert check(protocols.Devices, devices, "resnet_jax.devices") == []
+    shape = lambda cls: [(p.name, p.kind, p.default)  # noqa: E731
+                         for p in inspect.signature(cls.__init__).parameters.values()]
+    assert shape(resnet_jax.Adapter) == shape(TORCH.Adapter)
+    spec = get_spec("cifar_resnet20")
+    made = resnet_jax.Adapter(spec, init_weights(spec, 0))
+    assert made.framework == "jax" and made.device.kind == "cpu"
+    assert resnet_jax.param_counts(made.model) == param_counts(spec)
