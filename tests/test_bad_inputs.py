@@ -386,6 +386,27 @@ DIVERGED_FIRST = ("weights: expected finite values after epoch 1, got -inf in st
                   "(the last steps diverged; try a lower --lr); no checkpoint was written")
 
 
+def without_file(name) -> Callable:
+    """A --data-dir holding Fashion-MNIST's files but `name`."""
+    def check(fw, tmp_path):
+        data = fashion_folder(tmp_path)
+        (data / "fashion_mnist" / name).unlink()
+        return train(fw, "--dataset", "fashion_mnist", "--data-dir", str(data), "--epochs", "1",
+                     "--out", str(tmp_path / "run"))
+    return check
+
+
+def weights_file_promising(suffix: str, name: str, shape: tuple[int, ...]) -> Callable:
+    """train --weights with d2l's initial weights, `name` replaced by zeros of `shape` (what a
+    file's header promises is what its reader is told to read)."""
+    def check(fw, tmp_path):
+        weights = init_weights(get_spec("d2l_resnet18"), 0)
+        weights[name] = np.zeros(shape, np.float32)
+        path = save_weights(weights, tmp_path / f"w{suffix}")
+        return train(fw, *DIGITS, "--out", str(tmp_path / "run"), "--weights", str(path))
+    return check
+
+
 ROWS: dict[str, Row] = {
     # inputs, through the adapters
     "input-rank": Row("a 3-d image (C, H, W) instead of a batch",
@@ -639,6 +660,32 @@ ROWS: dict[str, Row] = {
                           "finite, the weights it leaves are not", DIVERGED_FIRST,
                           train_flags("--arch", "cifar_resnet20", "--epochs", "2", "--limit",
                                       "32", "--lr", "1e30", "--weight-decay", "1e30")),
+    # empty, partial and lying data and weights files
+    "data-empty-test": Row("a --data-dir whose test files hold no example",
+                           "fashion_mnist test split: expected at least one example, got none in",
+                           train_on_fashion(**{"t10k-images-idx3-ubyte.gz":
+                                               idx_bytes(np.zeros((0, 28, 28))),
+                                               "t10k-labels-idx1-ubyte.gz":
+                                               idx_bytes(np.zeros(0))})),
+    "data-dir-partial": Row("a --data-dir that holds only some of the data set's files",
+                            "expected all of its files in",
+                            without_file("t10k-labels-idx1-ubyte.gz")),
+    "idx-inflates": Row("a gzip IDX file that inflates past the bytes its header promises",
+                        "expected 6288 bytes for shape (8, 28, 28), got more than 6288",
+                        train_on_fashion(**{"train-images-idx3-ubyte.gz":
+                                            idx_bytes(np.zeros((8, 28, 28))) + bytes(5000)})),
+    "cifar-references": Row("a CIFAR-10 batch whose labels are references to an array",
+                            "expected b'labels' a list of integers",
+                            train_on_cifar(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8),
+                                                         b"labels": [np.zeros(3)] * 2}))),
+    "npz-header-shape": Row("--weights: an .npz whose header promises another shape",
+                            "mis-shaped 1: stem.conv.weight: expected (64, 1, 7, 7), got (3, 3)",
+                            weights_file_promising(".npz", "stem.conv.weight", (3, 3))),
+    "safetensors-header-shape": Row("--weights: a .safetensors whose header promises another "
+                                    "shape", "mis-shaped 1: stem.conv.weight: expected "
+                                    "(64, 1, 7, 7), got (3, 3)",
+                                    weights_file_promising(".safetensors", "stem.conv.weight",
+                                                           (3, 3))),
 }
 
 

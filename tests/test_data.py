@@ -3,6 +3,7 @@ import gzip
 import io
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,3 +169,60 @@ def test_limit_keeps_first_examples_and_rejects_nonsense():
     assert np.array_equal(ds.limit(7).train_y, ds.train_y[:7])
     with pytest.raises(DataError, match="expected a positive number of examples, got 0"):
         ds.limit(0)
+
+
+# --- empty and degenerate data, and where it was read from -------------------------------------
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_an_empty_split_is_refused_saying_which_and_where(tmp_path, split):
+    folder = tmp_path / "fashion-mnist"
+    write_fashion(folder, **({"n_train": 0} if split == "train" else {"n_test": 0}))
+    with pytest.raises(DataError) as err:
+        load_dataset("fashion_mnist", str(tmp_path), download_ok=False)
+    assert str(err.value) == (f"fashion_mnist {split} split: expected at least one example, "
+                              f"got none in {folder.resolve()}")
+
+
+def test_classes_without_examples_are_noted_not_refused():
+    ds = load_dataset("digits")
+    assert ds.notes() == []
+    first = ds.train_y[:5].tolist()
+    absent = sorted(set(range(10)) - set(first))
+    assert ds.limit(5).notes() == [f"the training split of digits has no example of classes "
+                                   f"{', '.join(map(str, absent))}"]
+    one = np.flatnonzero(ds.train_y == 3)[:4]
+    alike = data.Dataset("digits", ds.train_x[one], ds.train_y[one], ds.test_x, ds.test_y, 10)
+    assert alike.notes() == ["every training label of digits is 3: accuracy says nothing about "
+                             "the other 9 classes"]
+
+
+def test_limit_keeps_the_test_split_whole_so_it_cannot_empty_it():
+    ds = load_dataset("digits")
+    small = ds.limit(1)
+    assert len(small.train_y) == 1 and np.array_equal(small.test_y, ds.test_y)
+    assert small.source == ds.source == "scikit-learn's sklearn.datasets.load_digits"
+
+
+def test_a_partial_data_dir_names_the_missing_files_and_is_not_passed_over(tmp_path, monkeypatch):
+    complete = tmp_path / "cache"
+    write_fashion(complete / "fashion-mnist")
+    monkeypatch.setattr(data, "cache_roots", lambda d: ([Path(d)] if d else []) + [complete])
+    named = tmp_path / "mine"
+    write_fashion(named / "fashion-mnist")
+    (named / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError) as err:
+        load_dataset("fashion_mnist", str(named), download_ok=False)
+    assert str(err.value).startswith(
+        f"fashion_mnist: --data-dir {named}: expected all of its files in "
+        f"{named / 'fashion-mnist'}, got 3 of 4: missing t10k-labels-idx1-ubyte.gz")
+    # Without --data-dir, a cache that holds all of them is used, and named as the source.
+    assert load_dataset("fashion_mnist", None, download_ok=False).source == str(
+        (complete / "fashion-mnist").resolve())
+
+
+def test_an_empty_data_dir_is_not_passed_over_for_a_cache(tmp_path, monkeypatch):
+    complete = tmp_path / "cache"
+    write_fashion(complete / "fashion-mnist")
+    monkeypatch.setattr(data, "cache_roots", lambda d: ([Path(d)] if d else []) + [complete])
+    with pytest.raises(DataError, match="could not download them .downloads are off"):
+        load_dataset("fashion_mnist", str(tmp_path / "empty"), download_ok=False)

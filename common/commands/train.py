@@ -133,6 +133,12 @@ class Workers:
         """The first worker writes the run's files and speaks for it."""
         return self.rank == 0
 
+    def epoch_lines(self, line: str) -> None:
+        """Another worker's log: its epoch lines alone, named, for resnet-launch on its host
+        to print (the first host's launcher shows only the first worker's)."""
+        if line.startswith("epoch "):
+            print(f"worker-{self.rank}: {line}", flush=True)
+
     def share(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """This worker's equal, contiguous share of a global batch."""
         n = len(y) // self.count
@@ -273,8 +279,8 @@ def set_up(framework: str, args: argparse.Namespace, data: Dataset | None, log,
            workers: Workers, out: Path) -> Run:
     """The run's data and spec, checked before any work; then its framework, device and
     (under resnet-launch) data-parallel engine, in that order."""
-    if not workers.first:
-        log = lambda line: None  # noqa: E731 - the first worker speaks for the run
+    if not workers.first:  # the first worker speaks for the run; the others give their
+        log = workers.epoch_lines  # epoch lines, for the launcher of their host to show
     data = (data or load_dataset(args.dataset, args.data_dir)).limit(args.limit)
     for line in data.notes():  # classes left out (a short --limit run): said, not refused
         log(f"{NAMES[framework]}: warning: {line}")
