@@ -145,6 +145,10 @@ def test_two_hosts_train_to_the_weights_of_two_workers_on_one(framework, hosts, 
     logs.mkdir()
     said = run_on_two_hosts(hosts, framework, tmp_path / "two", logs)
     assert "epoch 1/1: loss" in said[0], said[0][-2000:]
+    # host 1 reports too: its rank, its address, its worker's epoch line with the speed
+    assert "host 1 (10.77.0.2): worker-1: epoch 1/1: loss" in said[1], said[1][-2000:]
+    assert "worker-1" not in said[0]  # the first host shows the first worker alone
+    assert "examples/sec" in said[1].split("host 1 (10.77.0.2)", 1)[1]
     one_host(framework, tmp_path / "one")
     a = load_weights(tmp_path / "two" / "weights.safetensors")
     b = load_weights(tmp_path / "one" / "weights.safetensors")
@@ -203,3 +207,127 @@ def test_print_hosts_refuses_a_loopback_host_as_written(capsys):
     assert main(["--framework", "mx", "--workers", "2", "--hosts", "localhost,10.77.0.2",
                  "--port", str(PORT), "--print-hosts"]) == 2
     assert "got 'localhost' (127.0.0.1, loopback) among 2 hosts" in capsys.readouterr().err
+
+
+def wait_for(path: Path, text: str, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if path.exists() and text in path.read_text():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_host_stopped_mid_run_stops_the_other_with_its_cause(framework, hosts, tmp_path):
+    """Host 1's launcher gets SIGTERM after the first epoch: it stops its processes (143) and
+    says why, and host 0's launcher stops its own within the heartbeat's bound, naming host 1
+    and quoting its cause (MXNet's scheduler, server and workers would otherwise wait on in
+    silence until --deadline)."""
+    import signal
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    argv = [launch_argv(framework, k, tmp_path / "run") for k in range(2)]
+    for a in argv:
+        a[a.index("--epochs") + 1] = "50"
+        a[a.index("--deadline"):a.index("--deadline")] = ["--host-timeout", "15"]
+    procs = [hosts.start(k, argv[k], logs / f"host{k}.log") for k in range(2)]
+    try:
+        assert wait_for(logs / "host0.log", "epoch 1/50", DEADLINE), \
+            (logs / "host0.log").read_text()[-3000:]
+        procs[1].send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        codes = [p.wait(timeout=90) for p in procs]
+        took = time.monotonic() - stopped
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    said = [(logs / f"host{k}.log").read_text() for k in range(2)]
+    assert codes[1] == 143, said[1][-2000:]
+    assert "terminated (SIGTERM); stopped every process" in said[1]
+    assert codes[0] == 1, said[0][-2000:]
+    assert ("error: resnet-launch (" + framework + ", 2 workers): host 1 (10.77.0.2) failed: "
+            "terminated (SIGTERM); stopped every process here") in said[0], said[0][-2000:]
+    assert took < 60, f"host 0 took {took:.1f} s to stop"
+    end = time.monotonic() + 10
+    while hosts.pids() and time.monotonic() < end:
+        time.sleep(0.2)
+    assert not hosts.pids(), f"left running: {hosts.pids()}"
+
+
+def test_both_hosts_resume_after_a_stop_to_the_uninterrupted_weights(hosts, tmp_path):
+    """PyTorch: a two-host run stopped by SIGTERM to host 1 after its first epoch, then
+    `--resume` on both hosts, ends with the weights of an uninterrupted two-worker run: the
+    first worker's checkpoint in the shared --out is where both hosts start again."""
+    import signal
+
+    from common.core.weights import load_weights
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    argv = [launch_argv("torch", k, tmp_path / "run") for k in range(2)]
+    for a in argv:
+        a[a.index("--epochs") + 1] = "4"
+        a[a.index("--deadline"):a.index("--deadline")] = ["--host-timeout", "15"]
+    procs = [hosts.start(k, argv[k], logs / f"host{k}.log") for k in range(2)]
+    try:
+        assert wait_for(logs / "host0.log", "epoch 1/4", DEADLINE)
+        procs[1].send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=90) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [1, 143], codes
+    assert "epoch 4/4" not in (logs / "host0.log").read_text()
+    for a in argv:
+        a.append("--resume")
+    procs = [hosts.start(k, argv[k], logs / f"again{k}.log") for k in range(2)]
+    try:
+        codes = [p.wait(timeout=DEADLINE + 60) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [0, 0], (logs / "again0.log").read_text()[-3000:]
+    env = {k: v for k, v in os.environ.items() if k not in HIDDEN}
+    train = [*TRAIN[:-1], "4", "--out", str(tmp_path / "one")]
+    done = subprocess.run([sys.executable, "-m", "common.commands.launch", "--framework",
+                           "torch", "--workers", "2", "--deadline", str(DEADLINE), "--", *train],
+                          cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=DEADLINE + 60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a = load_weights(tmp_path / "run" / "weights.safetensors")
+    b = load_weights(tmp_path / "one" / "weights.safetensors")
+    worst = max(float(np.abs(a[n] - b[n]).max() / max(np.abs(b[n]).max(), 1e-12)) for n in a)
+    assert worst <= 1e-6, f"largest relative difference {worst:.2e}"
+
+
+def test_a_host_that_dies_whole_stops_the_other(hosts, tmp_path):
+    """Every process of host 1 is SIGKILLed at once (a machine that dies: its launcher says
+    nothing). MXNet, whose engine would wait in silence: host 0's launcher notices the broken
+    heartbeat connection, stops its scheduler, server and worker, and names host 1."""
+    import signal
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    argv = [launch_argv("mx", k, tmp_path / "run") for k in range(2)]
+    for a in argv:
+        a[a.index("--epochs") + 1] = "50"
+        a[a.index("--deadline"):a.index("--deadline")] = ["--host-timeout", "15"]
+    procs = [hosts.start(k, argv[k], logs / f"host{k}.log") for k in range(2)]
+    try:
+        assert wait_for(logs / "host0.log", "epoch 1/50", DEADLINE)
+        for pid in {int(p) for p in _ip("netns", "pids", hosts.names[1]).stdout.split()}:
+            os.kill(pid, signal.SIGKILL)
+        stopped = time.monotonic()
+        code = procs[0].wait(timeout=90)
+        took = time.monotonic() - stopped
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    said = (logs / "host0.log").read_text()
+    assert code == 1, said[-2000:]
+    assert ("error: resnet-launch (mx, 2 workers): host 1 (10.77.0.2) stopped: its launcher's "
+            "connection closed; stopped every process here") in said, said[-2000:]
+    assert took < 60, f"host 0 took {took:.1f} s to stop"

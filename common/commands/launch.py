@@ -14,7 +14,9 @@ is the global batch, which the workers share equally. What starts (each package'
 On one machine every address is 127.0.0.1 and the ports are free ones picked here. For several
 machines, run the same command on each with `--hosts h0,h1,... --host-rank k --port P`
 (`--workers` is the total, split equally over the hosts; h0 also runs MXNet's scheduler and
-server, and torchrun's rendezvous); `--print-hosts` prints each machine's command.
+server, and torchrun's rendezvous); `--print-hosts` prints each machine's command. The
+engines that choose a network interface themselves (gloo, ps-lite) are handed the one on this
+machine's route to the other hosts, or `--iface NAME`.
 
 The launcher enforces `--deadline` seconds, and stops every process it started, with their
 children, when any of them fails, when the deadline passes, or on Ctrl-C; it then says which
@@ -36,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from common.commands.cli import Parser, guarded, positive_float, positive_int
+from common.commands.cli import Parser, Terminated, guarded, positive_float, positive_int
+from common.commands.hosts import Watch, check_hosts, interface_to
 from common.core.errors import Error
 from common.frameworks import FRAMEWORKS, module, record
 
@@ -80,9 +83,10 @@ class Plan:
 
 
 def plan(framework: str, workers: int, command: Sequence[str], hosts: Sequence[str] = (),
-         host_rank: int = 0, port: int | None = None) -> Plan:
+         host_rank: int = 0, port: int | None = None, iface: str | None = None) -> Plan:
     """The processes this machine starts for `workers` workers in all running `python
-    <command>`; hosts empty means this machine alone (127.0.0.1, free ports)."""
+    <command>`; hosts empty means this machine alone (127.0.0.1, free ports). On several
+    hosts, `iface` is the interface the engines use (launch finds it when none is given)."""
     if framework not in FRAMEWORKS:
         raise Error(f"--framework: expected one of {', '.join(FRAMEWORKS)}, "
                     f"got {framework!r}")
@@ -97,7 +101,8 @@ def plan(framework: str, workers: int, command: Sequence[str], hosts: Sequence[s
                     "cannot agree on free ones), got none")
     extra = {"RESNET3_WORKERS": str(workers)}
     return Plan(module(framework, "launch").plan(command, workers, hosts, host_rank, port,
-                                                 free_ports, extra))
+                                                 free_ports, extra,
+                                                 iface=iface if len(hosts) > 1 else None))
 
 
 def _processes() -> dict[int, tuple[int, int, str]]:
@@ -195,17 +200,25 @@ def _why(p: Process) -> str:
 
 def launch(framework: str, workers: int, command: Sequence[str], deadline: float = 3600.0,
            env: dict[str, str] | None = None, hosts: Sequence[str] = (), host_rank: int = 0,
-           port: int | None = None, echo=None) -> LaunchResult:
+           port: int | None = None, echo=None, iface: str | None = None,
+           host_timeout: float = 60.0) -> LaunchResult:
     """Start this machine's processes for `python <command>` on `workers` workers and wait.
     Returns when every worker has finished (0), when one fails (its exit status; the others
     are stopped), or at the deadline (124; all stopped). `echo(name, line)` sees every output
-    line as it comes."""
+    line as it comes. On several hosts the launchers watch each other (common.commands.hosts):
+    another host's failure, or `host_timeout` seconds without its heartbeat, stops this one
+    too (1), naming that host and its cause."""
+    watch = None
+    if len(hosts) > 1:  # before anything starts: the hosts, and the interface that reaches them
+        check_hosts(hosts)
+        iface = iface or interface_to(hosts[1] if host_rank == 0 else hosts[0])
+        watch = Watch(hosts, host_rank, port + workers, host_timeout)
     processes: list[Process] = []
     readers = []
     failure, code = None, 0
     try:
         for name, argv, extra in plan(framework, workers, command, hosts, host_rank,
-                                      port).processes:
+                                      port, iface).processes:
             quiet = {"TF_CPP_MIN_LOG_LEVEL": "2"}  # TensorFlow's C++ log, unless asked for
             popen = subprocess.Popen(argv, env={**quiet, **os.environ, **(env or {}), **extra},
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -218,6 +231,9 @@ def launch(framework: str, workers: int, command: Sequence[str], deadline: float
         end = time.monotonic() + deadline
         workers_only = [p for p in processes if p.name not in ("scheduler", "server")]
         while True:
+            if watch and (lost := watch.failure()):
+                failure, code = f"{lost}; stopped every process here", 1
+                break
             failed = next((p for p in processes if p.popen.poll() not in (None, 0)), None)
             if failed:
                 time.sleep(0.5)  # let the others' output and exit statuses arrive
@@ -237,9 +253,13 @@ def launch(framework: str, workers: int, command: Sequence[str], deadline: float
                                  f"got {', '.join(running)} still running; stopped them"), 124
                 break
             time.sleep(0.1)
+    except Terminated:  # SIGTERM under cli.guarded
+        failure, code = "terminated (SIGTERM); stopped every process", 143
     except KeyboardInterrupt:
         failure, code = "interrupted (Ctrl-C); stopped every process", 130
     finally:
+        if watch:
+            watch.finish(failure)
         stop(processes)
         for t in readers:
             t.join(5)
@@ -249,11 +269,14 @@ def launch(framework: str, workers: int, command: Sequence[str], deadline: float
 
 
 def host_commands(framework: str, workers: int, hosts: Sequence[str], port: int,
-                  train: Sequence[str]) -> list[str]:
-    """The command each machine runs, for --print-hosts."""
+                  train: Sequence[str], iface: str | None = None) -> list[str]:
+    """The command each machine runs, for --print-hosts; with `--iface` where one was given
+    (without it, each machine finds its own from its route to the others)."""
+    named = ["--iface", iface] if iface else []
     return [shlex.join(["python", "-m", "common.commands.launch", "--framework", framework,
                         "--workers", str(workers), "--hosts", ",".join(hosts), "--host-rank",
-                        str(k), "--port", str(port), "--", *train]) for k in range(len(hosts))]
+                        str(k), "--port", str(port), *named, "--", *train])
+            for k in range(len(hosts))]
 
 
 @guarded
@@ -268,6 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--host-rank", type=int, default=0, help="this machine's index in --hosts")
     p.add_argument("--port", type=positive_int, default=None,
                    help="first port (several hosts); default: free ports on 127.0.0.1")
+    p.add_argument("--iface", default=None,
+                   help="network interface that reaches the other hosts (several hosts); "
+                        "default: the one on the route to them")
+    p.add_argument("--host-timeout", type=positive_float, default=60.0,
+                   help="seconds without another host's heartbeat before the run stops "
+                        "(several hosts)")
     p.add_argument("--deadline", type=positive_float, default=24 * 3600.0,
                    help="seconds before every process is stopped")
     p.add_argument("--print-hosts", action="store_true",
@@ -278,7 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hosts or args.port is None:
             p.error("--print-hosts: expected --hosts and --port, got "
                     f"{'no --hosts' if not hosts else 'no --port'}")
-        print("\n".join(host_commands(args.framework, args.workers, hosts, args.port, train)))
+        check_hosts(hosts, resolve=False)
+        print("\n".join(host_commands(args.framework, args.workers, hosts, args.port, train,
+                                       args.iface)))
         return 0
     threads = next((train[i + 1] for i, flag in enumerate(train[:-1]) if flag == "--threads"),
                    None)
@@ -289,19 +320,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         train += ["--threads", threads]
     command = ["-m", f"{record(args.framework).package}.train", *train]
 
-    def echo(name: str, line: str) -> None:  # the first worker speaks for the run
-        if name in ("worker-0", "torchrun"):
+    def echo(name: str, line: str) -> None:
+        """The first worker speaks for the run; every other host prints its workers' epoch
+        lines (their speed) with its rank and address, so that its operator sees it train."""
+        if args.host_rank == 0 and name in ("worker-0", "torchrun") and \
+                not line.startswith("worker-"):
             sys.stdout.write(line)
-            sys.stdout.flush()
+        elif args.host_rank > 0 and re.match(r"worker-\d+: epoch ", line):
+            sys.stdout.write(f"host {args.host_rank} ({hosts[args.host_rank]}): {line}")
+        sys.stdout.flush()
 
-    def terminated(signum, frame):  # a SIGTERM to the launcher stops the run as Ctrl-C does
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminated)
+    # A SIGTERM to the launcher raises cli.Terminated (guarded): it stops the run as Ctrl-C does.
     # OMP_NUM_THREADS before any framework loads (MXNet reads it once; torchrun warns without)
     result = launch(args.framework, args.workers, command, args.deadline,
                     env={"OMP_NUM_THREADS": threads}, hosts=hosts,
-                    host_rank=args.host_rank, port=args.port, echo=echo)
+                    host_rank=args.host_rank, port=args.port, echo=echo, iface=args.iface,
+                    host_timeout=args.host_timeout)
     if result.failure:
         print(f"error: resnet-launch ({args.framework}, {args.workers} workers): "
               f"{result.failure}", file=sys.stderr)
