@@ -107,9 +107,7 @@ def load_native(model, path: str):
     try:
         state = serialization.msgpack_restore(Path(path).read_bytes())
         flat = traverse_util.flatten_dict(state)
-    except OSError:
-        raise
-    except Exception as err:  # noqa: BLE001 - msgpack's own errors for a damaged file
+    except Exception as err:  # noqa: BLE001 - msgpack's own errors, or no such file
         raise unreadable(path, NATIVE, err) from None
     if not all(len(p) >= 2 and isinstance(v, np.ndarray) for p, v in flat.items()):
         raise unreadable(path, NATIVE)  # msgpack, but not of a network's variables

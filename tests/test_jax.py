@@ -28,6 +28,7 @@ import pytest
 from flax import traverse_util
 
 import resnet_jax
+from common.core.checks import InputError
 from common.core.init import init_weights
 from common.core.optim import OptimizerConfig
 from common.core.oracle import min_input_size, part_table, param_counts, zero_gradient_biases
@@ -324,6 +325,33 @@ def test_msgpack_file_round_trips_and_a_bad_one_is_refused_by_name(tmp_path):
     with pytest.raises(WeightsError, match=rf"^weights file {re.escape(str(path))}: expected a Flax msgpack "
                                            r"file .*could not read it"):
         resnet_jax.load_native(resnet_jax.build(spec), str(path))
+
+
+def test_a_network_called_in_training_moves_its_running_statistics_and_eval_uses_them():
+    spec, size = JAX_CASES["cifar_option_a@9"]
+    net = resnet_jax.from_canonical(resnet_jax.build(spec), random_weights(spec, 0))
+    x = np.transpose(batches(spec, size, 1)[0][0], (0, 2, 3, 1))
+    before, eval_before = resnet_jax.to_canonical(net), np.asarray(net(x))
+    train = np.asarray(net(x, training=True))
+    after = resnet_jax.to_canonical(net)
+    assert np.abs(train - eval_before).max() > 1e-3
+    moved = [n for n in before if not np.array_equal(before[n], after[n])]
+    assert moved and all(n.endswith(("running_mean", "running_var")) for n in moved)
+    assert np.abs(np.asarray(net(x)) - eval_before).max() > 1e-4, "eval must use the new stats"
+    with pytest.raises(InputError, match=r"^input: expected 3 channel\(s\) on axis 3 \(NHWC\)"):
+        net(x[..., :2])
+
+
+def test_threads_are_all_cores_and_another_count_is_refused_once_jax_runs():
+    import os
+
+    from common.core.errors import Error
+    spec = JAX_CASES["one_block@11"][0]
+    resnet_jax.Adapter(spec, random_weights(spec, 0))  # JAX's backend runs from here on
+    assert resnet_jax.get_threads() == (os.cpu_count() or 1)
+    resnet_jax.set_threads(resnet_jax.get_threads())  # the count in force: nothing to change
+    with pytest.raises(Error, match=r"^threads: expected \d+ \(JAX's CPU runtime .*\), got 3$"):
+        resnet_jax.set_threads(3)
 
 
 # --- the same refusals as the other frameworks ------------------------------------------------
