@@ -99,6 +99,7 @@ class Adapter:
                  precision: str = "fp32", compile: bool = False, device: str | Device = "auto",
                  engine: Engine | None = None):
         self.spec = spec
+        self.opt = optimizer or OptimizerConfig(lr=lr)  # checked before anything is built
         self.dtype = check_dtype(dtype)
         self.precision = check_precision(precision, self.dtype)
         if amp.amp._amp_initialized:  # set by amp.init(), which nothing undoes
@@ -131,7 +132,6 @@ class Adapter:
         graph = dict(static_alloc=True, static_shape=True) if self.compiled else {}
         self.model.hybridize(**graph)
         self._net = self._mixed_net(graph) if self.precision in _TARGET else self.model
-        self.opt = optimizer or OptimizerConfig(lr=lr)
         self.trainable = {n: p for n, p in canonical_parameters(self.model).items()
                           if p.grad_req != "null"}
         if self.opt.name == "sgd":

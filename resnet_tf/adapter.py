@@ -69,6 +69,7 @@ class Adapter:
                  precision: str = "fp32", compile: bool = False, device: str | Device = "auto",
                  engine: Engine | None = None):
         self.spec = spec
+        self.opt = optimizer or OptimizerConfig(lr=lr)  # checked before anything is built
         self.dtype = check_dtype(dtype)
         self.precision = check_precision(precision, self.dtype)
         self.compiled = bool(compile)
@@ -77,14 +78,14 @@ class Adapter:
         self.replicas = engine.strategy.num_replicas_in_sync if engine else 1
         self.device = _strategy_device(engine, device) if engine else select(device)
         with engine.strategy.scope() if engine else self._on_device():
-            self._make(weights, lr, optimizer)
+            self._make(weights)
         graph = dict(reduce_retracing=True, autograph=False,
                      jit_compile=True if self.compiled else None)  # None: TensorFlow's default
         self._forward = tf.function(self._forward_fn, **graph)
         self._grads = tf.function(self._grads_fn, **graph)
         self._step = tf.function(self._replicated_step_fn if engine else self._step_fn, **graph)
 
-    def _make(self, weights: Weights, lr: float, optimizer: OptimizerConfig | None) -> None:
+    def _make(self, weights: Weights) -> None:
         """The model, its optimiser and loss (in the strategy's scope where there is one)."""
         spec = self.spec
         policy = keras.config.dtype_policy()
@@ -100,7 +101,6 @@ class Adapter:
             for layer in self.model._flatten_layers():
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.synchronized = True
-        self.opt = optimizer or OptimizerConfig(lr=lr)
         self.trainable = {n: v for n, v in canonical_variables(self.model).items() if v.trainable}
         if self.opt.name == "sgd":
             self.optimizer = keras.optimizers.SGD(learning_rate=self.opt.lr,

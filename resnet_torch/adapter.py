@@ -66,6 +66,7 @@ class Adapter:
                  precision: str = "fp32", compile: bool = False, device: str | Device = "auto",
                  engine: Engine | None = None):
         self.spec = spec
+        self.opt = optimizer or OptimizerConfig(lr=lr)  # checked before anything is built
         self.dtype = check_dtype(dtype)
         self.precision = check_precision(precision, self.dtype)
         self.engine = engine
@@ -92,7 +93,6 @@ class Adapter:
         self.scaler = (torch.amp.GradScaler(self._device.type) if self.precision == "fp16"
                        else None)
         fused = {"fused": True} if self.scaler else {}  # unscale and skip on the device
-        self.opt = optimizer or OptimizerConfig(lr=lr)
         params = [t for t in canonical_tensors(self.model).values() if t.requires_grad]
         # Keras and Gluon hold the learning rate in float32; so does this adapter, which only
         # shows in float64 runs (in float32 PyTorch rounds it the same way when it applies it).
