@@ -202,7 +202,7 @@ def test_a_global_batch_the_workers_cannot_share_is_refused(tmp_path, capsys):
 TRAIN = ["--arch", "cifar_resnet20", "--dataset", "digits", "--limit", "128", "--resize", "0",
          "--batch-size", "32", "--threads", "1", "--lr", "0.1", "--momentum", "0.9"]
 RUN_FILES = {"checkpoint.safetensors", "curves.png", "metrics.jsonl", "run.json",
-             "weights.safetensors"}
+             "weights.safetensors", ".lock"}  # .lock: the first worker's hold on --out
 
 
 def launched(framework: str, out: Path, *flags: str) -> subprocess.CompletedProcess:

@@ -67,7 +67,7 @@ FORMATS: dict[str, Format] = {
     "mx": Format("Gluon parameters of this project's model", (".params",), _canonical_names,
                  *_native("mx"), head_bias("head.fc.bias", "arg:head.fc.bias")),
     "canonical": Format("canonical weights, any framework", (".safetensors", ".npz"),
-                        _canonical_names, lambda path, spec: load_weights(path),
+                        _canonical_names, lambda path, spec: load_weights(path, spec),
                         _write_canonical, head_bias("head.fc.bias")),
     **{name: fmt for library in LIBRARIES for name, fmt in library.FORMATS.items()},
 }
