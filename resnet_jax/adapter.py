@@ -123,6 +123,7 @@ class Adapter:
                  precision: str = "fp32", compile: bool = False, device: str | Device = "auto",
                  engine: Engine | None = None):
         self.spec = spec
+        self.opt = optimizer or OptimizerConfig(lr=lr)  # checked before anything is built
         self.dtype = check_dtype(dtype)
         self.precision = check_precision(precision, self.dtype)
         if self.precision != "fp32":
@@ -135,7 +136,6 @@ class Adapter:
         self.device = select(device)
         self._device = native(self.device)
         self.compiled = bool(compile)  # every step is jitted anyway
-        self.opt = optimizer or OptimizerConfig(lr=lr)
         self.trainable = [n for n in canonical_layout(spec) if not n.endswith(_STATS)]
         self.model = Network(spec, {})
         self.set_weights(weights)

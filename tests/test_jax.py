@@ -469,3 +469,11 @@ def test_resnet_jax_provides_the_package_adapter_and_devices_protocols():
     made = resnet_jax.Adapter(spec, init_weights(spec, 0))
     assert made.framework == "jax" and made.device.kind == "cpu"
     assert resnet_jax.param_counts(made.model) == param_counts(spec)
+
+
+def test_a_hyperparameter_float32_cannot_hold_gets_pytorchs_message_first():
+    spec, _ = JAX_CASES["one_block@11"]
+    bad = dict(lr=1e300, dtype="float16")  # two faults: the optimiser's is named, as in PyTorch
+    got, want = (message(lambda m=m: m.Adapter(spec, random_weights(spec, 0), **bad))
+                 for m in (resnet_jax, TORCH))
+    assert got == want and got.startswith("--lr: expected")
