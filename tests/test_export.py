@@ -123,6 +123,32 @@ def test_a_graph_that_disagrees_with_the_framework_is_not_written(tmp_path, monk
     assert list(tmp_path.iterdir()) == []
 
 
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_the_check_holds_the_graph_to_1e_5_of_the_logit_scale(fw, tmp_path, monkeypatch):
+    """export()'s own comparison, at its edge, in every framework: onnxruntime's logits moved by
+    5e-5 of the logit scale (max(1, max |logit|)) are refused and nothing is written; moved by
+    5e-6, the file is written. A check loosened to 1e-4, or one that compares something else
+    (its own logits with themselves), lets the first through."""
+    spec, size = get_spec("cifar_resnet20"), 9
+    weights = trained_like(spec, 3)
+    x = np.random.default_rng(0).normal(size=(2, spec.in_channels, size, size)).astype(np.float32)
+    scale = max(1.0, float(np.abs(MODULES[fw].Adapter(spec, weights).logits(x)).max()))
+    real = export.onnx_logits
+    for shift, written in ((5e-5, False), (5e-6, True)):
+        monkeypatch.setattr(export, "onnx_logits",
+                            lambda model, x, shift=shift: real(model, x) + shift * scale)
+        out = tmp_path / f"{shift}.onnx"
+        if written:
+            diff, got_scale = export.export(fw, spec, weights, size, out)
+            assert out.is_file() and diff == pytest.approx(shift * scale, rel=0.2)
+            assert got_scale == pytest.approx(scale, rel=1e-6)
+        else:
+            with pytest.raises(export.ExportMismatch, match="nothing written"):
+                export.export(fw, spec, weights, size, out)
+            assert not out.exists()
+
+
 # --- bad inputs ----------------------------------------------------------------------------
 
 def test_an_unknown_framework_is_refused_with_a_did_you_mean(tmp_path, capsys):
