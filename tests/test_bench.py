@@ -112,6 +112,54 @@ def test_bench_alternates_project_and_reference_steps():
     assert row["ours"]["min_s"] <= row["ours"]["median_s"] <= row["ours"]["max_s"]
 
 
+
+def sleep_for(seconds):
+    """Wall time without CPU time: a step that waits (for a device, for I/O)."""
+    import time
+    time.sleep(seconds)
+
+
+def spin_for(seconds):
+    """CPU time: a step that computes for `seconds` of this process's CPU time."""
+    import time
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+class Timed(Recorder):
+    """A framework stand-in whose own step sleeps and whose reference step spins, each for
+    STEP seconds: the same wall time (at least), CPU time only on the reference's side."""
+    STEP = 0.02
+
+    def __init__(self):
+        super().__init__()
+        self.Adapter.train_step = lambda adapter, x, y: (sleep_for(self.STEP), (0.0, 0))[1]
+
+    def make_step(self, spec, phase, b, s, precision="fp32", compile=False, device="cpu"):
+        return lambda: spin_for(self.STEP)
+
+
+def test_cpu_figures_come_from_cpu_time_not_wall_time():
+    """img/CPU-s and the CPU ratio read the process's CPU time: a step that sleeps costs
+    almost no CPU (far more images per CPU-second than per second), one that spins for 20 ms
+    of CPU time costs exactly that (b / 0.02 images per CPU-second, whatever the load makes of
+    its wall time). Computed from wall time, both would equal img/s."""
+    args = Namespace(batch_size=4, input_size=8, precision="fp32", compile=False, device="cpu",
+                     warmup=0, rounds=3, steps=2)
+    row = bench.measure(Timed(), Timed(), get_spec("cifar_resnet20"), "train", args)
+    ours, ref = row["ours"], row["ref"]
+    assert ours["img_per_s"] <= 4 / Timed.STEP * 1.01  # it slept at least 20 ms a step
+    assert ours["img_per_cpu_s"] > 10 * ours["img_per_s"], ours
+    assert ref["img_per_cpu_s"] == pytest.approx(4 / Timed.STEP, rel=0.1), ref
+    assert all(c >= Timed.STEP * 0.99 for c in ref["rounds_cpu_s"]), ref
+    assert row["ratio_cpu"] > 10 and row["ratio_cpu"] == np.median(
+        np.divide(ref["rounds_cpu_s"], ours["rounds_cpu_s"]))
+    table = bench.table_rows([row | {"framework": "torch", "gflop_per_image": 1.0,
+                                     "peak_share": 0.5}])[0]
+    assert table[bench.HEADER.index("img/CPU-s")] == f"{ours['img_per_cpu_s']:.1f}"
+
+
 def test_peak_share_uses_the_best_probe_of_the_run():
     rows = [{"framework": "torch", "matmul_gflops": 100.0, "gflop_per_image": 2.0,
              "ours": {"img_per_s": 10.0}},
