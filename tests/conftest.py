@@ -9,10 +9,28 @@ from common.frameworks import FRAMEWORKS, module
 from tests.helpers import MODULES
 
 
+# The test files that take longest, longest first (from `--durations`; about a minute or more
+# each on 2 cores). pytest-xdist hands out whole files (--dist loadfile) in collection order
+# (--no-loadscope-reorder): starting with the long ones keeps both workers busy to the end,
+# where alphabetical order left one idle while the other ran the last long file.
+LONGEST_FIRST = ("test_bad_inputs.py", "test_two_hosts.py", "test_family.py", "test_fidelity.py",
+                 "test_launch.py", "test_run_faults.py", "test_zoo.py", "test_jax.py",
+                 "test_commands.py", "test_notebooks.py", "test_training.py", "test_export.py",
+                 "test_mx_modes.py", "test_convert.py", "test_preset_structure.py",
+                 "test_distributed_tf.py", "test_speed_paths.py", "test_metrics.py")
+
+
+def _longest_first(item) -> int:
+    name = item.path.name
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked gpu("torch") (or tf, mx) run where that framework sees a GPU, and are
+    """The long files first (see LONGEST_FIRST; a stable sort keeps each file's own order).
+    Tests marked gpu("torch") (or tf, mx) run where that framework sees a GPU, and are
     skipped with that reason elsewhere: the one skip this suite allows (a framework that does
     not import fails the run instead)."""
+    items.sort(key=_longest_first)
     seen = {}
     for item in items:
         for marker in item.iter_markers("gpu"):  # gpu("torch"), gpu("tf"), ...: all must see one
