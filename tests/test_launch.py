@@ -247,3 +247,34 @@ def test_compare_runs_each_framework_on_its_engine_with_workers(tmp_path):
         assert summary["history"][0]["examples"] == 128
     assert "2 worker processes per framework" in (out / "report.md").read_text()
     assert "-m common.commands.launch --framework torch --workers 2 --" in run.stdout
+
+
+@pytest.mark.parametrize("framework", ["torch", "tf", "mx"])
+def test_a_launched_runs_metrics_are_the_single_process_figures(framework, tmp_path):
+    """metrics.jsonl of 2 workers against one process on the same data: one global batch of 32
+    (one step), and digits' 359 test examples, which 2 workers cannot split evenly. The train
+    loss is the mean over the 32 examples of the loss each worker's share gives from the shared
+    initial weights (its own BatchNorm statistics, without --sync-bn), to float32 rounding;
+    the train accuracy is their correct count; the test accuracy is one process's, evaluating
+    the run's final weights on the whole test set, exactly."""
+    from common.commands.train import evaluate
+    from common.core.data import batches, load_dataset
+    from common.core.init import init_weights
+    from common.core.spec import get_spec
+    from common.core.weights import load_weights
+    from tests.helpers import MODULES
+    launched(framework, tmp_path / "run", "--epochs", "1", "--limit", "32")
+    row = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()][-1]
+    data = load_dataset("digits").limit(32)
+    spec = get_spec("cifar_resnet20", in_channels=data.in_channels, num_classes=data.num_classes)
+    (xb, yb), = batches(data.train_x, data.train_y, 32, None, seed=0, epoch=0)
+    losses, correct = [], 0
+    for share in (slice(0, 16), slice(16, 32)):  # each worker's contiguous half
+        one = MODULES[framework].Adapter(spec, init_weights(spec, 0))
+        losses.append(one.loss_and_grads(xb[share], yb[share])[0])
+        correct += int((one.logits(xb[share], training=True).argmax(1) == yb[share]).sum())
+    assert row["examples"] == 32 and row["test_examples"] == 359
+    assert row["train_loss"] == pytest.approx(float(np.mean(losses)), rel=1e-5, abs=1e-6)
+    assert row["train_acc"] == correct / 32
+    final = MODULES[framework].Adapter(spec, load_weights(tmp_path / "run" / "weights.safetensors"))
+    assert row["test_acc"] == evaluate(final, data.test_x, data.test_y, 32, None)
