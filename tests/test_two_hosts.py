@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ADDRESSES = ("10.77.0.1", "10.77.0.2")
 PORT = 29511
 DEADLINE = 200  # seconds for one launch; these take 10-30 s on 2 shared cores
-TRAIN = ["--arch", "cifar_resnet20", "--dataset", "digits", "--limit", "128", "--resize", "0",
+TRAIN = ["--arch", "cifar_resnet20", "--dataset", "digits", "--limit", "64", "--resize", "0",
          "--batch-size", "32", "--threads", "1", "--lr", "0.1", "--momentum", "0.9",
          "--epochs", "1"]
 # What the user did not set: the test proves the launcher needs none of it.
@@ -109,21 +109,34 @@ def hosts():
         assert not any(name in listed for name in pair.names), listed
 
 
-def launch_argv(framework: str, k: int, out: Path) -> list[str]:
+def launch_argv(framework: str, k: int, out: Path, epochs: int = 1,
+                *extra: str) -> list[str]:
+    """Host k's launcher command; `extra`: more train flags (--resume)."""
+    train = [*TRAIN[:-1], str(epochs), "--out", str(out), *extra]
     return [sys.executable, "-m", "common.commands.launch", "--framework", framework,
             "--workers", "2", "--hosts", ",".join(ADDRESSES), "--host-rank", str(k),
-            "--port", str(PORT), "--deadline", str(DEADLINE), "--", *TRAIN, "--out", str(out)]
+            "--port", str(PORT), "--host-timeout", "15", "--deadline", str(DEADLINE), "--",
+            *train]
 
 
-def run_on_two_hosts(hosts: Hosts, framework: str, out: Path, logs: Path) -> list[str]:
-    procs = [hosts.start(k, launch_argv(framework, k, out), logs / f"host{k}.log")
-             for k in range(2)]
+def start_both(hosts: Hosts, framework: str, out: Path, logs: Path, epochs: int = 1,
+               *extra: str, name: str = "host") -> list[subprocess.Popen]:
+    return [hosts.start(k, launch_argv(framework, k, out, epochs, *extra),
+                        logs / f"{name}{k}.log") for k in range(2)]
+
+
+def wait_all(procs: list[subprocess.Popen], seconds: float) -> list[int]:
+    """Their exit statuses; whatever still runs after `seconds` is killed (a test failure)."""
     try:
-        codes = [p.wait(timeout=DEADLINE + 60) for p in procs]
+        return [p.wait(timeout=seconds) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+
+
+def run_on_two_hosts(hosts: Hosts, framework: str, out: Path, logs: Path) -> list[str]:
+    codes = wait_all(start_both(hosts, framework, out, logs), DEADLINE + 60)
     said = [(logs / f"host{k}.log").read_text() for k in range(2)]
     assert codes == [0, 0], f"exit statuses {codes}\n" + "\n".join(s[-3000:] for s in said)
     return said
@@ -227,22 +240,15 @@ def test_a_host_stopped_mid_run_stops_the_other_with_its_cause(framework, hosts,
     import signal
     logs = tmp_path / "logs"
     logs.mkdir()
-    argv = [launch_argv(framework, k, tmp_path / "run") for k in range(2)]
-    for a in argv:
-        a[a.index("--epochs") + 1] = "50"
-        a[a.index("--deadline"):a.index("--deadline")] = ["--host-timeout", "15"]
-    procs = [hosts.start(k, argv[k], logs / f"host{k}.log") for k in range(2)]
+    procs = start_both(hosts, framework, tmp_path / "run", logs, 50)
     try:
         assert wait_for(logs / "host0.log", "epoch 1/50", DEADLINE), \
             (logs / "host0.log").read_text()[-3000:]
         procs[1].send_signal(signal.SIGTERM)
         stopped = time.monotonic()
-        codes = [p.wait(timeout=90) for p in procs]
-        took = time.monotonic() - stopped
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+        codes = wait_all(procs, 90)
+    took = time.monotonic() - stopped
     said = [(logs / f"host{k}.log").read_text() for k in range(2)]
     assert codes[1] == 143, said[1][-2000:]
     assert "terminated (SIGTERM); stopped every process" in said[1]
@@ -265,30 +271,16 @@ def test_both_hosts_resume_after_a_stop_to_the_uninterrupted_weights(hosts, tmp_
     from common.core.weights import load_weights
     logs = tmp_path / "logs"
     logs.mkdir()
-    argv = [launch_argv("torch", k, tmp_path / "run") for k in range(2)]
-    for a in argv:
-        a[a.index("--epochs") + 1] = "4"
-        a[a.index("--deadline"):a.index("--deadline")] = ["--host-timeout", "15"]
-    procs = [hosts.start(k, argv[k], logs / f"host{k}.log") for k in range(2)]
+    procs = start_both(hosts, "torch", tmp_path / "run", logs, 4)
     try:
         assert wait_for(logs / "host0.log", "epoch 1/4", DEADLINE)
         procs[1].send_signal(signal.SIGTERM)
-        codes = [p.wait(timeout=90) for p in procs]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+        codes = wait_all(procs, 90)
     assert codes == [1, 143], codes
     assert "epoch 4/4" not in (logs / "host0.log").read_text()
-    for a in argv:
-        a.append("--resume")
-    procs = [hosts.start(k, argv[k], logs / f"again{k}.log") for k in range(2)]
-    try:
-        codes = [p.wait(timeout=DEADLINE + 60) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    again = start_both(hosts, "torch", tmp_path / "run", logs, 4, "--resume", name="again")
+    codes = wait_all(again, DEADLINE + 60)
     assert codes == [0, 0], (logs / "again0.log").read_text()[-3000:]
     env = {k: v for k, v in os.environ.items() if k not in HIDDEN}
     train = [*TRAIN[:-1], "4", "--out", str(tmp_path / "one")]
@@ -310,22 +302,15 @@ def test_a_host_that_dies_whole_stops_the_other(hosts, tmp_path):
     import signal
     logs = tmp_path / "logs"
     logs.mkdir()
-    argv = [launch_argv("mx", k, tmp_path / "run") for k in range(2)]
-    for a in argv:
-        a[a.index("--epochs") + 1] = "50"
-        a[a.index("--deadline"):a.index("--deadline")] = ["--host-timeout", "15"]
-    procs = [hosts.start(k, argv[k], logs / f"host{k}.log") for k in range(2)]
+    procs = start_both(hosts, "mx", tmp_path / "run", logs, 50)
     try:
         assert wait_for(logs / "host0.log", "epoch 1/50", DEADLINE)
         for pid in {int(p) for p in _ip("netns", "pids", hosts.names[1]).stdout.split()}:
             os.kill(pid, signal.SIGKILL)
         stopped = time.monotonic()
-        code = procs[0].wait(timeout=90)
-        took = time.monotonic() - stopped
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+        code = wait_all(procs, 90)[0]
+    took = time.monotonic() - stopped
     said = (logs / "host0.log").read_text()
     assert code == 1, said[-2000:]
     assert ("error: resnet-launch (mx, 2 workers): host 1 (10.77.0.2) stopped: its launcher's "

@@ -40,6 +40,7 @@ from typing import Sequence
 
 from common.commands.cli import Parser, Terminated, guarded, positive_float, positive_int
 from common.commands.hosts import Watch, check_hosts, interface_to
+from common.core.devices import usable_cores
 from common.core.errors import Error
 from common.frameworks import FRAMEWORKS, module, record
 
@@ -99,7 +100,7 @@ def plan(framework: str, workers: int, command: Sequence[str], hosts: Sequence[s
     if len(hosts) > 1 and port is None:
         raise Error("--port: expected a port that every host can use (several hosts "
                     "cannot agree on free ones), got none")
-    extra = {"RESNET3_WORKERS": str(workers)}
+    extra = {"RESNET3_WORKERS": str(workers), "RESNET3_HOST_RANK": str(host_rank)}
     return Plan(module(framework, "launch").plan(command, workers, hosts, host_rank, port,
                                                  free_ports, extra,
                                                  iface=iface if len(hosts) > 1 else None))
@@ -316,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threads is None:
         # The train script's default is every core, per process: share them instead.
         per_host = args.workers // max(1, len(hosts))
-        threads = str(max(1, (os.cpu_count() or 1) // per_host))
+        threads = str(max(1, usable_cores() // per_host))
         train += ["--threads", threads]
     command = ["-m", f"{record(args.framework).package}.train", *train]
 

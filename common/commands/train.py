@@ -125,6 +125,7 @@ class Workers:
     def __init__(self, environ=os.environ):
         self.count = int(environ.get("RESNET3_WORKERS", environ.get("WORLD_SIZE", "1")))
         self.rank = int(environ.get("RESNET3_RANK", environ.get("RANK", "0")))
+        self.host = int(environ.get("RESNET3_HOST_RANK", "0"))  # its machine under --hosts
         if not 0 <= self.rank < self.count:
             raise Error(f"RESNET3_RANK: expected 0..{self.count - 1}, got {self.rank}")
 
@@ -134,10 +135,13 @@ class Workers:
         return self.rank == 0
 
     def epoch_lines(self, line: str) -> None:
-        """Another worker's log: its epoch lines alone, named, for resnet-launch on its host
-        to print (the first host's launcher shows only the first worker's)."""
-        if line.startswith("epoch "):
-            print(f"worker-{self.rank}: {line}", flush=True)
+        """Another worker's log: on a host other than the first, its epoch lines alone,
+        named, for resnet-launch there to print; silent on the first host, whose launcher shows
+        the first worker's (torchrun's workers share one stream there). One write per line:
+        under torchrun stdout is unbuffered, and print's text and newline would be two."""
+        if self.host > 0 and line.startswith("epoch "):
+            sys.stdout.write(f"worker-{self.rank}: {line}\n")
+            sys.stdout.flush()
 
     def share(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """This worker's equal, contiguous share of a global batch."""
