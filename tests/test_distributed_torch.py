@@ -89,6 +89,7 @@ def worker(out: Path, die: bool) -> None:
     engine = join(workers, rank)
     if die:  # the last worker dies at once; the others would wait far past the deadline
         if rank == workers - 1:
+            print(f"RuntimeError: worker {rank} gave up on purpose", flush=True)
             os._exit(3)
         time.sleep(DEADLINE)
     results = {}
@@ -189,6 +190,9 @@ def test_a_dying_worker_fails_the_launch_and_leaves_no_process(tmp_path):
     root = (result.failure or "").split("Root Cause")[-1]
     assert re.search(rf"(rank\s*:\s*|worker-){WORKERS - 1}\b", root) and \
         re.search(r"(exitcode\s*:\s*|exit status )3\b", root), result.failure
+    # the cause quoted from the worker's own output, not from torchrun's summary
+    assert f"its cause: RuntimeError: worker {WORKERS - 1} gave up on purpose" in \
+        result.failure.splitlines()[0], result.failure
     assert seconds < DEADLINE / 2, f"the other worker was waited for, not stopped ({seconds} s)"
     pids = [int((tmp_path / f"pid{k}").read_text()) for k in range(WORKERS)]
     assert not [p for p in pids if alive(p)], "a worker process survived the launch"

@@ -196,7 +196,19 @@ def _why(p: Process) -> str:
         status = (f"killed by signal {signal.Signals(-worker).name}" if worker < 0
                   else f"exit status {worker}")
         name = f"worker-{rank.group(1)} (under torchrun)"
+        found = _cause(text[:text.find("Root Cause")])
+        if found:
+            return f"{name} failed ({status}); its cause: {found}; its last lines:\n{last}"
     return f"{name} failed ({status}); its last lines:\n{last}"
+
+
+def _cause(text: str) -> str | None:
+    """The last error line a worker printed (`SomethingError: ...` or our `error: ...`), not
+    torchrun's own report of the failure, which follows it."""
+    lines = [line.strip() for line in text.splitlines()
+             if re.match(r"\s*(\w+(Error|Exception)(: |$)|error: )", line)
+             and "torch.distributed.elastic" not in line and "ChildFailedError" not in line]
+    return lines[-1] if lines else None
 
 
 def launch(framework: str, workers: int, command: Sequence[str], deadline: float = 3600.0,
