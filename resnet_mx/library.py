@@ -176,5 +176,6 @@ CONTAINERS = {".params": params_shapes}
 FORMATS: dict[str, Format] = {
     "gluon": Format("Gluon model zoo parameters (gluon_resnet* presets)", (".params",),
                     detect=is_gluon_zoo, read=lambda path, spec: load_zoo(spec, str(path)),
-                    write=written_atomically(save_zoo), classes=gluon_classes),
+                    write=written_atomically(save_zoo), classes=gluon_classes,
+                    convention=lambda spec: "torchvision"),  # the zoo's ImageNet transform
 }

@@ -141,5 +141,7 @@ CONTAINERS = {".h5": h5_shapes}
 FORMATS: dict[str, Format] = {
     "keras": Format("Keras applications weights (keras_resnet* presets)", (".weights.h5", ".h5"),
                     detect=is_keras_app, read=lambda path, spec: load_app(spec, str(path)),
-                    write=written_atomically(save_app), classes=keras_classes),
+                    write=written_atomically(save_app), classes=keras_classes,
+                    # ResNet50/101/152: "caffe"; ResNet*V2 "tf" (preprocess_input of each)
+                    convention=lambda spec: "tf" if spec.preact else "caffe"),
 }

@@ -105,5 +105,6 @@ CONTAINERS = {suffix: torch_shapes for suffix in TORCH_SUFFIXES}
 FORMATS: dict[str, Format] = {
     "torchvision": Format("torchvision/timm state_dict", (*TORCH_SUFFIXES, ".safetensors"),
                           detect=is_torchvision, read=read_torchvision, write=write_torchvision,
-                          classes=head_bias("fc.bias")),
+                          classes=head_bias("fc.bias"),
+                          convention=lambda spec: "torchvision"),  # timm's ResNets too
 }

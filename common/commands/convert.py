@@ -1,11 +1,11 @@
-"""Convert a weights file between formats: three frameworks, torchvision and timm.
+"""Convert a weights file between formats: four frameworks, torchvision and timm.
 
 Every conversion goes through canonical weights (common.core.weights). Formats (`--from`/`--to
 NAME`; `auto` reads a file's format from its name and the names it holds, and writes the default
 format of the name): canonical `.safetensors`/`.npz` (any framework), torch `.pt`/`.pth` (this
-project's PyTorch state_dict), tf `.weights.h5` (Keras), mx `.params` (Gluon), torchvision
-`.pth`/`.pt`/`.bin`/`.safetensors` (torchvision's and timm's ResNet state_dicts), keras
-`.weights.h5`/`.h5` (Keras applications), gluon `.params` (the Gluon model zoo): the other
+project's PyTorch state_dict), tf `.weights.h5` (Keras), mx `.params` (Gluon), jax `.msgpack`
+(Flax), torchvision `.pth`/`.pt`/`.bin`/`.safetensors` (torchvision's and timm's ResNet
+state_dicts), keras `.weights.h5`/`.h5` (Keras applications), gluon `.params` (the Gluon model zoo): the other
 libraries' formats come from each package's module `library` (its `FORMATS`).
 
     python -m common.commands.convert model.pt model.weights.h5 --arch d2l_resnet18
@@ -20,6 +20,10 @@ from pathlib import Path
 from common.commands.cli import Parser, add_spec_flags, guarded, path_arg, spec_of
 from common.formats import libraries
 from common.formats.libraries import Format, head_bias
+from common.core.conventions import (CONVENTIONS, Convention, get_convention, metadata,
+                                     read_labels)
+from common.core.presets import convention_of
+from common.formats.metadata import read_meta, write_meta
 from common.core.files import arrays_bytes, atomic_path, ensure_space, writable_dir
 from common.frameworks import FRAMEWORKS, load, module
 from common.core.spec import ResNetSpec
@@ -66,6 +70,9 @@ FORMATS: dict[str, Format] = {
                  *_native("tf"), head_bias("head/fc/vars/1")),
     "mx": Format("Gluon parameters of this project's model", (".params",), _canonical_names,
                  *_native("mx"), head_bias("head.fc.bias", "arg:head.fc.bias")),
+    "jax": Format("Flax variables of this project's model", (".msgpack",),
+                  lambda names: any(n.startswith(("params/stem/", "params/head/")) for n in names),
+                  *_native("jax"), head_bias("params/head/fc/bias")),
     "canonical": Format("canonical weights, any framework", (".safetensors", ".npz"),
                         _canonical_names, lambda path, spec: load_weights(path, spec),
                         _write_canonical, head_bias("head.fc.bias")),
@@ -162,6 +169,51 @@ def file_classes(path: str | Path, fmt: str = "auto") -> int | None:
         return None
 
 
+def file_meta(path: str | Path, spec: ResNetSpec, fmt: str = "auto",
+              convention: str | None = None, labels: str | None = None) -> dict:
+    """What a weights file's network expects and names: {"convention": Convention, "labels":
+    [...] or absent}. The convention is `convention` if given, else the one the file records
+    (its safetensors metadata or its sidecar), else its library format's (torchvision, keras,
+    gluon), else the preset's (common.core.presets.convention_of); the labels are those of
+    the `labels` file if given, else the file's."""
+    meta = read_meta(path)
+    fmt = source_format(path, fmt)
+    if convention is not None:
+        meta["convention"] = get_convention(convention)
+    elif "convention" not in meta:
+        meta["convention"] = get_convention(FORMATS[fmt].convention(spec) or convention_of(spec))
+    if labels is not None:
+        meta["labels"] = read_labels(labels)
+    return meta
+
+
+def add_meta_flags(parser, what: str) -> None:
+    """--convention and --labels: what a weights file's input and classes are, when the file
+    does not say or says it wrongly."""
+    parser.add_argument("--convention", default=None, choices=CONVENTIONS,
+                        help=f"the input convention {what} (default: the file's metadata, its "
+                             f"library's, or the preset's)")
+    parser.add_argument("--labels", type=path_arg, default=None,
+                        help=f"text file of class names, one a line, {what} (default: the "
+                             f"file's metadata)")
+
+
+def check_labels(meta: dict, spec: ResNetSpec, where: str) -> None:
+    """Refuse class names whose count is not the network's."""
+    labels = meta.get("labels")
+    if labels is not None and len(labels) != spec.num_classes:
+        raise Error(f"{where}: expected {spec.num_classes} class names (one a line), got "
+                    f"{len(labels)}")
+
+
+def write_with_meta(weights: Weights, path: str | Path, spec: ResNetSpec, fmt: str,
+                    meta: dict) -> None:
+    """write(), then the convention and labels recorded with the file (formats.metadata)."""
+    write(weights, path, spec, fmt)
+    conv: Convention | None = meta.get("convention")
+    write_meta(path, metadata(conv, meta.get("labels")))
+
+
 @guarded
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="resnet-convert", description=__doc__.splitlines()[0],
@@ -175,13 +227,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="DST's format; auto: the default of its name (.pt/.pth: torch, "
                              ".safetensors: canonical, .bin: torchvision)")
     add_spec_flags(parser)
+    add_meta_flags(parser, "DST records")
     args = parser.parse_args(argv)
     spec = spec_of(args)
     dst_format = target_format(args.dst, args.dst_format)  # found before src is read
     writable_dir(Path(args.dst).resolve().parent, "dst")
     src_format = source_format(args.src, args.src_format)
-    write(read(args.src, spec, src_format), args.dst, spec, dst_format)
-    print(f"{args.src} ({src_format}) -> {args.dst} ({dst_format}), {spec.name}")
+    meta = file_meta(args.src, spec, src_format, args.convention, args.labels)
+    check_labels(meta, spec, f"--labels {args.labels}" if args.labels else f"{args.src}")
+    write_with_meta(read(args.src, spec, src_format), args.dst, spec, dst_format, meta)
+    print(f"{args.src} ({src_format}) -> {args.dst} ({dst_format}), {spec.name}, input "
+          f"convention {meta['convention'].name}")
     return 0
 
 

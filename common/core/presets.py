@@ -12,7 +12,8 @@ from dataclasses import replace
 from common.core.spec import (PRESETS, BatchNormSpec, ResNetSpec, SpecError, Stage, Stem,
                               get_spec)
 
-__all__ = ["PRESETS", "get_spec", "FAMILIES", "standard_stages", "DEPTHS"]
+__all__ = ["PRESETS", "get_spec", "FAMILIES", "standard_stages", "DEPTHS", "CONVENTION_OF",
+           "convention_of"]
 
 BASIC = (64, 128, 256, 512)
 WIDE = (256, 512, 1024, 2048)  # bottleneck outputs (expansion 4)
@@ -153,6 +154,21 @@ def resnext26() -> list[ResNetSpec]:
 
 FAMILIES = (torchvision, preactivation, d2l, keras_applications, gluon_model_zoo, cifar,
             resnext26)
+# Each family's input convention (common.core.conventions): what its library fed the network.
+FAMILY_CONVENTION = {torchvision: "torchvision", preactivation: "torchvision", d2l: "d2l",
+                     keras_applications: "caffe", gluon_model_zoo: "torchvision",
+                     cifar: "cifar", resnext26: "cifar"}
+# Preset name -> its convention's name; Keras's V2 presets take "tf" ([-1, 1]).
+CONVENTION_OF: dict[str, str] = {}
+
+
+def convention_of(spec: ResNetSpec) -> str:
+    """The name of the input convention of a preset (by its name), or of another spec by its
+    input channels: d2l's grayscale for 1, the project's RGB [0, 1] for 3."""
+    name = CONVENTION_OF.get(spec.name)
+    if name is None or (name == "d2l") != (spec.in_channels == 1):  # --in-channels changed it
+        name = "d2l" if spec.in_channels == 1 else "cifar"
+    return name
 
 
 def _register() -> None:
@@ -162,6 +178,8 @@ def _register() -> None:
                 raise SpecError(f"preset {spec.name!r} ({family.__name__}): expected a new "
                                 f"name, got one that PRESETS holds already")
             PRESETS[spec.name] = spec
+            preact_keras = family is keras_applications and spec.preact
+            CONVENTION_OF[spec.name] = "tf" if preact_keras else FAMILY_CONVENTION[family]
 
 
 _register()

@@ -8,7 +8,7 @@ its file names, how to tell it from the names a file holds, a reader and a write
 weights. Each framework package registers its library's formats and containers in its module
 `library` (`FORMATS`, `CONTAINERS`: torchvision's `.pth` in resnet_torch, Keras applications in
 resnet_tf, the Gluon model zoo in resnet_mx); common.commands.convert adds the project's own
-(canonical, torch, tf, mx) and offers them all as `--from`/`--to NAME`. A new format is one
+(canonical, torch, tf, mx, jax) and offers them all as `--from`/`--to NAME`. A new format is one
 more entry in a package's `FORMATS`:
 
     FORMATS["keras"] = Format("Keras applications weights", (".weights.h5", ".h5"),
@@ -41,13 +41,17 @@ class Format:
     `detect` chooses when reading). `detect(names)`: whether the names a file holds are this
     format's. `read(path, spec)` gives canonical weights; `write(weights, path, spec)` writes
     them. `classes(shapes)`: the number of classes of the file's head, from the file's names
-    and shapes (None if it cannot tell), so that --weights can say that a head does not fit."""
+    and shapes (None if it cannot tell), so that --weights can say that a head does not fit.
+    `convention(spec)`: the name of the input convention (common.core.conventions) that the
+    library's files of `spec` expect; None where the file's own metadata or the preset says
+    it (the project's formats)."""
     what: str
     suffixes: tuple[str, ...]
     detect: Callable[[Collection[str]], bool]
     read: Callable[[Path, ResNetSpec], Weights]
     write: Callable[[Weights, Path, ResNetSpec], None]
     classes: Callable[[Shapes], int | None]
+    convention: Callable[[ResNetSpec], str | None] = lambda spec: None
 
 
 def head_bias(*names: str) -> Callable[[Shapes], int | None]:
