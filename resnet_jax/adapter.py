@@ -20,7 +20,16 @@ steps.
 - BatchNorm: Flax's momentum weights the old value, so it is given 1 - the spec's (PyTorch's)
   momentum; its running variance folds in the biased batch variance, as Keras and Gluon do
   (PyTorch: the unbiased one; docs/framework-differences.md).
-- Not yet (issue 23's second phase): bf16/fp16, data-parallel engines.
+- precision="bf16" is mixed precision written in the program, as JAX users write it (jmp's
+  policy): the float32 parameters and the batch are cast to bfloat16 inside the jitted step,
+  so every convolution, the dense layer and the BatchNorm arithmetic run in bfloat16 while the
+  gradient flows back to the float32 parameters (the cast's gradient casts it back); batch
+  statistics, the running statistics, the loss and the optimiser step stay float32. fp16 is
+  refused: float16 training needs loss scaling, which this adapter does not do (use bf16).
+- engine= (resnet_jax.distributed.join): data-parallel training on JAX's multi-process runtime.
+  The training step runs under `shard_map` over the engine's mesh: each worker's share is its
+  block of a global batch, the gradient is averaged over the workers with `lax.pmean` (an
+  all-reduce), as are the running statistics, and every worker applies the same update.
 """
 from __future__ import annotations
 
@@ -32,11 +41,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+from jax import lax
 from jax.experimental import enable_x64
+from jax.experimental.shard_map import shard_map
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from common.core.checks import InputError, batch_as, check_dtype, check_precision, labels_as
 from common.core.devices import Device
-from common.core.errors import Error
 from common.core.optim import OptimizerConfig
 from common.core.spec import ResNetSpec
 from common.core.weights import Weights, canonical_layout, check_weights
@@ -84,35 +96,78 @@ def _in_dtype(method):
     return wrapper
 
 
+def _update(update, params, grads, slots, h):
+    """`update` applied to every array of the parameter tree: the new parameters and slots."""
+    out = jax.tree_util.tree_map(lambda w, g, *s: update(w, g, *s, h), params, grads, *slots)
+    is_pair = lambda o: isinstance(o, tuple) and len(o) == 2  # noqa: E731
+    params = jax.tree_util.tree_map(lambda o: o[0], out, is_leaf=is_pair)
+    slots = tuple(jax.tree_util.tree_map(lambda o, i=i: o[1][i], out, is_leaf=is_pair)
+                  for i in range(len(slots)))
+    return params, slots
+
+
+def _computing_in(precision: str):
+    """The function that casts (params, X) to the compute dtype of `precision`: bfloat16 for
+    bf16 (the float32 parameters stay the ones differentiated), nothing for fp32."""
+    if precision != "bf16":
+        return lambda params, X: (params, X)
+    return lambda params, X: (jax.tree_util.tree_map(lambda w: w.astype(jnp.bfloat16), params),
+                              X.astype(jnp.bfloat16))
+
+
 @functools.lru_cache(maxsize=16)
-def programs(spec: ResNetSpec, optimizer: str) -> tuple:
-    """The jitted programs of a network and optimiser: inference, a training-mode forward pass,
-    the gradient, and one optimiser step. Shared by every adapter of the same spec and
-    optimiser, so that a second adapter reuses the first one's compiled programs (JAX keys its
+def programs(spec: ResNetSpec, optimizer: str, precision: str = "fp32") -> tuple:
+    """The programs of a network, optimiser and precision: inference, a training-mode forward
+    pass, the gradient and one optimiser step (all jitted), and the step's function itself
+    (for an engine's shard_map). Shared by every adapter of the same spec, optimiser and
+    precision, so that a second adapter reuses the first one's compiled programs (JAX keys its
     cache by function, batch shape, dtype and the float64 flag)."""
     eval_net, train_net = ResNet(spec, training=False), ResNet(spec, training=True)
     update = sgd if optimizer == "sgd" else adam
+    cast = _computing_in(precision)
 
-    def loss_fn(params, stats, X, Y):
+    def infer(params, stats, X):
+        params, X = cast(params, X)
+        logits = eval_net.apply({"params": params, "batch_stats": stats}, X)
+        return logits if precision == "fp32" else logits.astype(jnp.float32)
+
+    def forward(params, stats, X):
+        params, X = cast(params, X)
         logits, new = train_net.apply({"params": params, "batch_stats": stats}, X,
                                       mutable=["batch_stats"])
+        return logits.astype(jnp.float32) if precision != "fp32" else logits, new
+
+    def loss_fn(params, stats, X, Y):
+        logits, new = forward(params, stats, X)
         return cross_entropy(logits, Y), (logits, new["batch_stats"])
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def step(params, stats, slots, X, Y, h):
         (loss, (logits, stats)), grads = grad_fn(params, stats, X, Y)
-        out = jax.tree_util.tree_map(lambda w, g, *s: update(w, g, *s, h), params, grads, *slots)
-        is_pair = lambda o: isinstance(o, tuple) and len(o) == 2  # noqa: E731
-        params = jax.tree_util.tree_map(lambda o: o[0], out, is_leaf=is_pair)
-        slots = tuple(jax.tree_util.tree_map(lambda o, i=i: o[1][i], out, is_leaf=is_pair)
-                      for i in range(len(slots)))
-        correct = jnp.sum(jnp.argmax(logits, axis=1) == Y)
-        return params, stats, slots, loss, correct
+        params, slots = _update(update, params, grads, slots, h)
+        return params, stats, slots, loss, jnp.sum(jnp.argmax(logits, axis=1) == Y)
 
-    train_forward = jax.jit(lambda p, s, X: train_net.apply({"params": p, "batch_stats": s}, X,
-                                                             mutable=["batch_stats"]))
-    return jax.jit(eval_net.apply), train_forward, jax.jit(grad_fn), jax.jit(step)
+    return jax.jit(infer), jax.jit(forward), jax.jit(grad_fn), jax.jit(step), (grad_fn, update)
+
+
+def replicated_step(spec: ResNetSpec, optimizer: str, precision: str, mesh, axis: str):
+    """The data-parallel training step over `mesh`: every worker's gradient of its share's mean
+    loss, averaged over `axis` (lax.pmean, an all-reduce), the running statistics averaged too,
+    and the same update everywhere. Parameters, statistics and slots are replicated; the batch,
+    the loss and the correct count are sharded (one per worker)."""
+    grad_fn, update = programs(spec, optimizer, precision)[4]
+
+    def local(params, stats, slots, X, Y, h):
+        (loss, (logits, stats)), grads = grad_fn(params, stats, X, Y)
+        grads, stats = lax.pmean((grads, stats), axis)
+        params, slots = _update(update, params, grads, slots, h)
+        correct = jnp.sum(jnp.argmax(logits, axis=1) == Y)
+        return params, stats, slots, loss[None], correct[None]
+
+    same, split = P(), P(axis)
+    return jax.jit(shard_map(local, mesh, in_specs=(same, same, same, split, split, same),
+                             out_specs=(same, same, same, split, split)))
 
 
 class Adapter:
@@ -126,27 +181,51 @@ class Adapter:
         self.opt = optimizer or OptimizerConfig(lr=lr)  # checked before anything is built
         self.dtype = check_dtype(dtype)
         self.precision = check_precision(precision, self.dtype)
-        if self.precision != "fp32":
-            raise InputError(f"precision: expected fp32 in JAX (its bf16 and fp16 paths are not "
-                             f"written yet), got {precision!r}")
-        if engine is not None:
-            raise Error("engine: expected None in JAX (its data-parallel engine is not written "
-                        "yet), got an engine")
-        self.engine = None
+        if self.precision == "fp16":
+            raise InputError("precision: expected fp32 or bf16 in JAX, got 'fp16' (float16 "
+                             "training needs loss scaling, which the JAX adapter does not do; "
+                             "bf16 needs none)")
+        self.engine = engine
         self.device = select(device)
-        self._device = native(self.device)
-        self.compiled = bool(compile)  # every step is jitted anyway
+        self._device = engine.device if engine is not None else native(self.device)
+        self.compiled = bool(compile)  # every step is jitted anyway (see the module's doc)
         self.trainable = [n for n in canonical_layout(spec) if not n.endswith(_STATS)]
         self.model = Network(spec, {})
         self.set_weights(weights)
         self.t = 0  # optimiser steps taken
         with self._x64():
             self.slots = self._zero_slots()
-        self._eval, self._train_forward, self._grad, self._step = programs(spec, self.opt.name)
+        self._eval, self._train_forward, self._grad, self._step, _ = programs(
+            spec, self.opt.name, self.precision)
+        if engine is not None:
+            from resnet_jax.distributed import WORKERS
+            self._step = self._on_engine(replicated_step(spec, self.opt.name, self.precision,
+                                                         engine.mesh, WORKERS))
 
     def _x64(self):
         return enable_x64() if self.dtype == "float64" else contextlib.nullcontext()
 
+    def _on_engine(self, step):
+        """`step` (replicated_step's) called with this worker's arrays: they become its
+        blocks of global arrays (the batch, the loss and the count sharded, the rest
+        replicated), and its own blocks of the results come back."""
+        mesh, n = self.engine.mesh, self.engine.workers
+
+        def whole(a, split: bool):
+            shape = (n * a.shape[0], *a.shape[1:]) if split else a.shape
+            sharding = NamedSharding(mesh, P(mesh.axis_names[0]) if split else P())
+            return jax.make_array_from_single_device_arrays(shape, sharding, [a])
+
+        def mine(tree):
+            return jax.tree_util.tree_map(lambda a: a.addressable_data(0), tree)
+
+        def run(params, stats, slots, X, Y, h):
+            same = lambda tree: jax.tree_util.tree_map(lambda a: whole(a, False), tree)  # noqa: E731
+            out = step(same(params), same(stats), same(slots), whole(X, True), whole(Y, True),
+                       same(h))
+            params, stats, slots, loss, correct = mine(out)
+            return params, stats, slots, loss[0], correct[0]
+        return run
 
     def _put(self, a: Any):
         return jax.device_put(jnp.asarray(a, self.dtype), self._device)
@@ -175,7 +254,7 @@ class Adapter:
         ones, as a training step does; False uses the running statistics."""
         X = self._batch(x, training)
         if not training:
-            return np.asarray(self._eval(self.model.variables, X))
+            return np.asarray(self._eval(self.params, self.stats, X))
         out, new = self._train_forward(self.params, self.stats, X)
         self._set(self.params, new["batch_stats"])
         return np.asarray(out)
@@ -193,7 +272,7 @@ class Adapter:
             h = dict(weight_decay=o.weight_decay, one_minus_b1=1 - b1, b2=b2,
                      one_minus_b2=1 - b2, eps=o.eps, step_size=lr / (1 - b1 ** t),
                      bc2_sqrt=(1 - b2 ** t) ** 0.5)
-        return {k: jnp.asarray(v, self.dtype) for k, v in h.items()}
+        return {k: self._put(v) for k, v in h.items()}
 
     @_in_dtype
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Weights]:

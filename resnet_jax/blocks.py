@@ -24,6 +24,7 @@ from typing import Any
 
 import jax.numpy as jnp
 from flax import linen as nn
+from jax import lax
 
 SAME_3X3 = ((1, 1), (1, 1))  # symmetric: one pixel on every side
 
@@ -39,10 +40,16 @@ def _pair(strides):
     return (strides, strides) if isinstance(strides, int) else tuple(strides)
 
 
+def subsample(X, s):
+    """X[:, ::s[0], ::s[1], :], written as a strided slice: jnp's strided indexing becomes a
+    gather, which jax2tf cannot convert to plain TensorFlow operators (ONNX export)."""
+    return lax.slice(X, (0, 0, 0, 0), X.shape, (1, s[0], s[1], 1))
+
+
 def pad_shortcut(X, num_channels, strides):
     """Option A of the ResNet paper: X[:, ::s, ::s, :] with zero channels on both sides."""
     s = _pair(strides)
-    X = X[:, ::s[0], ::s[1], :]
+    X = subsample(X, s)
     extra = num_channels - X.shape[-1]
     return jnp.pad(X, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 
@@ -207,7 +214,7 @@ class PreActBottleneck(nn.Module):
         if self.conv4:
             X = self.conv4(Y)
         elif s != (1, 1):  # Keras's ResNetV2 strides a block without projecting: a 1x1
-            X = X[:, ::s[0], ::s[1], :]  # max-pool, which subsamples
+            X = subsample(X, s)  # max-pool, which subsamples
         Y = self.conv1(Y)
         Y = self.conv2(nn.relu(self.bn2(Y)))
         Y = self.conv3(nn.relu(self.bn3(Y)))

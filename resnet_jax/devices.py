@@ -8,7 +8,7 @@ import jax
 
 from common.core.devices import Device, DeviceError, parse, resolve
 
-NAME = "JAX"  # the framework's own name, in messages (the registry record's `short`, phase 2)
+NAME = "JAX"  # the framework's own name, in messages (the registry record's `short`)
 
 
 def visible_gpus() -> list[str]:
@@ -33,8 +33,11 @@ def select(requested: str | Device = "auto") -> Device:
 
 
 def native(device: Device) -> jax.Device:
-    """The jax.Device for a resolved common Device."""
-    return jax.devices("gpu")[device.index] if device.is_gpu else jax.devices("cpu")[0]
+    """The jax.Device for a resolved common Device: one of this process's own (under
+    jax.distributed, jax.devices() lists every process's)."""
+    if device.is_gpu:
+        return jax.local_devices(backend="gpu")[device.index]
+    return jax.local_devices(backend="cpu")[0]
 
 
 def set_deterministic() -> None:

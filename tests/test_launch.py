@@ -76,7 +76,8 @@ def test_several_hosts_split_the_ranks_and_only_the_first_runs_mxnets_scheduler(
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(framework="jax", workers=2), "--framework: expected one of torch, tf, mx, got 'jax'"),
+    (dict(framework="keras", workers=2),
+     "--framework: expected one of torch, tf, mx, jax, got 'keras'"),
     (dict(framework="tf", workers=3, hosts=["a", "b"], port=1),
      "--workers: expected a multiple of the 2 hosts, got 3"),
     (dict(framework="tf", workers=2, hosts=["a", "b"], host_rank=2, port=1),
@@ -213,7 +214,7 @@ def launched(framework: str, out: Path, *flags: str) -> subprocess.CompletedProc
     return run
 
 
-@pytest.mark.parametrize("framework", ["torch", "tf", "mx"])
+@pytest.mark.parametrize("framework", ["torch", "tf", "mx", "jax"])
 def test_a_launched_run_is_written_once_and_resumes_to_the_uninterrupted_weights(framework,
                                                                                   tmp_path):
     from common.core.weights import load_weights
@@ -249,7 +250,7 @@ def test_compare_runs_each_framework_on_its_engine_with_workers(tmp_path):
     assert "-m common.commands.launch --framework torch --workers 2 --" in run.stdout
 
 
-@pytest.mark.parametrize("framework", ["torch", "tf", "mx"])
+@pytest.mark.parametrize("framework", ["torch", "tf", "mx", "jax"])
 def test_a_launched_runs_metrics_are_the_single_process_figures(framework, tmp_path):
     """metrics.jsonl of 2 workers against one process on the same data: one global batch of 32
     (one step), and digits' 359 test examples, which 2 workers cannot split evenly. The train

@@ -299,12 +299,14 @@ def set_up(framework: str, args: argparse.Namespace, data: Dataset | None, log,
                  f"--batch-size {args.batch_size}, --resize {size}")
     package = load(framework)
     package.set_threads(args.threads)
-    # A GPU the framework does not see is refused here, before any work (never a fall-back).
-    module(framework, "devices").select(args.device)
     run = Run(framework, args, data, spec, package, out, config, workers, log)
-    if workers.count > 1:  # before anything else runs in the framework (TensorFlow's rule)
+    # Before anything else runs in the framework: TensorFlow's rule, and JAX's, for which
+    # listing its GPUs (below) already starts its runtime.
+    if workers.count > 1:
         run.engine = module(framework, "distributed").join(workers.count, workers.rank,
                                                            args.sync_bn)
+    # A GPU the framework does not see is refused here, before any work (never a fall-back).
+    module(framework, "devices").select(args.device)
     return run
 
 

@@ -42,6 +42,7 @@ RECORDS: dict[str, Framework] = {f.key: f for f in (
     Framework("tf", "TensorFlow/Keras", "TensorFlow", "resnet_tf", "NHWC", "tensorflow-cpu",
               "tensorflow", "tensorflow"),
     Framework("mx", "MXNet Gluon", "MXNet", "resnet_mx", "NCHW", "mxnet", "mxnet", "mxnet"),
+    Framework("jax", "JAX/Flax", "JAX", "resnet_jax", "NHWC", "jax", "jax", "jax"),
 )}
 
 FRAMEWORKS: tuple[str, ...] = tuple(RECORDS)
