@@ -356,6 +356,26 @@ def crosscheck_native(damage) -> Callable:
     return check
 
 
+def predict_cmd(*flags: str, image: str = "png") -> Callable:
+    """A row through `resnet3 predict --framework fw` with SPEC's canonical file: a small PNG
+    (image="png"), a text file ("text") or no file ("none"); --labels "three": 3 names."""
+    def check(fw, tmp_path):
+        from PIL import Image
+        from common.commands import predict
+        weights = tmp_path / "w.safetensors"
+        save_weights(init_weights(SPEC, 0), weights)
+        path = tmp_path / "photo.png"
+        if image == "png":
+            Image.new("RGB", (40, 30), (200, 100, 50)).save(path)
+        elif image == "text":
+            path.write_text("not an image\n")
+        (tmp_path / "three").write_text("a\nb\nc\n")
+        argv = [str(path), "--weights", str(weights), "--arch", SPEC.name, "--framework", fw,
+                *(str(tmp_path / f) if f == "three" else f for f in flags)]
+        return command(predict.main, argv)
+    return check
+
+
 # --- numbers a framework cannot hold, resources the machine does not have -------------------
 
 def adapter_with(adam: dict | None = None, **kwargs) -> Callable:
@@ -686,6 +706,21 @@ ROWS: dict[str, Row] = {
                                     "(64, 1, 7, 7), got (3, 3)",
                                     weights_file_promising(".safetensors", "stem.conv.weight",
                                                            (3, 3))),
+    # resnet3 predict: refused before the framework runs
+    "predict-not-an-image": Row("resnet3 predict on a file that is not an image",
+                                "expected a JPEG or PNG file (an image Pillow reads)",
+                                predict_cmd(image="text")),
+    "predict-no-image": Row("resnet3 predict on an image path that does not exist",
+                            "image: expected an existing file, got", predict_cmd(image="none")),
+    "predict-top": Row("resnet3 predict --top 11 for a network of 10 classes",
+                       "--top: expected at most the network's 10 classes, got 11",
+                       predict_cmd("--top", "11")),
+    "predict-labels": Row("resnet3 predict --labels with 3 names for 10 classes",
+                          "expected 10 class names (one a line), got 3",
+                          predict_cmd("--labels", "three")),
+    "predict-convention": Row("resnet3 predict --convention d2l (grayscale) for a 3-channel "
+                              "network", "--convention: expected one giving the network's 3 "
+                              "input channel(s), got 'd2l'", predict_cmd("--convention", "d2l")),
 }
 
 

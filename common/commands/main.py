@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "crosscheck": ("common.commands.crosscheck:main",
                    "one weights file in every framework: largest differences of their outputs"),
     "export": ("common.commands.export:main", "export a network to ONNX from any framework"),
+    "predict": ("common.commands.predict:main",
+                "the top classes of images (JPEG, PNG) in one framework or all of them"),
     "launch": ("common.commands.launch:main",
                "data-parallel training on a framework's own engine: starts the processes"),
     "summary": ("common.commands.summary:main",
