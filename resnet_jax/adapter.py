@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +47,8 @@ from jax.experimental.shard_map import shard_map
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from common.core.checks import InputError, batch_as, check_dtype, check_precision, labels_as
+from common.core.checks import (InputError, batch_as, check_dtype, check_precision, feature_parts,
+                                labels_as)
 from common.core.devices import Device
 from common.core.optim import OptimizerConfig
 from common.core.spec import ResNetSpec
@@ -260,6 +261,20 @@ class Adapter:
         return np.asarray(out)
 
     eval_step = logits
+
+    def features(self, x: np.ndarray, parts: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Each part's output (names from spec.part_names(): stem, stage1..stageN, head) for
+        the batch, in inference mode, in one pass, as NCHW NumPy (the head's: logits)."""
+        wanted = feature_parts(self.spec, parts)
+        outs = ResNet(self.spec, training=False).apply(
+            {"params": self.params, "batch_stats": self.stats}, self._batch(x, False),
+            method=ResNet.parts)
+        return {name: (np.transpose(y, (0, 3, 1, 2)) if y.ndim == 4 else y).astype(np.float32)
+                for name in wanted for y in [np.asarray(outs[name])]}
+
+    def forward_features(self, x: np.ndarray) -> np.ndarray:
+        """The last stage's feature map (NCHW), before the head."""
+        return next(iter(self.features(x).values()))
 
     def _hyper(self) -> dict:
         """The step's hyperparameters as scalars of the compute dtype; Adam's bias corrections

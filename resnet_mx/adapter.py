@@ -65,7 +65,7 @@ on none of them, so its rewrite is not the documented one above (docs/performanc
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import mxnet as mx
 import numpy as np
@@ -74,7 +74,8 @@ from mxnet.contrib import amp
 from mxnet.contrib.amp.loss_scaler import LossScaler
 
 from common.core.errors import Error
-from common.core.checks import batch_as, check_dtype, check_precision, labels_as
+from common.core.checks import (batch_as, check_dtype, check_precision, feature_parts,
+                                labels_as)
 from common.core.devices import Device
 from common.core.optim import OptimizerConfig
 from common.core.spec import ResNetSpec
@@ -180,6 +181,23 @@ class Adapter:
         return out.asnumpy()
 
     eval_step = logits
+
+    def features(self, x: np.ndarray, parts: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Each part's output (names from spec.part_names(): stem, stage1..stageN, head) for
+        the batch, in inference mode, in one pass, as NCHW NumPy (the head's: logits)."""
+        wanted = feature_parts(self.spec, parts)
+        X = array(batch_as(x, self.dtype, self.spec, False), dtype=self.dtype, ctx=self.ctx)
+        out = {}
+        with autograd.predict_mode():
+            for name in self.spec.part_names():
+                X = getattr(self.model, name)(X)
+                if name in wanted:
+                    out[name] = X.asnumpy().astype(np.float32)
+        return {name: out[name] for name in wanted}
+
+    def forward_features(self, x: np.ndarray) -> np.ndarray:
+        """The last stage's feature map (NCHW), before the head."""
+        return next(iter(self.features(x).values()))
 
     def _loss(self, x: np.ndarray, y: np.ndarray) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
         """Mean cross-entropy in train mode, with the gradients in every parameter's .grad()."""

@@ -40,13 +40,14 @@ places the variables and the step (its worker device: this worker's GPU, else it
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import tensorflow as tf
 from tensorflow import keras
 
-from common.core.checks import batch_as, check_dtype, check_precision, labels_as
+from common.core.checks import (batch_as, check_dtype, check_precision, feature_parts,
+                                labels_as)
 from common.core.devices import Device, DeviceError, parse
 from common.frameworks import to_layout
 from common.core.optim import OptimizerConfig
@@ -188,6 +189,23 @@ class Adapter:
             return self._forward(X, bool(training)).numpy()
 
     eval_step = logits
+
+    def features(self, x: np.ndarray, parts: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Each part's output (names from spec.part_names(): stem, stage1..stageN, head) for
+        the batch, in inference mode, in one pass, as NCHW NumPy (the head's: logits)."""
+        wanted = feature_parts(self.spec, parts)
+        X, out = self._inputs(x, False), {}
+        with self._on_device():
+            for name in self.spec.part_names():
+                X = getattr(self.model, name)(X, training=False)
+                if name in wanted:
+                    y = X.numpy().astype(np.float32)
+                    out[name] = np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if y.ndim == 4 else y
+        return {name: out[name] for name in wanted}
+
+    def forward_features(self, x: np.ndarray) -> np.ndarray:
+        """The last stage's feature map (NCHW), before the head."""
+        return next(iter(self.features(x).values()))
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Weights]:
         """Mean cross-entropy in train mode and its gradient for every trainable canonical name."""

@@ -38,13 +38,14 @@ that synchronised BatchNorm in train mode (logits(training=True)) needs every wo
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from common.core.checks import batch_as, check_dtype, check_precision, labels_as
+from common.core.checks import (batch_as, check_dtype, check_precision, feature_parts,
+                                labels_as)
 from common.core.devices import Device
 from common.core.optim import OptimizerConfig
 from common.core.spec import ResNetSpec
@@ -137,6 +138,23 @@ class Adapter:
             return self._forward(self._tensor(x, training)).cpu().numpy()  # waits for the device
 
     eval_step = logits
+
+    def features(self, x: np.ndarray, parts: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Each part's output (names from spec.part_names(): stem, stage1..stageN, head) for
+        the batch, in inference mode, in one pass, as NCHW NumPy (the head's: logits)."""
+        wanted = feature_parts(self.spec, parts)
+        self.model.eval()
+        X, out = self._tensor(x, False), {}
+        with torch.no_grad():
+            for name, part in self.model.named_children():
+                X = part(X)
+                if name in wanted:
+                    out[name] = X.float().cpu().numpy()
+        return {name: out[name] for name in wanted}
+
+    def forward_features(self, x: np.ndarray) -> np.ndarray:
+        """The last stage's feature map (NCHW), before the head."""
+        return next(iter(self.features(x).values()))
 
     def _loss(self, x: np.ndarray, y: np.ndarray
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

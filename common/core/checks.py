@@ -118,3 +118,16 @@ def labels_as(y, batch: int, num_classes: int) -> np.ndarray:
         raise InputError(f"labels: expected class indices in [0, {num_classes}), got {y[i]} "
                          f"at position {i}")
     return y
+
+
+def feature_parts(spec: ResNetSpec, parts: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The parts an adapter's features() returns: `parts` (names of spec.part_names(), in any
+    order), or the last stage's alone (forward_features: the last feature map before the
+    head; for pre-activation specs before the head's final BN-ReLU)."""
+    names = spec.part_names()
+    wanted = (names[-2],) if parts is None else tuple(parts)
+    unknown = [p for p in wanted if p not in names]
+    if not wanted or unknown:
+        raise InputError(f"parts: expected names from {', '.join(names)}, got "
+                         f"{unknown[0] if unknown else 'none'!r}")
+    return wanted

@@ -52,6 +52,13 @@ class Adapter(Protocol):
     def eval_step(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """The logits in inference mode: what evaluation and bench's inference phase time."""
 
+    def features(self, x: np.ndarray, parts: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Each named part's output (stem, stage1..stageN, head), NCHW, inference mode, one
+        pass; without `parts` the last stage's (common.core.checks.feature_parts)."""
+
+    def forward_features(self, x: np.ndarray) -> np.ndarray:
+        """The last stage's feature map (NCHW), before the head."""
+
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Weights]: ...
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
