@@ -13,10 +13,10 @@ from tests.helpers import MODULES
 # each on 2 cores). pytest-xdist hands out whole files (--dist loadfile) in collection order
 # (--no-loadscope-reorder): starting with the long ones keeps both workers busy to the end,
 # where alphabetical order left one idle while the other ran the last long file.
-LONGEST_FIRST = ("test_bad_inputs.py", "test_two_hosts.py", "test_family.py", "test_fidelity.py",
+LONGEST_FIRST = ("test_bad_inputs.py", "test_two_hosts.py", "test_preset_structure.py", "test_fidelity.py",
                  "test_launch.py", "test_run_faults.py", "test_zoo.py", "test_jax.py",
                  "test_commands.py", "test_notebooks.py", "test_training.py", "test_export.py",
-                 "test_mx_modes.py", "test_convert.py", "test_preset_structure.py",
+                 "test_mx_modes.py", "test_convert.py",
                  "test_distributed_tf.py", "test_speed_paths.py", "test_metrics.py")
 
 

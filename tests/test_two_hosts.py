@@ -7,12 +7,15 @@ compares the first worker's final weights with a two-worker run on one host. The
 resolves to loopback in both namespaces, as on stock Debian and Ubuntu machines: the launcher
 must find the interface that reaches the other host itself (no GLOO_SOCKET_IFNAME or other
 variable is set by the test). The namespaces, and every process in them, are removed whatever
-happens. Making namespaces needs root (`ip netns`); without it the tests are skipped with that
-reason, as the GPU tests are without a GPU.
+happens. They are made inside an unprivileged user namespace (`unshare -Urnm`) where the kernel
+allows one, so no root is needed; else with root's `ip netns`; only where neither works are the
+tests skipped, with the reasons, as the GPU tests are without a GPU. The interface test runs
+both ways.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,29 +39,49 @@ HIDDEN = ("GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "DMLC_INTERFACE", "DMLC_NODE
           "MASTER_ADDR", "TF_CONFIG")
 
 
-def _ip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+def _ip(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run([*prefix, "ip", *args], capture_output=True, text=True, timeout=30)
 
 
-def _why_no_namespaces() -> str | None:
-    if shutil.which("ip") is None:
-        return "needs iproute2's ip to make network namespaces"
-    if os.geteuid() != 0:
-        return "needs root to make network namespaces (ip netns)"
-    return None
+def _user_namespace_holder() -> tuple[subprocess.Popen | None, str]:
+    """A process in a new user, network and mount namespace (`unshare -Urnm`, no root needed),
+    in which this process's user is root: `ip netns` works there on a private /run. (holder,
+    "") once it is ready, else (None, the reason)."""
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        return None, "needs util-linux's unshare and nsenter"
+    holder = subprocess.Popen(
+        ["unshare", "-Urnm", "sh", "-c",
+         "mount -t tmpfs r3t /run && mkdir -p /run/netns && echo ready && exec sleep 100000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    line = holder.stdout.readline().strip()
+    if line == "ready":
+        return holder, ""
+    holder.kill()
+    why = holder.stderr.read().strip().splitlines()
+    holder.wait()
+    return None, f"unshare -Urnm: {why[-1] if why else 'failed'}"
 
 
 class Hosts:
-    """Two namespaces, a veth pair between them, an address each; `run(k, argv)` runs a
-    process on host k."""
+    """Two namespaces, a veth pair between them, an address each; `start(k, argv, log)` runs a
+    process on host k. Made inside an unprivileged user namespace when the kernel allows one
+    (`unshare -Urnm`: no root needed, and nothing appears in the machine's `ip netns list`),
+    else with root's `ip netns`; `how` forces one ("user" or "root")."""
 
-    def __init__(self, tag: str):
+    def __init__(self, tag: str, how: str):
         self.names = (f"r3t{tag}a", f"r3t{tag}b")
         self.links = (f"r3v{tag}a", f"r3v{tag}b")
+        self.how = how
+        self.holder: subprocess.Popen | None = None
+        self.prefix: tuple[str, ...] = ()  # what enters the user namespace, if any
 
     def make(self) -> None:
+        if self.how == "user":
+            self.holder, why = _user_namespace_holder()
+            assert self.holder is not None, why
+            self.prefix = ("nsenter", "-t", str(self.holder.pid), "-U", "-m", "-n")
         for name in self.names:
-            done = _ip("netns", "add", name)
+            done = _ip("netns", "add", name, prefix=self.prefix)
             assert done.returncode == 0, done.stderr
         a, b = self.names
         steps = [("link", "add", self.links[0], "netns", a, "type", "veth", "peer", "name",
@@ -68,13 +91,18 @@ class Hosts:
                       ("-n", name, "link", "set", "lo", "up"),
                       ("-n", name, "link", "set", link, "up")]
         for step in steps:
-            done = _ip(*step)
+            done = _ip(*step, prefix=self.prefix)
             assert done.returncode == 0, f"ip {' '.join(step)}: {done.stderr}"
 
-    def pids(self) -> set[int]:
+    def argv(self, k: int, argv: list[str]) -> list[str]:
+        """`argv` as a command that runs it on host k."""
+        return [*self.prefix, "ip", "netns", "exec", self.names[k], *argv]
+
+    def pids(self, k: int | None = None) -> set[int]:
+        """The processes on host k (both hosts when None); the machine's PIDs."""
         found = set()
-        for name in self.names:
-            done = _ip("netns", "pids", name)
+        for name in self.names if k is None else (self.names[k],):
+            done = _ip("netns", "pids", name, prefix=self.prefix)
             found |= {int(p) for p in done.stdout.split()}
         return found
 
@@ -84,29 +112,69 @@ class Hosts:
                 os.kill(pid, 9)
             except ProcessLookupError:
                 pass
+        if self.holder is not None:  # its namespaces end with the last process in them
+            self.holder.kill()
+            self.holder.wait(timeout=30)
+            return
         for name in self.names:  # deleting a namespace deletes its end of the veth pair
             _ip("netns", "del", name)
 
+    def left(self) -> list[str]:
+        """What remains after `remove`: namespaces listed by the machine, or the holder."""
+        listed = _ip("netns", "list").stdout
+        left = [name for name in self.names if name in listed]
+        if self.holder is not None and self.holder.poll() is None:
+            left.append(f"holder {self.holder.pid}")
+        return left
+
     def start(self, k: int, argv: list[str], log: Path) -> subprocess.Popen:
         env = {k: v for k, v in os.environ.items() if k not in HIDDEN}
-        return subprocess.Popen(["ip", "netns", "exec", self.names[k], *argv], cwd=ROOT,
-                                env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        return subprocess.Popen(self.argv(k, argv), cwd=ROOT, env=env, stdout=log.open("w"),
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
-@pytest.fixture
-def hosts():
-    why = _why_no_namespaces()
-    if why:
-        pytest.skip(why)
-    pair = Hosts(str(os.getpid() % 100000))
+def _how() -> str:
+    """How this machine makes the namespaces: "user" (unprivileged), else "root"; a skip
+    with both reasons where neither works."""
+    holder, why = _user_namespace_holder()
+    if holder is not None:
+        holder.kill()
+        holder.wait()
+        return "user"
+    if shutil.which("ip") is None:
+        pytest.skip("needs iproute2's ip to make network namespaces")
+    if os.geteuid() == 0:
+        return "root"
+    pytest.skip(f"cannot make network namespaces: {why}; and ip netns needs root")
+
+
+def _make_hosts(how: str):
+    pair = Hosts(str(os.getpid() % 100000), how)
     try:
         pair.make()
         yield pair
     finally:
         pair.remove()
-        listed = _ip("netns", "list").stdout
-        assert not any(name in listed for name in pair.names), listed
+        assert not pair.left(), pair.left()
+
+
+@pytest.fixture
+def hosts():
+    yield from _make_hosts(_how())
+
+
+@pytest.fixture(params=["user", "root"])
+def hosts_each_way(request):
+    """The two hosts made each way this machine allows: both ways are code the tests rely on."""
+    if request.param == "root" and (os.geteuid() != 0 or shutil.which("ip") is None):
+        pytest.skip("ip netns needs root and iproute2")
+    if request.param == "user":
+        holder, why = _user_namespace_holder()
+        if holder is None:
+            pytest.skip(f"cannot make a user namespace: {why}")
+        holder.kill()
+        holder.wait()
+    yield from _make_hosts(request.param)
 
 
 def launch_argv(framework: str, k: int, out: Path, epochs: int = 1,
@@ -135,43 +203,13 @@ def wait_all(procs: list[subprocess.Popen], seconds: float) -> list[int]:
                 p.kill()
 
 
-def run_on_two_hosts(hosts: Hosts, framework: str, out: Path, logs: Path) -> list[str]:
-    codes = wait_all(start_both(hosts, framework, out, logs), DEADLINE + 60)
-    said = [(logs / f"host{k}.log").read_text() for k in range(2)]
-    assert codes == [0, 0], f"exit statuses {codes}\n" + "\n".join(s[-3000:] for s in said)
-    return said
-
-
-def one_host(framework: str, out: Path) -> None:
+def one_host(framework: str, out: Path, epochs: int = 1) -> None:
     env = {k: v for k, v in os.environ.items() if k not in HIDDEN}
     done = subprocess.run([sys.executable, "-m", "common.commands.launch", "--framework",
                            framework, "--workers", "2", "--deadline", str(DEADLINE), "--",
-                           *TRAIN, "--out", str(out)], cwd=ROOT, env=env, capture_output=True,
+                           *TRAIN[:-1], str(epochs), "--out", str(out)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=DEADLINE + 60)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-
-
-@pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_two_hosts_train_to_the_weights_of_two_workers_on_one(framework, hosts, tmp_path):
-    from common.core.weights import load_weights
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    said = run_on_two_hosts(hosts, framework, tmp_path / "two", logs)
-    assert "epoch 1/1: loss" in said[0], said[0][-2000:]
-    # host 1 reports too: its rank, its address, its worker's epoch line with the speed
-    assert "host 1 (10.77.0.2): worker-1: epoch 1/1: loss" in said[1], said[1][-2000:]
-    assert "worker-1" not in said[0]  # the first host shows the first worker alone
-    assert "examples/sec" in said[1].split("host 1 (10.77.0.2)", 1)[1]
-    one_host(framework, tmp_path / "one")
-    a = load_weights(tmp_path / "two" / "weights.safetensors")
-    b = load_weights(tmp_path / "one" / "weights.safetensors")
-    assert list(a) == list(b)
-    worst = max(float(np.abs(a[n] - b[n]).max() / max(np.abs(b[n]).max(), 1e-12)) for n in a)
-    assert worst <= 1e-6, f"largest relative difference {worst:.2e}"
-    deadline = time.monotonic() + 10
-    while hosts.pids() and time.monotonic() < deadline:  # every launcher and worker is gone
-        time.sleep(0.2)
-    assert not hosts.pids(), f"left running: {hosts.pids()}"
 
 
 def test_a_loopback_host_among_several_is_refused_with_the_reason(tmp_path):
@@ -196,7 +234,7 @@ def test_print_hosts_names_the_interface_when_given(capsys):
         assert f"--host-rank {k} --port {PORT} --iface eth1 -- --epochs 1" in line, line
 
 
-def test_the_interface_is_the_one_on_the_route_to_the_other_host(hosts):
+def test_the_interface_is_the_one_on_the_route_to_the_other_host(hosts_each_way):
     """From inside host 1, the route to host 0 leaves by host 1's end of the veth pair; the
     plan hands it to the engines that choose an interface themselves."""
     code = ("from common.commands.launch import interface_to, plan\n"
@@ -205,8 +243,9 @@ def test_the_interface_is_the_one_on_the_route_to_the_other_host(hosts):
             f"for fw in {list(FRAMEWORKS)!r}:\n"
             f"    (_, _, env), *_ = plan(fw, 2, ['x.py'], {list(ADDRESSES)!r}, 1, {PORT}, iface).processes\n"
             "    print(fw, env.get('GLOO_SOCKET_IFNAME'), env.get('DMLC_INTERFACE'))\n")
-    done = subprocess.run(["ip", "netns", "exec", hosts.names[1], sys.executable, "-c", code],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    hosts = hosts_each_way
+    done = subprocess.run(hosts.argv(1, [sys.executable, "-c", code]), cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.split("\n")
     link = hosts.links[1]
@@ -231,15 +270,29 @@ def wait_for(path: Path, text: str, seconds: float) -> bool:
     return False
 
 
+def worst_difference(a_path: Path, b_path: Path) -> float:
+    """The largest difference between two weights files, relative to each tensor's largest
+    value; their names must be the same, in the same order."""
+    from common.core.weights import load_weights
+    a, b = load_weights(a_path), load_weights(b_path)
+    assert list(a) == list(b)
+    return max(float(np.abs(a[n] - b[n]).max() / max(np.abs(b[n]).max(), 1e-12)) for n in a)
+
+
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_a_host_stopped_mid_run_stops_the_other_with_its_cause(framework, hosts, tmp_path):
+def test_a_host_stopped_mid_run_stops_the_other_and_both_resume_to_the_weights_of_one_host(
+        framework, hosts, tmp_path):
     """Host 1's launcher gets SIGTERM after the first epoch: it stops its processes (143) and
     says why, and host 0's launcher stops its own within the heartbeat's bound, naming host 1
     and quoting its cause (MXNet's scheduler, server and workers would otherwise wait on in
-    silence until --deadline)."""
+    silence until --deadline). Then `--resume` on both hosts continues from the checkpoint the
+    first worker wrote to the shared --out; each host reports its epochs, and the run ends with
+    the weights of an uninterrupted two-worker run on one host (float32 rounding)."""
     import signal
     logs = tmp_path / "logs"
     logs.mkdir()
+    # Stopped in a run of 50 epochs, resumed to two epochs beyond the last one done (--epochs
+    # may grow on --resume, and the learning rate does not depend on it).
     procs = start_both(hosts, framework, tmp_path / "run", logs, 50)
     try:
         assert wait_for(logs / "host0.log", "epoch 1/50", DEADLINE), \
@@ -255,43 +308,29 @@ def test_a_host_stopped_mid_run_stops_the_other_with_its_cause(framework, hosts,
     assert codes[0] == 1, said[0][-2000:]
     assert ("error: resnet-launch (" + framework + ", 2 workers): host 1 (10.77.0.2) failed: "
             "terminated (SIGTERM); stopped every process here") in said[0], said[0][-2000:]
+    done = [int(k) for k in re.findall(r"^epoch (\d+)/50: loss", said[0], re.M)]
+    assert done and done[-1] < 50, said[0][-2000:]
+    epochs = done[-1] + 2
     assert took < 60, f"host 0 took {took:.1f} s to stop"
     end = time.monotonic() + 10
     while hosts.pids() and time.monotonic() < end:
         time.sleep(0.2)
     assert not hosts.pids(), f"left running: {hosts.pids()}"
 
-
-def test_both_hosts_resume_after_a_stop_to_the_uninterrupted_weights(hosts, tmp_path):
-    """PyTorch: a two-host run stopped by SIGTERM to host 1 after its first epoch, then
-    `--resume` on both hosts, ends with the weights of an uninterrupted two-worker run: the
-    first worker's checkpoint in the shared --out is where both hosts start again."""
-    import signal
-
-    from common.core.weights import load_weights
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    procs = start_both(hosts, "torch", tmp_path / "run", logs, 4)
-    try:
-        assert wait_for(logs / "host0.log", "epoch 1/4", DEADLINE)
-        procs[1].send_signal(signal.SIGTERM)
-    finally:
-        codes = wait_all(procs, 90)
-    assert codes == [1, 143], codes
-    assert "epoch 4/4" not in (logs / "host0.log").read_text()
-    again = start_both(hosts, "torch", tmp_path / "run", logs, 4, "--resume", name="again")
+    again = start_both(hosts, framework, tmp_path / "run", logs, epochs, "--resume",
+                       name="again")
     codes = wait_all(again, DEADLINE + 60)
-    assert codes == [0, 0], (logs / "again0.log").read_text()[-3000:]
-    env = {k: v for k, v in os.environ.items() if k not in HIDDEN}
-    train = [*TRAIN[:-1], "4", "--out", str(tmp_path / "one")]
-    done = subprocess.run([sys.executable, "-m", "common.commands.launch", "--framework",
-                           "torch", "--workers", "2", "--deadline", str(DEADLINE), "--", *train],
-                          cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=DEADLINE + 60)
-    assert done.returncode == 0, done.stderr[-2000:]
-    a = load_weights(tmp_path / "run" / "weights.safetensors")
-    b = load_weights(tmp_path / "one" / "weights.safetensors")
-    worst = max(float(np.abs(a[n] - b[n]).max() / max(np.abs(b[n]).max(), 1e-12)) for n in a)
+    said = [(logs / f"again{k}.log").read_text() for k in range(2)]
+    assert codes == [0, 0], f"exit statuses {codes}\n" + "\n".join(s[-3000:] for s in said)
+    assert f"epoch {epochs}/{epochs}: loss" in said[0], said[0][-2000:]
+    # host 1 reports too: its rank, its address, its worker's epoch line with the speed
+    line = f"host 1 (10.77.0.2): worker-1: epoch {epochs}/{epochs}: loss"
+    assert line in said[1], said[1][-2000:]
+    assert "examples/sec" in said[1].split(line, 1)[1]
+    assert "worker-1" not in said[0]  # the first host shows the first worker alone
+    one_host(framework, tmp_path / "one", epochs)
+    worst = worst_difference(tmp_path / "run" / "weights.safetensors",
+                             tmp_path / "one" / "weights.safetensors")
     assert worst <= 1e-6, f"largest relative difference {worst:.2e}"
 
 
@@ -305,7 +344,7 @@ def test_a_host_that_dies_whole_stops_the_other(hosts, tmp_path):
     procs = start_both(hosts, "mx", tmp_path / "run", logs, 50)
     try:
         assert wait_for(logs / "host0.log", "epoch 1/50", DEADLINE)
-        for pid in {int(p) for p in _ip("netns", "pids", hosts.names[1]).stdout.split()}:
+        for pid in hosts.pids(1):
             os.kill(pid, signal.SIGKILL)
         stopped = time.monotonic()
     finally:
