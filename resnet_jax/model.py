@@ -180,8 +180,9 @@ def _size(tree) -> int:
 
 def param_counts(module) -> ParamCounts:
     """Trainable parameters (Flax's "params") and BatchNorm running statistics ("batch_stats"),
-    of a Network or of a variables dict (a part's)."""
-    variables = module.variables if isinstance(module, Network) else module
+    of a Network (or anything else holding `variables`: a bound Flax module) or of a variables
+    dict (a part's)."""
+    variables = module if isinstance(module, dict) else module.variables
     return ParamCounts(_size(variables.get("params", {})), _size(variables.get("batch_stats", {})))
 
 

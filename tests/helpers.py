@@ -1,5 +1,5 @@
 """Helpers shared by the tests (imported as `tests.helpers`; tests/conftest.py holds only pytest's
-hooks and fixtures). All three frameworks are imported here: one that fails to import fails the
+hooks and fixtures). Every framework is imported here: one that fails to import fails the
 run (collection error); nothing is ever skipped for a missing framework."""
 from __future__ import annotations
 
@@ -51,10 +51,28 @@ def bf16_refused_here(module, make) -> bool:
         return True
 
 
+class FlaxBlock:
+    """A Flax block with the variables its first call makes (a Flax module holds none): called
+    on an NHWC batch in training mode, as d2l's JAX tab runs a block; `variables` is what
+    resnet_jax.param_counts reads."""
+
+    def __init__(self, module):
+        self.module, self.variables = module, {}
+
+    def __call__(self, X):
+        import jax
+        if not self.variables:
+            self.variables = self.module.init(jax.random.PRNGKey(0), X)
+        return self.module.apply(self.variables, X, mutable=["batch_stats"])[0]
+
+
 def make_block(module, in_channels: int, num_channels: int, use_1x1conv: bool = False,
                strides: int = 1, **kwargs):
     """d2l's Residual with each framework's own signature (PyTorch takes input channels first;
-    Gluon is told them so that nothing is deferred)."""
+    Gluon is told them so that nothing is deferred; Flax's takes its variables on first
+    call)."""
+    if fw_name(module) == "jax":
+        return FlaxBlock(module.Residual(num_channels, use_1x1conv, strides, **kwargs))
     if fw_name(module) == "torch":
         return module.Residual(in_channels, num_channels, use_1x1conv, strides, **kwargs)
     if fw_name(module) == "mx":

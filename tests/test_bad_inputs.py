@@ -35,7 +35,7 @@ from tests.helpers import MODULES, mx_array
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
 SPEC = get_spec("cifar_resnet20")  # 3 channels, 10 classes; a 4x4 input is 1x1 in stage3
-NATIVE = {"torch": ".pt", "tf": ".weights.h5", "mx": ".params"}
+NATIVE = {"torch": ".pt", "tf": ".weights.h5", "mx": ".params", "jax": ".msgpack"}
 _adapters: dict[str, object] = {}
 
 
@@ -108,14 +108,14 @@ def inf_at(a, x, y):
 
 def model_call(fw, x, training=False):
     """A batch straight into the framework's model (not the adapter), as a user of the model
-    calls it: NCHW for PyTorch and Gluon, NHWC for Keras."""
+    calls it: NCHW for PyTorch and Gluon, NHWC for Keras and Flax."""
     module = MODULES[fw]
     model = module.build(SPEC)
     if fw == "torch":
         import torch
         model.train(training)
         return model(torch.from_numpy(x))
-    if fw == "tf":
+    if fw in ("tf", "jax"):
         return model(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), training=training)
     from mxnet import autograd
     with autograd.record(train_mode=training):
@@ -337,7 +337,7 @@ def checkpoint_without_metadata(path, fw):
 
 
 def other_framework(fw):
-    return FRAMEWORKS[(FRAMEWORKS.index(fw) + 1) % 3]
+    return FRAMEWORKS[(FRAMEWORKS.index(fw) + 1) % len(FRAMEWORKS)]
 
 
 def crosscheck_cmd(*argv) -> Callable:
@@ -805,11 +805,12 @@ def test_a_last_batch_of_one_is_dropped_alike_in_training(tmp_path):
     assert max(losses.values()) - min(losses.values()) < 1e-4, losses
 
 
-@pytest.mark.parametrize("failing", FRAMEWORKS)
-def test_compare_runs_the_others_when_one_fails_and_reports_it(failing, tmp_path):
+def test_compare_runs_the_others_when_one_fails_and_reports_it(tmp_path):
     """One framework cannot write its run folder; the other still trains, and the report lists
-    the failure with its message. Exit status 1."""
-    other = other_framework(failing)
+    the failure with its message. Exit status 1. (compare's handling is the same for every
+    framework, so one pair shows it: TensorFlow failing, MXNet, the quickest to start,
+    training.)"""
+    failing, other = "tf", "mx"
     out = tmp_path / "cmp"
     out.mkdir()
     (out / failing).write_text("in the way")

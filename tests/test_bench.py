@@ -172,8 +172,8 @@ def test_peak_share_uses_the_best_probe_of_the_run():
 
 def test_bench_refuses_bad_flags():
     for argv, message in ((["--steps", "0"], "--steps: expected a positive integer, got '0'"),
-                          (["--frameworks", "torch,jax"], "--frameworks: expected names from "
-                                                          "torch,tf,mx, got 'torch,jax'"),
+                          (["--frameworks", "torch,keras"], "--frameworks: expected names from "
+                                                            "torch,tf,mx,jax, got 'torch,keras'"),
                           (["--frameworks", "torch,mxnet"], "got 'torch,mxnet'; did you mean "
                                                             "'mx'?"),
                           (["--arch", "d2l_resnet_18"], "did you mean 'd2l_resnet18'"),
@@ -184,7 +184,7 @@ def test_bench_refuses_bad_flags():
         assert done.returncode == 2 and message in done.stderr, done.stderr
 
 
-def test_bench_command_measures_all_three_frameworks(tmp_path):
+def test_bench_command_measures_every_framework(tmp_path):
     """The command end to end on a small network: a row per framework and phase, figures that
     add up, and the files it promises."""
     argv = ["--arch", "cifar_resnet20", "--input-size", "16", "--batch-size", "8", "--steps", "1",
@@ -204,5 +204,5 @@ def test_bench_command_measures_all_three_frameworks(tmp_path):
         assert r["ours"]["first_step_s"] > 0 and r["machine"]["cores"] >= 1
     text = (tmp_path / "bench.md").read_text()
     assert "Machine:" in text and "| framework | phase |" in text and "--threads 1" in text
-    for name in ("PyTorch", "TensorFlow/Keras", "MXNet Gluon"):
+    for name in ("PyTorch", "TensorFlow/Keras", "MXNet Gluon", "JAX/Flax"):
         assert name in done.stdout

@@ -342,7 +342,7 @@ def test_from_and_to_force_a_format_and_refuse_one_that_does_not_fit(tmp_path, r
             ) in capsys.readouterr().err
     with pytest.raises(SystemExit):
         convert.main([str(path), str(tmp_path / "o.npz"), "--from", "timm"])
-    assert "--from: expected one of auto, torch, tf, mx, canonical, torchvision, keras, gluon, got 'timm'" \
+    assert "--from: expected one of auto, torch, tf, mx, jax, canonical, torchvision, keras, gluon, got 'timm'" \
         in capsys.readouterr().err
 
 

@@ -156,7 +156,7 @@ def test_an_unknown_framework_is_refused_with_a_did_you_mean(tmp_path, capsys):
         export.main(["--framework", "mxnet", str(tmp_path / "m.onnx")])
     err = capsys.readouterr().err
     assert exit.value.code == 2
-    assert "expected one of torch, tf, mx, got 'mxnet'; did you mean 'mx'?" in err
+    assert "expected one of torch, tf, mx, jax, got 'mxnet'; did you mean 'mx'?" in err
 
 
 def test_weights_of_another_architecture_are_refused_without_a_traceback(tmp_path):

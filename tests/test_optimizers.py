@@ -15,6 +15,7 @@ framework tensors: `get_weights()` rounds to float32, which would hide everythin
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -81,22 +82,31 @@ def trainable_float64(adapter) -> dict[str, np.ndarray]:
     if adapter.framework == "tf":
         from resnet_tf.weights import to_canonical_layout
         return {n: to_canonical_layout(v.numpy()) for n, v in adapter.trainable.items()}
+    if adapter.framework == "jax":
+        from flax import traverse_util
+        from resnet_jax.weights import flax_path, to_canonical_layout
+        flat = traverse_util.flatten_dict(adapter.params)
+        return {n: np.array(to_canonical_layout(np.asarray(flat[flax_path(n)[1:]])))
+                for n in adapter.trainable}
     return {n: p.data().asnumpy() for n, p in adapter.trainable.items()}
 
 
 @functools.cache
 def trajectory(fw: str, opt: OptimizerConfig, torch_eps_per_step: bool = False) -> list[Step]:
     """STEPS optimiser steps of a fresh float64 adapter, with what each started from.
-    torch_eps_per_step: give PyTorch eps / sqrt(1 - beta2**t) at step t, which is where Keras
-    and Gluon effectively put eps (docs/framework-differences.md)."""
+    torch_eps_per_step: give PyTorch (and JAX, whose adapter places eps as PyTorch does)
+    eps / sqrt(1 - beta2**t) at step t, which is where Keras and Gluon effectively put eps
+    (docs/framework-differences.md)."""
     a = MODULES[fw].Adapter(SPEC, random_weights(SPEC, 0), optimizer=opt, dtype="float64")
     steps = []
     for t, (x, y) in enumerate(batches(SPEC, SIZE, STEPS), 1):
         before = trainable_float64(a)
         assert all(v.dtype == np.float64 for v in before.values())
         loss, grads = a.loss_and_grads(x, y)
-        if torch_eps_per_step:
+        if torch_eps_per_step and fw == "torch":
             a.optimizer.param_groups[0]["eps"] = opt.eps / math.sqrt(1 - opt.betas[1] ** t)
+        elif torch_eps_per_step:  # JAX's adapter reads its OptimizerConfig at every step
+            a.opt = dataclasses.replace(a.opt, eps=opt.eps / math.sqrt(1 - opt.betas[1] ** t))
         assert math.isclose(a.train_step(x, y)[0], loss, rel_tol=1e-14), \
             "train_step must start from the loss (and gradient) that loss_and_grads saw"
         steps.append(Step(before, grads, loss, trainable_float64(a)))
@@ -151,7 +161,10 @@ def gluon_adam(o, t, w, g, s):
 
 
 UPDATES = {("torch", "sgd"): torch_sgd, ("tf", "sgd"): keras_sgd, ("mx", "sgd"): gluon_sgd,
-           ("torch", "adam"): torch_adam, ("tf", "adam"): keras_adam, ("mx", "adam"): gluon_adam}
+           ("torch", "adam"): torch_adam, ("tf", "adam"): keras_adam, ("mx", "adam"): gluon_adam,
+           # JAX's adapter writes PyTorch's formulas (resnet_jax/adapter.py)
+           ("jax", "sgd"): torch_sgd, ("jax", "adam"): torch_adam}
+TORCH_EPS = ("torch", "jax")  # the adapters that place Adam's eps as PyTorch does
 
 
 def formula_errors(fw: str, opt: OptimizerConfig, steps: list[Step]) -> list[float]:
@@ -205,10 +218,10 @@ ADAM_GLUON_BOUNDS = (1e-8, 3e-8)
 @pytest.mark.parametrize("name", ["adam", "adam_wd"])
 @pytest.mark.parametrize("a,b", PAIRS)
 def test_adam_agrees_across_frameworks_step_by_step_once_eps_is_placed_alike(a, b, name):
-    """PyTorch is given, at step t, the eps Keras and Gluon effectively use there."""
+    """PyTorch (and JAX) are given, at step t, the eps Keras and Gluon effectively use there."""
     bounds = ADAM_GLUON_BOUNDS if "mx" in (a, b) else (LOSS_BOUND, PARAM_BOUND)
-    compare_steps(trajectory(a, CROSS[name], a == "torch"),
-                  trajectory(b, CROSS[name], b == "torch"), *bounds)
+    compare_steps(trajectory(a, CROSS[name], a in TORCH_EPS),
+                  trajectory(b, CROSS[name], b in TORCH_EPS), *bounds)
 
 
 def test_adam_epsilon_placement_separates_pytorch_from_keras_by_the_predicted_step():

@@ -1,11 +1,12 @@
-"""The adapters' speed options, `precision="bf16"` and `compile=True`, in all three frameworks.
+"""The adapters' speed options, `precision="bf16"` and `compile=True`, in every framework.
 
 bf16 is mixed precision: convolutions in bfloat16 (8 bits of mantissa, relative rounding
 2**-8 ~ 4e-3), weights, optimiser step and loss in float32. So bf16 logits must differ from
 the fp32 ones of the same weights by far more than float32 rounding, yet agree to a few
 percent; and each framework must show that its convolutions really ran in bfloat16.
 compile (torch.compile, XLA, Gluon's static graph) changes how the same arithmetic is
-scheduled, not what it computes: logits and losses agree to float32 rounding.
+scheduled, not what it computes: logits and losses agree to float32 rounding. JAX is always
+compiled (jax.jit): compile=True runs the same programs.
 """
 from __future__ import annotations
 
@@ -81,6 +82,16 @@ def test_bf16_convolutions_run_in_bfloat16_on_float32_weights(fw):
         assert keras.config.dtype_policy().name == "float32"  # the global policy restored
         assert conv.compute_dtype == "bfloat16" and conv.kernel.dtype == "float32"
         assert conv(tf.zeros((1, 16, 16, SPEC.in_channels))).dtype == tf.bfloat16
+    elif name == "jax":
+        import jax
+        import jax.numpy as jnp
+        X = jnp.zeros((16, 32, 32, SPEC.in_channels), jnp.float32)
+        programs = (a._eval.lower(a.params, a.stats, X), a._train_forward.lower(a.params, a.stats, X))
+        convs = [line for p in programs for line in p.as_text().splitlines()
+                 if "stablehlo.convolution" in line]
+        assert len(convs) == 2 * 19
+        assert all(line.rsplit("->", 1)[1].strip().endswith("xbf16>") for line in convs), convs[0]
+        assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(a.params))
     else:
         from mxnet.contrib import amp
         a.logits(x)
@@ -170,7 +181,10 @@ def test_compiled_adapter_computes_what_the_plain_one_does(fw):
     w, (x, y) = init_weights(SPEC, 0), batch(16, seed=2)
     plain, compiled = fw.Adapter(SPEC, w, lr=LR), fw.Adapter(SPEC, w, lr=LR, compile=True)
     assert (plain.compiled, compiled.compiled) == (False, True)
-    assert _compiled_by_the_framework(compiled, x) and not _compiled_by_the_framework(plain, x)
+    if plain.framework == "jax":  # always compiled: both run the same jitted programs
+        assert compiled._step is plain._step and hasattr(plain._step, "lower")
+    else:
+        assert _compiled_by_the_framework(compiled, x) and not _compiled_by_the_framework(plain, x)
     assert rel_max(compiled.logits(x), plain.logits(x)) <= 1e-5
     loss, compiled_loss = plain.train_step(x, y)[0], compiled.train_step(x, y)[0]
     assert abs(compiled_loss - loss) <= 1e-5 * loss

@@ -1,6 +1,7 @@
 """The side-by-side summary command: agreement is reported, and disagreement is caught."""
 from common.commands import summary
 from common.core.oracle import ParamCounts
+from common.frameworks import FRAMEWORKS
 from tests.helpers import MODULES
 
 
@@ -8,7 +9,7 @@ def test_summary_reports_agreement_for_all_frameworks(capsys):
     assert summary.main(["--input-size", "64"]) == 0
     out = capsys.readouterr().out
     assert "all agree: yes" in out
-    assert out.count("11,178,378") == 4  # oracle + three frameworks, totals row
+    assert out.count("11,178,378") == 1 + len(FRAMEWORKS)  # oracle + each framework, totals row
     assert "1x512x2x2" in out  # stage4 at 64x64
 
 
@@ -28,5 +29,5 @@ def test_summary_catches_a_framework_that_disagrees(capsys, monkeypatch):
 def test_summary_rejects_unknown_framework(capsys):
     import pytest
     with pytest.raises(SystemExit):
-        summary.main(["--frameworks", "torch,jax"])
-    assert "expected names from torch,tf,mx, got 'torch,jax'" in capsys.readouterr().err
+        summary.main(["--frameworks", "torch,keras"])
+    assert "expected names from torch,tf,mx,jax, got 'torch,keras'" in capsys.readouterr().err
