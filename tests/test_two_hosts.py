@@ -79,7 +79,8 @@ class Hosts:
         if self.how == "user":
             self.holder, why = _user_namespace_holder()
             assert self.holder is not None, why
-            self.prefix = ("nsenter", "-t", str(self.holder.pid), "-U", "-m", "-n")
+            self.prefix = ("nsenter", "-t", str(self.holder.pid), "-U", "-m", "-n",
+                           "--preserve-credentials")
         for name in self.names:
             done = _ip("netns", "add", name, prefix=self.prefix)
             assert done.returncode == 0, done.stderr
