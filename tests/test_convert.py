@@ -1,4 +1,6 @@
 """Weights files between frameworks, and the crosscheck command."""
+import itertools
+
 import numpy as np
 import pytest
 
@@ -7,6 +9,7 @@ from common.commands import crosscheck
 from common.core.init import init_weights
 from common.core.spec import get_spec
 from common.core.weights import WeightsError, load_weights, save_weights
+from common.frameworks import FRAMEWORKS
 
 
 def test_weights_travel_through_every_native_format_bit_exact(tmp_path):
@@ -37,13 +40,16 @@ def test_missing_and_unexpected_weights_are_named(tmp_path):
         from_canonical(build("d2l_resnet18"), w)
 
 
+PAIRS = sorted(f"{a} vs {b}" for a, b in itertools.combinations(FRAMEWORKS, 2))
+
+
 def crosscheck_rows(out: str) -> dict[str, list[float]]:
     """pair -> [eval logits, train logits, loss, gradient] differences from the printed table."""
     rows = {}
     for line in out.splitlines():
         if " vs " in line and not line.startswith("pair"):
-            pair, rest = line[:11].strip(), line[11:].split()
-            rows[pair] = [float(v) for v in rest[:4]]
+            a, vs, b, *rest = line.split()
+            rows[f"{a} {vs} {b}"] = [float(v) for v in rest[:4]]
     return rows
 
 
@@ -51,7 +57,7 @@ def test_crosscheck_in_float64_agrees_to_float64_rounding(capsys):
     assert crosscheck.main(["--input-size", "33", "--batch", "2", "--dtype", "float64"]) == 0
     out = capsys.readouterr().out
     rows = crosscheck_rows(out)
-    assert sorted(rows) == ["tf vs mx", "torch vs mx", "torch vs tf"]
+    assert sorted(rows) == PAIRS
     for pair, (eval_, train, loss, grad) in rows.items():
         assert max(eval_, train, loss) <= 1e-12 and grad <= 1e-10, (pair, out)
     assert "computed in float64" in out and "within tolerance: yes" in out
@@ -63,7 +69,7 @@ def test_crosscheck_in_float32_reports_logits_within_float32_rounding(capsys):
     crosscheck.main(["--input-size", "33", "--batch", "2"])
     out = capsys.readouterr().out
     rows = crosscheck_rows(out)
-    assert sorted(rows) == ["tf vs mx", "torch vs mx", "torch vs tf"]
+    assert sorted(rows) == PAIRS
     for pair, (eval_, train, loss, grad) in rows.items():
         assert max(eval_, train) <= 1e-5 and loss <= 1e-5 and grad < 1e-2, (pair, out)
     assert "computed in float32" in out

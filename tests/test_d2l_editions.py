@@ -7,7 +7,8 @@ ResNet-18 as `ResNet(arch, lr, num_classes)` on its `d2l.Classifier`. Each test 
 `blocks.py` alone into a folder, beside a stand-in for the few names of the `d2l` package that
 the chapter's cells use (written here from d2l's documented behaviour: `add_to_class`,
 `save_hyperparameters`, `layer_summary`, `init_cnn`, `randn`/`normal`), and runs the chapter's
-cells as d2l prints them: the two shape examples and the ResNet-18 shape table, in both editions.
+cells as d2l prints them: the two shape examples and the ResNet-18 shape table, in both editions
+(JAX in d2l-en 1.x only: the classic edition has no JAX tab).
 One change to d2l's own code: d2l-en 1.x's TensorFlow tab passes a Sequential to
 `tf.keras.models.Sequential(...)`, which Keras 3 refuses for any block ('Sequential' object is not
 iterable); it is given as a list here (docs/coursework.md).
@@ -77,6 +78,23 @@ class Classifier(nn.Block, HyperParameters):
             print(layer.__class__.__name__, 'output shape:\\t', X.shape)
 def randn(*size):
     return np.random.randn(*size)
+''',
+    "jax": SAVE_HYPERPARAMETERS + '''
+import jax
+from flax import linen as nn
+def get_key():
+    return jax.random.PRNGKey(0)
+class Classifier(nn.Module):
+    def __call__(self, X):
+        return self.net(X)
+    def layer_summary(self, X_shape, key=get_key()):
+        X = jax.numpy.zeros(X_shape)
+        params = self.init(key, X)
+        bound = self.bind(params, mutable=["batch_stats"])
+        _ = bound(X)
+        for layer in bound.net.layers:
+            X = layer(X)
+            print(layer.__class__.__name__, 'output shape:\\t', X.shape)
 ''',
 }
 
@@ -307,12 +325,63 @@ class ResNet18(ResNet):
                        lr, num_classes)
 ResNet18().layer_summary((1, 1, 96, 96))
 ''',
+    "jax": '''
+import jax
+from flax import linen as nn
+import d2l
+from blocks import Residual
+blk = Residual(3)
+X = jax.random.normal(d2l.get_key(), (4, 6, 6, 3))
+print(blk.init_with_output(d2l.get_key(), X)[0].shape)
+blk = Residual(6, use_1x1conv=True, strides=(2, 2))
+print(blk.init_with_output(d2l.get_key(), X)[0].shape)
+class ResNet(d2l.Classifier):
+    arch: tuple
+    lr: float = 0.1
+    num_classes: int = 10
+    training: bool = True
+    def setup(self):
+        self.net = self.create_net()
+    def b1(self):
+        return nn.Sequential([
+            nn.Conv(64, kernel_size=(7, 7), strides=(2, 2), padding='same'),
+            nn.BatchNorm(not self.training), nn.relu,
+            lambda x: nn.max_pool(x, window_shape=(3, 3), strides=(2, 2),
+                                  padding='same')])
+@d2l.add_to_class(ResNet)
+def block(self, num_residuals, num_channels, first_block=False):
+    blk = []
+    for i in range(num_residuals):
+        if i == 0 and not first_block:
+            blk.append(Residual(num_channels, use_1x1conv=True,
+                                strides=(2, 2), training=self.training))
+        else:
+            blk.append(Residual(num_channels, training=self.training))
+    return nn.Sequential(blk)
+@d2l.add_to_class(ResNet)
+def create_net(self):
+    net = nn.Sequential([self.b1()])
+    for i, b in enumerate(self.arch):
+        net.layers.extend([self.block(*b, first_block=(i==0))])
+    net.layers.extend([nn.Sequential([
+        # Flax does not provide a GlobalAvg2D layer
+        lambda x: nn.avg_pool(x, window_shape=x.shape[1:3],
+                              strides=x.shape[1:3], padding='valid'),
+        lambda x: x.reshape((x.shape[0], -1)),
+        nn.Dense(self.num_classes)])])
+    return net
+class ResNet18(ResNet):
+    arch: tuple = ((2, 64), (2, 128), (2, 256), (2, 512))
+    lr: float = 0.1
+    num_classes: int = 10
+ResNet18(training=False).layer_summary((1, 96, 96, 1))
+''',
 }
 
 
 def layout(fw: str, n: int, c: int, s: int) -> tuple[int, ...]:
-    """A batch's shape in the framework's layout (TensorFlow's is NHWC)."""
-    return (n, s, s, c) if fw == "tf" else (n, c, s, s)
+    """A batch's shape in the framework's layout (TensorFlow's and JAX's are NHWC)."""
+    return (n, s, s, c) if record(fw).layout == "NHWC" else (n, c, s, s)
 
 
 def expected(fw: str, size: int, stem_split: bool, head: list) -> list[tuple[int, ...]]:
@@ -330,7 +399,8 @@ def expected(fw: str, size: int, stem_split: bool, head: list) -> list[tuple[int
 # The head's layers as each edition's cells list them.
 CLASSIC_HEAD = {"torch": [(1, 512, 1, 1), (1, 512), (1, 10)], "tf": [(1, 512), (1, 10)],
                 "mx": [(1, 512, 1, 1), (1, 10)]}
-HEAD_1X = {"torch": [(1, 10)], "tf": [(1, 10)], "mx": [(1, 512, 1, 1), (1, 10)]}
+HEAD_1X = {"torch": [(1, 10)], "tf": [(1, 10)], "mx": [(1, 512, 1, 1), (1, 10)],
+           "jax": [(1, 10)]}
 
 
 def shapes(stdout: str) -> list[tuple[int, ...]]:
@@ -357,7 +427,7 @@ def run_cells(fw: str, tmp_path: Path, code: str) -> str:
     return done.stdout
 
 
-@pytest.mark.parametrize("fw", FRAMEWORKS)
+@pytest.mark.parametrize("fw", [fw for fw in FRAMEWORKS if fw != "jax"])  # no JAX tab then
 def test_the_classic_editions_cells_run_on_a_copied_blocks_file(fw, tmp_path):
     """The classic edition: PyTorch's Residual(input_channels, num_channels, ...), the stages
     from resnet_block (TensorFlow's ResnetBlock), the table at 224 px."""

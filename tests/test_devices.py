@@ -12,7 +12,7 @@ from common.core.devices import Device, DeviceError, parse, resolve
 from common.frameworks import FRAMEWORKS
 from common.commands.train import main as train_main
 
-ENGINE = {"torch": "PyTorch", "tf": "TensorFlow", "mx": "MXNet"}  # what sees (or not) a GPU
+ENGINE = {"torch": "PyTorch", "tf": "TensorFlow", "mx": "MXNet", "jax": "JAX"}  # what sees (or not) a GPU
 
 
 @pytest.mark.parametrize("text, expected", [("auto", "auto"), ("cpu", "cpu"), ("gpu", "gpu"),
