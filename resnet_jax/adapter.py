@@ -264,7 +264,8 @@ class Adapter:
 
     def features(self, x: np.ndarray, parts: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Each part's output (names from spec.part_names(): stem, stage1..stageN, head) for
-        the batch, in inference mode, in one pass, as NCHW NumPy (the head's: logits)."""
+        the batch, in inference mode, in one pass, as NCHW NumPy (the head's: logits); without
+        `parts`, every part's."""
         wanted = feature_parts(self.spec, parts)
         outs = ResNet(self.spec, training=False).apply(
             {"params": self.params, "batch_stats": self.stats}, self._batch(x, False),
@@ -273,8 +274,11 @@ class Adapter:
                 for name in wanted for y in [np.asarray(outs[name])]}
 
     def forward_features(self, x: np.ndarray) -> np.ndarray:
-        """The last stage's feature map (NCHW), before the head."""
-        return next(iter(self.features(x).values()))
+        """The last feature map (NCHW) before pooling (resnet_jax.model.forward_features)."""
+        y = ResNet(self.spec, training=False).apply(
+            {"params": self.params, "batch_stats": self.stats}, self._batch(x, False),
+            method=ResNet.forward_features)
+        return np.transpose(np.asarray(y), (0, 3, 1, 2)).astype(np.float32)
 
     def _hyper(self) -> dict:
         """The step's hyperparameters as scalars of the compute dtype; Adam's bias corrections

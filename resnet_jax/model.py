@@ -10,20 +10,20 @@ and the adapter take. Batches are NHWC, Flax's layout.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from common.core.checks import check_batch, check_geometry
+from common.core.checks import check_batch, check_geometry, feature_parts
 from common.core.errors import Error
-from common.core.init import build_spec, init_weights
+from common.core.init import build_spec, init_weights, new_head
 from common.core.oracle import ParamCounts, min_input_size
 from common.core.spec import ResNetSpec
 from resnet_jax.blocks import Bottleneck, PreActBottleneck, PreActResidual, Residual
-from resnet_jax.weights import from_canonical
+from resnet_jax.weights import from_canonical, to_canonical
 
 BLOCKS = {("basic", False): Residual, ("bottleneck", False): Bottleneck,
           ("basic", True): PreActResidual, ("bottleneck", True): PreActBottleneck}
@@ -80,16 +80,22 @@ class Stage(nn.Module):
 
 
 class Head(nn.Module):
-    """[bn, relu] (pre-activation nets), global average pool, dense."""
+    """[bn, relu] (pre-activation nets), global average (or max) pool, dense; a headless net's
+    (num_classes=0) ends at the pool, or with pooling=None before it. pooled=False: the map
+    before the pool (forward_features)."""
     spec: ResNetSpec
     training: bool = True
 
     @nn.compact
-    def __call__(self, X):
-        if self.spec.preact:  # v2 blocks end un-normalised: one BN and ReLU before pooling
-            X = nn.relu(batch_norm(self.spec, self.training, name="bn")(X))
-        X = jnp.mean(X, axis=(1, 2))  # Flax has no global average pool layer
-        return nn.Dense(self.spec.num_classes, name="fc")(X)
+    def __call__(self, X, pooled: bool = True):
+        spec = self.spec
+        if spec.preact:  # v2 blocks end un-normalised: one BN and ReLU before pooling
+            X = nn.relu(batch_norm(spec, self.training, name="bn")(X))
+        if not pooled or spec.pooling is None:
+            return X
+        # Flax has no global pool layer
+        X = jnp.mean(X, axis=(1, 2)) if spec.pooling == "avg" else jnp.max(X, axis=(1, 2))
+        return nn.Dense(spec.num_classes, name="fc")(X) if spec.num_classes else X
 
 
 class ResNet(nn.Module):
@@ -112,6 +118,12 @@ class ResNet(nn.Module):
             X = getattr(self, name)(X)
             out[name] = X
         return out
+
+    def forward_features(self, X):
+        """The last feature map before pooling (after a pre-activation net's final BN-ReLU)."""
+        for name in self.spec.part_names()[:-1]:
+            X = getattr(self, name)(X)
+        return self.head(X, pooled=False)
 
     def __call__(self, X):
         for name in self.spec.part_names():
@@ -199,6 +211,31 @@ def part_shapes(model: Network, X) -> dict[str, tuple[int, ...]]:
     outs = jax.eval_shape(lambda v, x: model.module.apply(v, x, method=ResNet.parts),
                           model.variables, jnp.asarray(X))
     return {name: tuple(outs[name].shape) for name in model.spec.part_names()}
+
+
+def features(model: Network, X, parts: Sequence[str] | None = None) -> dict[str, jax.Array]:
+    """Each named part's output (stem, stage1..stageN, head) for the NHWC batch X, NHWC, in
+    one pass in inference mode (running statistics); without `parts`, every part's
+    (common.core.checks.feature_parts)."""
+    check_input(X, model.spec)
+    wanted = feature_parts(model.spec, parts)
+    outs = model.module.apply(model.variables, jnp.asarray(X), method=ResNet.parts)
+    return {name: outs[name] for name in wanted}
+
+
+def forward_features(model: Network, X) -> jax.Array:
+    """The last feature map (NHWC) before pooling, in inference mode: the last stage's output,
+    or for pre-activation nets after the head's final BN-ReLU (timm's forward_features)."""
+    check_input(X, model.spec)
+    return model.module.apply(model.variables, jnp.asarray(X), method=ResNet.forward_features)
+
+
+def reset_classifier(model: Network, num_classes: int, *, seed: int = 0) -> Network:
+    """A network with the weights of `model` and a new `num_classes`-class head (0: headless,
+    pooled features out), initialised as common's init of that spec with `seed` (what train's
+    --new-head does); `model` is left as it was."""
+    spec, weights = new_head(model.spec, to_canonical(model), num_classes, seed)
+    return from_canonical(Network(spec, {}), weights)
 
 
 _SINGLE = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"

@@ -81,6 +81,7 @@ from common.core.optim import OptimizerConfig
 from common.core.spec import ResNetSpec
 from common.core.weights import Weights
 from resnet_mx.devices import check_bf16_cpu, native, select
+from resnet_mx.model import forward_features as model_forward_features
 from resnet_mx.model import to_load
 from resnet_mx.modes import array, numpy_mode, zeros_like
 from resnet_mx.weights import canonical_parameters, from_canonical, to_canonical
@@ -184,7 +185,8 @@ class Adapter:
 
     def features(self, x: np.ndarray, parts: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Each part's output (names from spec.part_names(): stem, stage1..stageN, head) for
-        the batch, in inference mode, in one pass, as NCHW NumPy (the head's: logits)."""
+        the batch, in inference mode, in one pass, as NCHW NumPy (the head's: logits); without
+        `parts`, every part's."""
         wanted = feature_parts(self.spec, parts)
         X = array(batch_as(x, self.dtype, self.spec, False), dtype=self.dtype, ctx=self.ctx)
         out = {}
@@ -196,8 +198,9 @@ class Adapter:
         return {name: out[name] for name in wanted}
 
     def forward_features(self, x: np.ndarray) -> np.ndarray:
-        """The last stage's feature map (NCHW), before the head."""
-        return next(iter(self.features(x).values()))
+        """The last feature map (NCHW) before pooling (resnet_mx.model.forward_features)."""
+        X = array(batch_as(x, self.dtype, self.spec, False), dtype=self.dtype, ctx=self.ctx)
+        return model_forward_features(self.model, X).asnumpy().astype(np.float32)
 
     def _loss(self, x: np.ndarray, y: np.ndarray) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
         """Mean cross-entropy in train mode, with the gradients in every parameter's .grad()."""

@@ -10,6 +10,7 @@ mx.np parameters and takes and returns mx.np arrays; one built without it, mx.nd
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import mxnet as mx
 import numpy as np
@@ -17,13 +18,13 @@ from mxnet import autograd
 from mxnet.gluon import nn
 
 from common.core.errors import Error
-from common.core.checks import check_batch, check_geometry
-from common.core.init import build_spec, init_weights
+from common.core.checks import check_batch, check_geometry, feature_parts
+from common.core.init import build_spec, init_weights, new_head
 from common.core.oracle import ParamCounts
 from common.core.spec import ResNetSpec
 from resnet_mx.blocks import Bottleneck, PreActBottleneck, PreActResidual, Residual
 from resnet_mx.modes import array, numpy_mode
-from resnet_mx.weights import from_canonical
+from resnet_mx.weights import from_canonical, to_canonical
 
 _LOADED_THREADS = os.environ.get("OMP_NUM_THREADS")  # what MXNet read when it loaded
 
@@ -91,8 +92,13 @@ class ResNet(nn.HybridBlock):
             if spec.preact:  # v2 blocks end un-normalised: one BN and ReLU before pooling
                 head |= dict(bn=nn.BatchNorm(in_channels=channels, **bn),
                              relu=nn.Activation("relu"))
-            head |= dict(pool=nn.GlobalAvgPool2D(),
-                         fc=nn.Dense(spec.num_classes, in_units=channels))
+            if spec.pooling is not None:  # None: headless, the map itself (empty sequence)
+                pool = nn.GlobalAvgPool2D if spec.pooling == "avg" else nn.GlobalMaxPool2D
+                head["pool"] = pool()  # (N, C, 1, 1): Dense flattens, a headless net does
+                if not spec.num_classes:
+                    head["flatten"] = nn.Flatten()
+            if spec.num_classes:  # 0: headless, the pooled features are the output
+                head["fc"] = nn.Dense(spec.num_classes, in_units=channels)
             self.head = _named_sequence(**head)
 
     def forward(self, X, *args):
@@ -176,6 +182,51 @@ def part_shapes(model: ResNet, X: np.ndarray | mx.nd.NDArray) -> dict[str, tuple
             X = getattr(model, name)(X)
             shapes[name] = tuple(X.shape)
     return shapes
+
+
+def _as_batch(model: ResNet, X):
+    if not isinstance(X, mx.nd.NDArray):  # mx.np.ndarray is one too
+        X = array(X)
+    dtype = np.dtype(X.dtype)
+    check_batch(X.shape, dtype.name, np.issubdtype(dtype, np.floating), model.spec.in_channels)
+    check_geometry(model.spec, X.shape, "NCHW", False)
+    return X
+
+
+def features(model: ResNet, X, parts: Sequence[str] | None = None) -> dict:
+    """Each named part's output (stem, stage1..stageN, head) for the NCHW batch X (NumPy, or an
+    MXNet array of the mode in force), in one pass in inference mode (autograd.predict_mode:
+    running statistics); without `parts`, every part's (common.core.checks.feature_parts)."""
+    wanted, out, X = feature_parts(model.spec, parts), {}, _as_batch(model, X)
+    with autograd.predict_mode():
+        for name in model.spec.part_names():
+            X = getattr(model, name)(X)
+            if name in wanted:
+                out[name] = X
+            if len(out) == len(wanted):
+                break
+    return {name: out[name] for name in wanted}
+
+
+def forward_features(model: ResNet, X):
+    """The last feature map (NCHW) before pooling, in inference mode: the last stage's output,
+    or for pre-activation nets after the head's final BN-ReLU (timm's forward_features)."""
+    X = _as_batch(model, X)
+    with autograd.predict_mode():
+        for name in model.spec.part_names()[:-1]:
+            X = getattr(model, name)(X)
+        for key in ("bn", "relu"):
+            if hasattr(model.head, key):
+                X = getattr(model.head, key)(X)
+    return X
+
+
+def reset_classifier(model: ResNet, num_classes: int, *, seed: int = 0) -> ResNet:
+    """A network with the weights of `model` and a new `num_classes`-class head (0: headless,
+    pooled features out), initialised as common's init of that spec with `seed` (what train's
+    --new-head does); `model` is left as it was."""
+    spec, weights = new_head(model.spec, to_canonical(model), num_classes, seed)
+    return from_canonical(to_load(spec), weights)
 
 
 def set_threads(n: int) -> None:

@@ -55,6 +55,7 @@ from common.core.spec import ResNetSpec
 from common.core.weights import Weights
 from resnet_tf.devices import native, select
 from resnet_tf.model import ResNet
+from resnet_tf.model import forward_features as model_forward_features
 from resnet_tf.weights import (canonical_variables, from_canonical, to_canonical,
                                to_canonical_layout, to_keras_layout)
 
@@ -192,7 +193,8 @@ class Adapter:
 
     def features(self, x: np.ndarray, parts: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Each part's output (names from spec.part_names(): stem, stage1..stageN, head) for
-        the batch, in inference mode, in one pass, as NCHW NumPy (the head's: logits)."""
+        the batch, in inference mode, in one pass, as NCHW NumPy (the head's: logits); without
+        `parts`, every part's."""
         wanted = feature_parts(self.spec, parts)
         X, out = self._inputs(x, False), {}
         with self._on_device():
@@ -204,8 +206,10 @@ class Adapter:
         return {name: out[name] for name in wanted}
 
     def forward_features(self, x: np.ndarray) -> np.ndarray:
-        """The last stage's feature map (NCHW), before the head."""
-        return next(iter(self.features(x).values()))
+        """The last feature map (NCHW) before pooling (resnet_tf.model.forward_features)."""
+        with self._on_device():
+            y = model_forward_features(self.model, self._inputs(x, False)).numpy()
+        return np.ascontiguousarray(y.astype(np.float32).transpose(0, 3, 1, 2))
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Weights]:
         """Mean cross-entropy in train mode and its gradient for every trainable canonical name."""

@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import os
 import random
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 from tensorflow import keras
 
 from common.core.errors import Error
-from common.core.checks import check_batch, check_geometry
-from common.core.init import build_spec, init_weights
+from common.core.checks import check_batch, check_geometry, feature_parts
+from common.core.init import build_spec, init_weights, new_head
 from common.core.oracle import ParamCounts, min_input_size
 from common.core.spec import ResNetSpec
 from resnet_tf.blocks import (Bottleneck, PaddedConv2D, PaddedMaxPool2D, PreActBottleneck,
                               PreActResidual, Residual, _same_on)
-from resnet_tf.weights import from_canonical
+from resnet_tf.weights import from_canonical, to_canonical
 
 BLOCKS = {("basic", False): Residual, ("bottleneck", False): Bottleneck,
           ("basic", True): PreActResidual, ("bottleneck", True): PreActBottleneck}
@@ -138,8 +139,11 @@ class ResNet(keras.Model):
         head = {}
         if spec.preact:  # v2 blocks end un-normalised: one BN and ReLU before pooling
             head |= dict(bn=keras.layers.BatchNormalization(**bn), relu=keras.layers.ReLU())
-        head |= dict(pool=keras.layers.GlobalAveragePooling2D(),
-                     fc=keras.layers.Dense(spec.num_classes))
+        if spec.pooling is not None:  # None: headless, the map itself (an empty Part)
+            head["pool"] = (keras.layers.GlobalAveragePooling2D() if spec.pooling == "avg"
+                            else keras.layers.GlobalMaxPooling2D())
+        if spec.num_classes:  # 0: headless, the pooled features are the output
+            head["fc"] = keras.layers.Dense(spec.num_classes)
         self.head = Part(head, "head")
         # Keras creates weights on the first batch; one small batch (in inference mode, so no
         # statistics move) creates them all now. Any size works with symmetric padding.
@@ -206,6 +210,42 @@ def part_shapes(model: ResNet, X: np.ndarray | tf.Tensor) -> dict[str, tuple[int
         X = getattr(model, name)(X, training=False)
         shapes[name] = tuple(X.shape)
     return shapes
+
+
+def features(model: ResNet, X, parts: Sequence[str] | None = None) -> dict[str, tf.Tensor]:
+    """Each named part's output (stem, stage1..stageN, head) for the NHWC batch X, NHWC, in
+    one pass in inference mode (training=False: running statistics); without `parts`, every
+    part's (common.core.checks.feature_parts)."""
+    check_input(X, model.spec)
+    wanted, out, X = feature_parts(model.spec, parts), {}, tf.convert_to_tensor(X)
+    for name in model.spec.part_names():
+        X = getattr(model, name)(X, training=False)
+        if name in wanted:
+            out[name] = X
+        if len(out) == len(wanted):
+            break
+    return {name: out[name] for name in wanted}
+
+
+def forward_features(model: ResNet, X) -> tf.Tensor:
+    """The last feature map (NHWC) before pooling, in inference mode: the last stage's output,
+    or for pre-activation nets after the head's final BN-ReLU (timm's forward_features)."""
+    check_input(X, model.spec)
+    X = tf.convert_to_tensor(X)
+    for name in model.spec.part_names()[:-1]:
+        X = getattr(model, name)(X, training=False)
+    for key in ("bn", "relu"):
+        if key in model.head.order:
+            X = getattr(model.head, key)(X, training=False)
+    return X
+
+
+def reset_classifier(model: ResNet, num_classes: int, *, seed: int = 0) -> ResNet:
+    """A network with the weights of `model` and a new `num_classes`-class head (0: headless,
+    pooled features out), initialised as common's init of that spec with `seed` (what train's
+    --new-head does); `model` is left as it was."""
+    spec, weights = new_head(model.spec, to_canonical(model), num_classes, seed)
+    return from_canonical(ResNet(spec), weights)
 
 
 def set_threads(n: int) -> None:

@@ -53,6 +53,7 @@ from common.core.weights import Weights
 from resnet_torch import devices
 from resnet_torch.devices import for_engine, native, select
 from resnet_torch.model import ResNet
+from resnet_torch.model import forward_features as model_forward_features
 from resnet_torch.weights import canonical_tensors, from_canonical, to_canonical
 
 if TYPE_CHECKING:
@@ -141,7 +142,8 @@ class Adapter:
 
     def features(self, x: np.ndarray, parts: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Each part's output (names from spec.part_names(): stem, stage1..stageN, head) for
-        the batch, in inference mode, in one pass, as NCHW NumPy (the head's: logits)."""
+        the batch, in inference mode, in one pass, as NCHW NumPy (the head's: logits); without
+        `parts`, every part's."""
         wanted = feature_parts(self.spec, parts)
         self.model.eval()
         X, out = self._tensor(x, False), {}
@@ -153,8 +155,9 @@ class Adapter:
         return {name: out[name] for name in wanted}
 
     def forward_features(self, x: np.ndarray) -> np.ndarray:
-        """The last stage's feature map (NCHW), before the head."""
-        return next(iter(self.features(x).values()))
+        """The last feature map (NCHW) before pooling (resnet_torch.model.forward_features)."""
+        with torch.no_grad():
+            return model_forward_features(self.model, self._tensor(x, False)).float().cpu().numpy()
 
     def _loss(self, x: np.ndarray, y: np.ndarray
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

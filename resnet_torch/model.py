@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from common.core.checks import check_batch, check_geometry
-from common.core.init import build_spec, init_weights
+from common.core.checks import check_batch, check_geometry, feature_parts
+from common.core.init import build_spec, init_weights, new_head
 from common.core.oracle import ParamCounts
 from common.core.spec import ResNetSpec
 from resnet_torch.blocks import Bottleneck, PreActBottleneck, PreActResidual, Residual
-from resnet_torch.weights import from_canonical
+from resnet_torch.weights import from_canonical, to_canonical
 
 BLOCKS = {("basic", False): Residual, ("bottleneck", False): Bottleneck,
           ("basic", True): PreActResidual, ("bottleneck", True): PreActBottleneck}
@@ -51,8 +52,11 @@ class ResNet(nn.Sequential):
         head = OrderedDict()
         if spec.preact:  # v2 blocks end un-normalised: one BN and ReLU before pooling
             head |= dict(bn=nn.BatchNorm2d(channels, **bn), relu=nn.ReLU())
-        head |= dict(pool=nn.AdaptiveAvgPool2d((1, 1)), flatten=nn.Flatten(),
-                     fc=nn.Linear(channels, spec.num_classes))
+        if spec.pooling is not None:  # None: headless, the map itself (an empty Sequential)
+            pool = nn.AdaptiveAvgPool2d if spec.pooling == "avg" else nn.AdaptiveMaxPool2d
+            head |= dict(pool=pool((1, 1)), flatten=nn.Flatten())
+        if spec.num_classes:  # 0: headless, the pooled features are the output
+            head["fc"] = nn.Linear(channels, spec.num_classes)
         parts["head"] = nn.Sequential(head)
         super().__init__(parts)
         self.spec = spec
@@ -112,6 +116,62 @@ def part_shapes(model: ResNet, X: np.ndarray | torch.Tensor) -> dict[str, tuple[
             shapes[name] = tuple(X.shape)
     model.train(was_training)
     return shapes
+
+
+def _inference(model: ResNet):
+    """A context in which the model runs in eval mode (restored afterwards)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def mode():
+        was_training = model.training
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train(was_training)
+    return mode()
+
+
+def features(model: ResNet, X: torch.Tensor, parts: Sequence[str] | None = None
+             ) -> dict[str, torch.Tensor]:
+    """Each named part's output (stem, stage1..stageN, head) for the NCHW batch X, in one pass
+    in inference mode (running statistics; gradients are tracked as usual); without `parts`,
+    every part's (common.core.checks.feature_parts)."""
+    wanted, out = feature_parts(model.spec, parts), {}
+    with _inference(model):
+        for name, part in model.named_children():
+            X = part(X)
+            if name in wanted:
+                out[name] = X
+            if len(out) == len(wanted):
+                break
+    return {name: out[name] for name in wanted}
+
+
+def forward_features(model: ResNet, X: torch.Tensor) -> torch.Tensor:
+    """The last feature map (NCHW) before pooling, in inference mode: the last stage's output,
+    or for pre-activation nets after the head's final BN-ReLU (timm's forward_features)."""
+    with _inference(model):
+        for name, part in model.named_children():
+            if name == "head":
+                for key in ("bn", "relu"):
+                    if hasattr(part, key):
+                        X = getattr(part, key)(X)
+                return X
+            X = part(X)
+    return X
+
+
+def reset_classifier(model: ResNet, num_classes: int, *, seed: int = 0) -> ResNet:
+    """A network with the weights of `model` and a new `num_classes`-class head (0: headless,
+    pooled features out), initialised as common's init of that spec with `seed` (what train's
+    --new-head does); `model` is left as it was."""
+    spec, weights = new_head(model.spec, to_canonical(model), num_classes, seed)
+    with torch.random.fork_rng(devices=[]):
+        new = ResNet(spec)
+    p = next(model.parameters())
+    return from_canonical(new, weights).to(device=p.device, dtype=p.dtype).train(model.training)
 
 
 def set_threads(n: int) -> None:

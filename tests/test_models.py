@@ -143,7 +143,8 @@ def test_integer_input_is_refused_with_its_dtype(fw):
 
 def test_build_rejects_invalid_spec_values(fw):
     from common.core.spec import SpecError
-    with pytest.raises(SpecError, match=r"num_classes: expected a positive integer, got 0"):
-        fw.build("d2l_resnet18", num_classes=0)
+    with pytest.raises(SpecError, match=r"num_classes: expected a positive integer, or 0 for "
+                                        r"a headless network, got -1"):
+        fw.build("d2l_resnet18", num_classes=-1)
     with pytest.raises(SpecError, match=r"init: expected one of"):
         fw.build("d2l_resnet18", init="xavier")

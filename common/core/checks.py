@@ -121,11 +121,10 @@ def labels_as(y, batch: int, num_classes: int) -> np.ndarray:
 
 
 def feature_parts(spec: ResNetSpec, parts: Sequence[str] | None = None) -> tuple[str, ...]:
-    """The parts an adapter's features() returns: `parts` (names of spec.part_names(), in any
-    order), or the last stage's alone (forward_features: the last feature map before the
-    head; for pre-activation specs before the head's final BN-ReLU)."""
+    """The parts features() returns (a model's or an adapter's): `parts` (names of
+    spec.part_names(), in any order), or every part (timm's features_only: each stage's)."""
     names = spec.part_names()
-    wanted = (names[-2],) if parts is None else tuple(parts)
+    wanted = tuple(names) if parts is None else tuple(parts)
     unknown = [p for p in wanted if p not in names]
     if not wanted or unknown:
         raise InputError(f"parts: expected names from {', '.join(names)}, got "

@@ -42,6 +42,18 @@ def init_weights(spec: ResNetSpec, seed: int = 0) -> Weights:
     return out
 
 
+def new_head(spec: ResNetSpec, weights: Weights, num_classes: int, seed: int = 0
+             ) -> tuple[ResNetSpec, Weights]:
+    """The spec and weights of a network whose head is replaced by a `num_classes`-class one
+    (0: headless, pooled features out): every weight but head.fc's kept, the new head.fc
+    from init_weights of the new spec with `seed` (what train's --new-head and each model's
+    reset_classifier do). A classifier on a net without pooling gets the average pool."""
+    pooling = "avg" if num_classes and spec.pooling is None else spec.pooling
+    new = spec.with_overrides(num_classes=num_classes, pooling=pooling)
+    kept = {k: v for k, v in weights.items() if not k.startswith("head.fc.")}
+    fresh = init_weights(new, seed) if num_classes else {}
+    return new, kept | {k: v for k, v in fresh.items() if k.startswith("head.fc.")}
+
 
 def build_spec(name_or_spec, init: str = "common", **overrides) -> ResNetSpec:
     """The spec a framework's `build()` makes, after checking its `init` choice."""

@@ -33,7 +33,7 @@ class Layer:
     """One layer of the network: where it sits (`stage2.0.conv1`), what it is, its parameters in
     the canonical layout, and the output shape (NCHW, or (N, classes) after the head)."""
     path: str
-    kind: str  # conv | bn | relu | maxpool | avgpool | dense
+    kind: str  # conv | bn | relu | maxpool | avgpool | dense | identity (a headless head)
     params: dict[str, tuple[int, ...]]
     out_shape: tuple[int, ...]
 
@@ -194,9 +194,13 @@ def _walk(spec: ResNetSpec, h: int, w: int, n: int) -> Iterator[Layer]:
             shape = block_output(block, cfg)
     if spec.preact:  # v2 blocks end un-normalised: one BN and ReLU before pooling
         yield from (_bn("head.bn", shape), Layer("head.relu", "relu", {}, shape))
-    yield Layer("head.pool", "avgpool", {}, shape[:2])
-    yield Layer("head.fc", "dense", {"weight": (spec.num_classes, shape[1]),
-                                     "bias": (spec.num_classes,)}, (n, spec.num_classes))
+    if spec.pooling is not None:  # global pool, flattened: (N, C)
+        yield Layer("head.pool", f"{spec.pooling}pool", {}, shape[:2])
+    elif not spec.preact:  # headless without pooling: the head passes the map on
+        yield Layer("head.identity", "identity", {}, shape)
+    if spec.num_classes:  # num_classes=0: headless, the pooled features are the output
+        yield Layer("head.fc", "dense", {"weight": (spec.num_classes, shape[1]),
+                                         "bias": (spec.num_classes,)}, (n, spec.num_classes))
 
 
 class PartRow(NamedTuple):

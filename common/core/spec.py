@@ -14,6 +14,7 @@ from common.core.errors import Error
 
 BLOCK_KINDS = ("basic", "bottleneck")
 SHORTCUTS = ("conv", "pad")
+POOLINGS = ("avg", "max", None)  # the head's global pool (None: headless, the map itself)
 BIAS_CONVS = ("stem", "conv1", "conv2", "conv3", "conv4")
 
 
@@ -104,7 +105,9 @@ class ResNetSpec:
     stem: Stem = field(default_factory=Stem)
     block: str = "basic"
     in_channels: int = 1
-    num_classes: int = 10
+    num_classes: int = 10           # 0: headless (no dense layer), pooled features out
+    pooling: str | None = "avg"     # the head's global pool: "avg", "max", or None (headless
+    #                                 only: the last feature map itself, Keras's pooling=None)
     conv_bias: bool | tuple[str, ...] = True  # every convolution, none, or the named ones:
     #                                 "stem" and a block's "conv1".."conv4" (has_bias)
     input_bn: bool = False          # a BatchNorm of the raw input without gamma and beta
@@ -143,7 +146,12 @@ class ResNetSpec:
 
     def _check_fields(self) -> None:
         _positive_int("in_channels", self.in_channels)
-        _positive_int("num_classes", self.num_classes)
+        _require(isinstance(self.num_classes, int) and not isinstance(self.num_classes, bool)
+                 and self.num_classes >= 0, "num_classes",
+                 "a positive integer, or 0 for a headless network", self.num_classes)
+        _require(self.pooling in POOLINGS, "pooling", f"one of {POOLINGS}", self.pooling)
+        _require(self.pooling is not None or self.num_classes == 0, "pooling",
+                 "'avg' or 'max' with a classifier (None only with num_classes=0)", self.pooling)
         _require(self.block in BLOCK_KINDS, "block", f"one of {BLOCK_KINDS}", self.block)
         _require(isinstance(self.conv_bias, bool) or (
             isinstance(self.conv_bias, tuple) and set(self.conv_bias) <= set(BIAS_CONVS)),

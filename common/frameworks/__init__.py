@@ -37,7 +37,8 @@ EXPORTS = {"Residual": "blocks", "resnet_block": "blocks", "Bottleneck": "blocks
            "PreActResidual": "blocks", "PreActBottleneck": "blocks", "Adapter": "adapter",
            "ResNet": "model", "build": "model", "param_counts": "model",
            "part_param_counts": "model", "part_shapes": "model", "resnet18": "model",
-           "set_threads": "model", "get_threads": "model", "from_canonical": "weights",
+           "set_threads": "model", "get_threads": "model", "features": "model",
+           "forward_features": "model", "reset_classifier": "model", "from_canonical": "weights",
            "load_native": "weights", "save_native": "weights", "to_canonical": "weights"}
 
 

@@ -54,10 +54,11 @@ class Adapter(Protocol):
 
     def features(self, x: np.ndarray, parts: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Each named part's output (stem, stage1..stageN, head), NCHW, inference mode, one
-        pass; without `parts` the last stage's (common.core.checks.feature_parts)."""
+        pass; without `parts` every part's (common.core.checks.feature_parts)."""
 
     def forward_features(self, x: np.ndarray) -> np.ndarray:
-        """The last stage's feature map (NCHW), before the head."""
+        """The last feature map (NCHW) before pooling: the last stage's output, or a
+        pre-activation net's after the head's final BN-ReLU (timm's forward_features)."""
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Weights]: ...
 
@@ -101,6 +102,20 @@ class Package(Protocol):
     def set_threads(self, n: int) -> None: ...
 
     def get_threads(self) -> int: ...
+
+    # Features on the framework's own model, in its LAYOUT and its own tensors: module-level
+    # functions, not methods, so that one API fits every package (a Flax module holds no
+    # weights; reset_classifier returns a new network in all of them). Inference mode.
+    def features(self, model: Any, X: Any, parts: Sequence[str] | None = None) -> dict[str, Any]:
+        """Each named part's output (stem, stage1..stageN, head) in one pass; without
+        `parts` every part's (timm's features_only, torchvision's create_feature_extractor)."""
+
+    def forward_features(self, model: Any, X: Any) -> Any:
+        """The last feature map before pooling (after a pre-activation net's final BN-ReLU)."""
+
+    def reset_classifier(self, model: Any, num_classes: int, *, seed: int = 0) -> Any:
+        """A new network: `model`'s weights with a new num_classes-class head (0: headless)
+        from common's init with `seed` (train's --new-head); `model` is left as it was."""
 
     def from_canonical(self, model: Any, weights: Weights) -> Any: ...
 
