@@ -183,3 +183,23 @@ def matmul_gflops(n=1024, seconds=0.5):
         mm(a, b).block_until_ready()
         best = max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
     return best
+
+
+def kernel_libraries() -> dict[str, str]:
+    """What runs under JAX: jaxlib and its XLA (the extension's version), XLA's CPU runtime
+    (Eigen for convolutions and matrix products), and on a GPU its platform (CUDA, cuDNN)."""
+    import jaxlib.version
+    from jaxlib import xla_client
+    libs = {"jaxlib": jaxlib.version.__version__,
+            "XLA": f"xla_extension {getattr(xla_client, '_version', 'version not exposed')}",
+            "backend": jax.default_backend()}
+    if jax.default_backend() == "cpu":
+        libs["CPU kernels"] = "Eigen (XLA's CPU runtime)"
+    else:
+        libs["platform"] = str(getattr(jax.devices()[0].client, "platform_version", "unknown"))
+    return libs
+
+
+def call_mode(compile=False) -> str:
+    """Graph: every step is a jax.jit function, compiled by XLA, with or without compile."""
+    return "graph (jax.jit, XLA)"

@@ -6,6 +6,8 @@ this project; it reads the values of a spec (stem, stages, block kind, ...) and 
 The bench runs it interleaved with the project's `Adapter` step on the same network, batch and
 threads, so that any difference is the cost of the project's code.
 """
+import ctypes
+import os
 import time
 
 import mxnet as mx
@@ -169,3 +171,29 @@ def matmul_gflops(n=1024, seconds=0.5):
         mx.nd.dot(a, b).wait_to_read()
         best = max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
     return best
+
+
+def kernel_libraries() -> dict[str, str]:
+    """The libraries MXNet was built with (mx.runtime.Features): oneDNN (MKLDNN), the BLAS
+    (OpenBLAS's own version where it ships beside libmxnet), CUDA and cuDNN."""
+    features = mx.runtime.Features()
+    on = {name for name, feature in features.items() if feature.enabled}
+    libs = {"oneDNN": "built in (MKLDNN; version not exposed)" if "MKLDNN" in on else "not built in"}
+    blas = [name.removeprefix("BLAS_") for name in sorted(on) if name.startswith("BLAS_")]
+    libs["BLAS"] = ", ".join(blas) or "none"
+    path = os.path.join(os.path.dirname(mx.__file__), "libopenblas.so.0")
+    if "OPEN" in blas and os.path.exists(path):
+        lib = ctypes.CDLL(path)
+        lib.openblas_get_config.restype = ctypes.c_char_p
+        libs["BLAS"] = lib.openblas_get_config().decode()
+    for name in ("CUDA", "CUDNN"):
+        if name in on:
+            libs[name.replace("CUDNN", "cuDNN")] = "built in"
+    return libs
+
+
+def call_mode(compile=False) -> str:
+    """Graph: the adapter's network is a hybridized Gluon block (a cached graph); with compile,
+    with static_alloc and static_shape."""
+    return ("graph (hybridized, static_alloc/static_shape)" if compile
+            else "graph (hybridized)")

@@ -9,6 +9,7 @@ else. The bench runs it interleaved with the project's `Adapter` step on the sam
 and threads, so that any difference is the cost of the project's code.
 """
 import contextlib
+import os
 import time
 
 import tensorflow as tf
@@ -176,3 +177,26 @@ def matmul_gflops(n=1024, seconds=0.5):
         tf.matmul(a, b).numpy()  # eager: runs the product and waits for it
         best = max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
     return best
+
+
+def kernel_libraries() -> dict[str, str]:
+    """The libraries under TensorFlow's operators: oneDNN (built in on x86, switched by
+    TF_ENABLE_ONEDNN_OPTS), Eigen for the rest, XLA; CUDA and cuDNN of a GPU build. TensorFlow
+    exposes none of their versions but CUDA's and cuDNN's."""
+    from tensorflow.python.util import _pywrap_util_port as port
+    switch = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    libs = {"oneDNN": (("on" if port.IsMklEnabled() else "off") + " (version not exposed"
+                       + (f"; TF_ENABLE_ONEDNN_OPTS={switch})" if switch else ")")),
+            "Eigen": "built in (version not exposed)",
+            "XLA": "built in" if port.IsBuiltWithXLA() else "not built in"}
+    info = tf.sysconfig.get_build_info()
+    for key, name in (("cuda_version", "CUDA"), ("cudnn_version", "cuDNN")):
+        if info.get(key):
+            libs[name] = str(info[key])
+    return libs
+
+
+def call_mode(compile=False) -> str:
+    """Graph: the adapter's forward pass is a tf.function, one call into TensorFlow's runtime;
+    XLA-compiled (jit_compile) with compile."""
+    return "graph (tf.function, XLA)" if compile else "graph (tf.function)"

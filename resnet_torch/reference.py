@@ -11,6 +11,7 @@ copied to it from ordinary host memory in every step (`X, y = X.to(device), y.to
 d2l does with each batch of its loader), so that it pays the copy the project's adapter pays
 for its NumPy batch; fp16 is the standard mixed-precision recipe (autocast, GradScaler).
 """
+import re
 import time
 
 import torch
@@ -169,3 +170,25 @@ def matmul_gflops(n=1024, seconds=0.5, device="cpu"):
         wait()
         best = max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
     return best
+
+
+def kernel_libraries() -> dict[str, str]:
+    """The libraries under PyTorch's operators, as its build reports them (torch.__config__)."""
+    shown = torch.__config__.show()
+    onednn = re.search(r"(?:MKL-DNN|oneDNN) (v[\d.]+)", shown)
+    mkl = re.search(r"Math Kernel Library Version ([\d.]+)", shown)
+    blas = re.search(r"BLAS_INFO=(\w+)", shown)
+    libs = {"oneDNN": (f"{onednn.group(1)}, {'on' if torch.backends.mkldnn.enabled else 'off'}"
+                       if onednn else "not built in"),
+            "BLAS": f"MKL {mkl.group(1)}" if mkl else (blas.group(1) if blas else "unknown"),
+            "CPU capability": torch.backends.cpu.get_cpu_capability()}
+    if torch.cuda.is_available():
+        libs["CUDA"] = str(torch.version.cuda)
+        libs["cuDNN"] = str(torch.backends.cudnn.version())
+    return libs
+
+
+def call_mode(compile=False) -> str:
+    """Eager: each operator dispatched from Python in every call; with compile, one call into
+    torch.compile's graph (Inductor)."""
+    return "graph (torch.compile, Inductor)" if compile else "eager (operator by operator)"

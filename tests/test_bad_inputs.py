@@ -655,6 +655,16 @@ ROWS: dict[str, Row] = {
                              MEMORY + "a training step of d2l_resnet18 at --batch 256, "
                              "--input-size 5000",
                              crosscheck_cmd("--batch", "256", "--input-size", "5000")),
+    "bench-batch-sizes": Row("resnet-bench --batch-sizes 1,0", "--batch-sizes: expected distinct "
+                             "positive integers, comma-separated (for example 1,8,32), got '1,0'",
+                             for_framework(bench.main, "--batch-sizes", "1,0")),
+    "bench-latency-sweep": Row("resnet-bench --latency --batch-sizes 1,8", "--latency: expected "
+                               "no --batch-sizes with it (latency is one image a call), got "
+                               "--batch-sizes 1,8",
+                               for_framework(bench.main, "--latency", "--batch-sizes", "1,8")),
+    "bench-latency-calls": Row("resnet-bench --latency --latency-calls 0", "--latency-calls: "
+                               "expected a positive integer, got '0'",
+                               for_framework(bench.main, "--latency", "--latency-calls", "0")),
     "bench-memory": Row("resnet-bench --batch-size 256 --input-size 5000",
                         MEMORY + "a training step of d2l_resnet18 at --batch-size 256, "
                         "--input-size 5000", for_framework(bench.main, "--batch-size", "256",

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from common.commands import bench
-from common.frameworks import FRAMEWORKS
+from common.core import devices
+from common.frameworks import FRAMEWORKS, NAMES
 from common.core.oracle import flops, param_counts
 from common.core.spec import SpecError, get_spec
 
@@ -62,6 +63,30 @@ def test_reference_steps_train_and_infer(fw):
     ref.sync()
     assert losses[-1] < losses[0], losses  # SGD on one fixed batch fits it
     assert ref.matmul_gflops(n=128, seconds=0.05) > 0
+
+
+def framework_versions() -> dict[str, str]:
+    """Each framework's own __version__, read from the framework, not from the project."""
+    names = {"torch": "torch", "tf": "tensorflow", "mx": "mxnet", "jax": "jax"}
+    return {fw: importlib.import_module(names[fw]).__version__ for fw in FRAMEWORKS}
+
+
+def test_what_ran_gives_each_frameworks_version_its_libraries_and_the_cpu_flags():
+    lines = bench.what_ran(FRAMEWORKS)
+    assert len(lines) == len(FRAMEWORKS) + 1
+    for fw, line in zip(FRAMEWORKS, lines):
+        assert line.startswith(f"{NAMES[fw]} {framework_versions()[fw]}"), line
+        assert ("oneDNN" if fw != "jax" else "XLA xla_extension") in line, line
+    assert "BLAS MKL" in lines[0] and "BLAS OpenBLAS" in lines[FRAMEWORKS.index("mx")]
+    # The flags line says, for AVX-512, its bf16 and AMX, what common.core.devices detects.
+    said = dict(item.rsplit(" ", 1) for item in lines[-1].removeprefix("CPU flags: ").split(", "))
+    flags = devices.cpu()[1]
+    assert {"avx512f", "avx512_bf16", "amx_bf16"} <= set(said)
+    assert said == {f: "yes" if f in flags else "no" for f in said}
+    # From bench rows (each framework's own process), and a framework whose process failed.
+    rows = [{"framework": "torch", "version": "9.9", "libraries": {"oneDNN": "v1, on"}}]
+    assert bench.what_ran(["torch", "mx"], rows)[:2] == [
+        "PyTorch 9.9: oneDNN v1, on", "MXNet Gluon: not reported (its bench process failed)"]
 
 
 class Recorder:
@@ -204,5 +229,68 @@ def test_bench_command_measures_every_framework(tmp_path):
         assert r["ours"]["first_step_s"] > 0 and r["machine"]["cores"] >= 1
     text = (tmp_path / "bench.md").read_text()
     assert "Machine:" in text and "| framework | phase |" in text and "--threads 1" in text
+    versions = framework_versions()
+    for fw in FRAMEWORKS:
+        assert f"- {NAMES[fw]} {versions[fw]}" in text.split("What ran:")[1], text
+    assert f"- {bench.cpu_flags_line()}" in text
     for name in ("PyTorch", "TensorFlow/Keras", "MXNet Gluon", "JAX/Flax"):
         assert name in done.stdout
+
+
+def test_latency_percentiles_show_the_spread_of_the_calls():
+    """198 calls of 1 ms and 2 of 100 ms: the median and p90 stay at 1 ms, p99 rises (numpy's
+    linear interpolation: 1 + 0.01 * 99), the max is the slow call."""
+    figures = bench.latency_figures([0.001] * 198 + [0.1] * 2)
+    assert figures["calls"] == 200
+    assert figures["p50_ms"] == pytest.approx(1.0) and figures["p90_ms"] == pytest.approx(1.0)
+    assert figures["p99_ms"] == pytest.approx(1.99) and figures["max_ms"] == pytest.approx(100)
+    assert figures["mean_ms"] == pytest.approx((198 + 200) / 200)
+
+
+def test_latency_times_single_image_calls_after_warm_up():
+    """One real framework: the first call apart, the warm-up untimed, then each timed call of
+    one image through the adapter, with the framework's per-call mode."""
+    from common.frameworks import load
+    args = Namespace(input_size=8, precision="fp32", compile=False, device="cpu", warmup=0,
+                     latency_calls=30)
+    row = bench.latency(load("torch"), REFERENCES["torch"], get_spec("cifar_resnet20"), args)
+    assert row["calls"] == 30 and row["batch_size"] == 1 and row["phase"] == "latency"
+    assert row["mode"] == "eager (operator by operator)" == REFERENCES["torch"].call_mode(False)
+    assert 0 < row["min_ms"] <= row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["max_ms"]
+    calls = []
+    fake = Recorder()
+    fake.Adapter.eval_step = lambda adapter, x: calls.append(x.shape)
+    fake.call_mode = lambda compile: "graph (fake)"
+    row = bench.latency(fake, fake, get_spec("cifar_resnet20"), args)
+    assert calls == [(1, 3, 8, 8)] * (1 + bench.LATENCY_WARMUP + 30) and row["mode"] == "graph (fake)"
+    table = bench.tables([row | {"framework": "torch"}])
+    assert "p99 ms" in table and "graph (fake)" in table and "img/s" not in table
+
+
+def fake_rows(framework, args, log=print):
+    """run_framework's rows without a process: img/s = 100 x the batch size."""
+    return [{"framework": framework, "phase": phase, "batch_size": b, "version": "1.0",
+             "libraries": {"BLAS": "fake"}, "matmul_gflops": 10.0, "gflop_per_image": 0.01,
+             "ratio_wall": 1.0, "ratio_cpu": 1.0, "peak_rss_mib": 100.0, "data_share": 0.01,
+             "ours": {"median_s": 0.01, "min_s": 0.01, "max_s": 0.01, "first_step_s": 0.1,
+                      "img_per_s": 100.0 * b, "img_per_cpu_s": 100.0 * b},
+             "ref": {"img_per_s": 100.0 * b}}
+            for b in bench.batch_sizes(args) for phase in ("infer", "train")]
+
+
+def test_batch_size_sweep_is_one_command_with_a_table_and_a_plot(tmp_path, monkeypatch, capsys):
+    argv = ["--frameworks", "torch,mx", "--batch-sizes", "1,8,32", "--out", str(tmp_path)]
+    args = bench.parser().parse_args(argv)
+    # The worker gets the sweep (one process per framework, every batch size in it).
+    again = bench.parser().parse_args(bench.worker_command("torch", args)[3:])
+    assert again.batch_sizes == (1, 8, 32) and again.worker == "torch"
+    monkeypatch.setattr(bench, "run_framework", fake_rows)
+    assert bench.main(argv) == 0
+    text = (tmp_path / "bench.md").read_text()
+    sweep = [line for line in text.splitlines() if line.startswith("| PyTorch | train | 100.0")]
+    assert sweep == ["| PyTorch | train | 100.0 | 800.0 | 3200.0 |"], text
+    assert "| framework | phase | img/s at 1 | img/s at 8 | img/s at 32 |" in text
+    assert "batch 1,8,32" in text and "![img/s per batch size](sweep.png)" in text
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    series = bench.sweep_series(fake_rows("mx", args))
+    assert series["MXNet Gluon infer"] == [(1, 100.0), (8, 800.0), (32, 3200.0)]

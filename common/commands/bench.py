@@ -44,10 +44,35 @@ from common.frameworks import FRAMEWORKS, NAMES, load, module
 from common.core.oracle import flops
 from common.core.spec import PRESETS, get_spec
 from common.core.tables import render
+from common.commands.plots import plot_sweep
 
 PHASES = ("infer", "train")  # infer first, so its peak RSS is its own
+PHASE_OF = {"latency": "infer"}  # what a --latency call computes
 MIN_RATIO = 0.97  # the speed contract: the project's step at >= 0.97x the reference step
 MARK = "BENCH "  # prefix of the worker's result lines on stdout
+
+
+LATENCY_CALLS = 200  # timed single-image calls of --latency, after warm-up
+LATENCY_WARMUP = 20  # untimed calls before them (at least; --warmup where larger)
+
+
+def batch_sizes_arg(text: str) -> tuple[int, ...]:
+    """`--batch-sizes`' argparse type: distinct positive integers, comma-separated."""
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
+        raise argparse.ArgumentTypeError(f"expected distinct positive integers, comma-separated "
+                                         f"(for example 1,8,32), got {text!r}")
+    return sizes
+
+
+def batch_sizes(args) -> tuple[int, ...]:
+    """The batch sizes a run measures: --batch-sizes, else --batch-size alone (1 for --latency)."""
+    if getattr(args, "latency", False):
+        return (1,)
+    return getattr(args, "batch_sizes", None) or (args.batch_size,)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -57,6 +82,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--in-channels", type=positive_int, default=None, help="None: the preset's")
     p.add_argument("--num-classes", type=positive_int, default=None, help="None: the preset's")
     p.add_argument("--batch-size", type=positive_int, default=64, help="examples per step")
+    p.add_argument("--batch-sizes", type=batch_sizes_arg, default=None,
+                   help="a sweep in one command, e.g. 1,8,32,64,128,256: every framework and "
+                        "phase at each batch size (in place of --batch-size), with sweep.png")
+    p.add_argument("--latency", action="store_true",
+                   help="in place of the throughput phases: single-image inference, each call "
+                        "timed (p50, p90, p99), after warm-up")
+    p.add_argument("--latency-calls", type=positive_int, default=LATENCY_CALLS,
+                   help="timed calls for --latency")
     p.add_argument("--phase", default="both", choices=("train", "infer", "both"),
                    help="which steps to measure")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
@@ -77,13 +110,18 @@ def parser() -> argparse.ArgumentParser:
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, ...]:
     frameworks = frameworks_arg(p, args.frameworks, FRAMEWORKS)
+    if args.latency and args.batch_sizes:
+        p.error(f"--latency: expected no --batch-sizes with it (latency is one image a call), "
+                f"got --batch-sizes {','.join(map(str, args.batch_sizes))}")
     try:
         spec = bench_spec(args)
         flops(spec, args.input_size)  # too small an input is refused here
     except ValueError as err:
         p.error(str(err))
-    check_memory(spec, args.batch_size, args.input_size, args.phase != "infer",
-                 f"--batch-size {args.batch_size}, --input-size {args.input_size}")
+    flag = "--batch-sizes" if args.batch_sizes else "--batch-size"
+    check_memory(spec, max(batch_sizes(args)), args.input_size,
+                 args.phase != "infer" and not args.latency,
+                 f"{flag} {max(batch_sizes(args))}, --input-size {args.input_size}")
     # The plain reference steps (resnet_<fw>/reference.py) build the common structure only.
     unusual = [what for what, there in (("an input BatchNorm", spec.input_bn),
                                         ("a stem without BatchNorm", not spec.stem.norm),
@@ -172,6 +210,32 @@ def measure(package, reference, spec, phase: str, args) -> dict:
     return out
 
 
+def latency(package, reference, spec, args) -> dict:
+    """Single-image inference through the project's step (`Adapter.eval_step`: NumPy in,
+    NumPy out, so each call has finished when it returns): the first call apart, then
+    LATENCY_WARMUP untimed calls (or --warmup, if more), then --latency-calls calls, each timed."""
+    from common.core.init import init_weights
+    x = np.random.default_rng(0).random((1, spec.in_channels, args.input_size, args.input_size),
+                                        dtype=np.float32)
+    adapter = package.Adapter(spec, init_weights(spec, 0), precision=args.precision,
+                              compile=args.compile, device=args.device)
+    first = _timed(lambda: adapter.eval_step(x))
+    for _ in range(max(args.warmup, LATENCY_WARMUP)):
+        adapter.eval_step(x)
+    calls = [_timed(lambda: adapter.eval_step(x)) for _ in range(args.latency_calls)]
+    return {"phase": "latency", "batch_size": 1, "device": str(adapter.device),
+            "mode": reference.call_mode(args.compile), **latency_figures(calls),
+            "first_call_s": first}
+
+
+def latency_figures(seconds: Sequence[float]) -> dict:
+    """Percentiles (p50, p90, p99), mean, min and max of per-call times, in milliseconds."""
+    ms = 1e3 * np.asarray(seconds, dtype=float)
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {"calls": len(ms), "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
+            "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "max_ms": float(ms.max())}
+
+
 def worker(framework: str, args) -> None:
     """Run in the framework's own process: print one MARK line of JSON per phase."""
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read by MXNet (and OpenMP) on import
@@ -186,15 +250,18 @@ def worker(framework: str, args) -> None:
         print(MARK + json.dumps({"phase": args.phase, "framework": framework,
                                  "error": str(err)}), flush=True)
         return
-    probe = reference.matmul_gflops()
-    phases = PHASES if args.phase == "both" else (args.phase,)
-    for phase in phases:
+    probe, libraries = reference.matmul_gflops(), reference.kernel_libraries()
+    phases = ("latency",) if args.latency else PHASES if args.phase == "both" else (args.phase,)
+    for b, phase in ((b, phase) for b in batch_sizes(args) for phase in phases):
+        at = argparse.Namespace(**vars(args) | {"batch_size": b})
         try:
-            row = measure(package, reference, spec, phase, args)
+            row = (latency(package, reference, spec, at) if phase == "latency"
+                   else measure(package, reference, spec, phase, at))
         except (ValueError, NotImplementedError) as err:  # e.g. a precision a framework lacks
             row = {"phase": phase, "error": str(err)}
-        row |= {"framework": framework, "matmul_gflops": probe, "version": reference.VERSION,
-                "gflop_per_image": flops(spec, args.input_size, phase) / 1e9}
+        row |= {"framework": framework, "batch_size": b, "matmul_gflops": probe, "version": reference.VERSION,
+                "libraries": libraries,
+                "gflop_per_image": flops(spec, args.input_size, PHASE_OF.get(phase, phase)) / 1e9}
         print(MARK + json.dumps(row), flush=True)
 
 
@@ -223,6 +290,40 @@ def machine() -> dict:
             "date": datetime.date.today().isoformat()}
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")  # that matter
+
+
+def cpu_flags_line() -> str:
+    """The CPU flags that decide which kernels the libraries pick (AVX-512, its bf16, AMX), each
+    present or absent, as common.core.devices reads them from /proc/cpuinfo."""
+    flags = cpu()[1]
+    if flags is None:
+        return "CPU flags: unknown (/proc/cpuinfo could not be read)"
+    return "CPU flags: " + ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in CPU_FLAGS)
+
+
+def libraries_line(framework: str, version: str, libraries: dict[str, str]) -> str:
+    """One framework's version and the kernel libraries under it, as its package reports them."""
+    return (f"{NAMES.get(framework, framework)} {version}: "
+            + "; ".join(f"{name} {what}" for name, what in libraries.items()))
+
+
+def what_ran(frameworks: Sequence[str], rows: Sequence[dict] = ()) -> list[str]:
+    """Each framework's version and kernel libraries, then the CPU flags line: from the bench
+    rows (each framework's own process) where given, else from this process."""
+    found = {r["framework"]: (r["version"], r["libraries"]) for r in rows if "libraries" in r}
+    lines = []
+    for fw in frameworks:
+        if fw not in found and rows:
+            lines.append(f"{NAMES.get(fw, fw)}: not reported (its bench process failed)")
+            continue
+        if fw not in found:
+            reference = module(fw, "reference")
+            found[fw] = (reference.VERSION, reference.kernel_libraries())
+        lines.append(libraries_line(fw, *found[fw]))
+    return lines + [cpu_flags_line()]
+
+
 def worker_command(framework: str, args) -> list[str]:
     flags = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("in_channels", "num_classes")
              if getattr(args, k) is not None]
@@ -231,6 +332,10 @@ def worker_command(framework: str, args) -> list[str]:
              "--threads", str(args.threads), "--steps", str(args.steps), "--warmup",
              str(args.warmup), "--rounds", str(args.rounds), "--device", args.device]
     flags += ["--compile"] if args.compile else []
+    if getattr(args, "batch_sizes", None):
+        flags += ["--batch-sizes", ",".join(map(str, args.batch_sizes))]
+    if getattr(args, "latency", False):
+        flags += ["--latency", "--latency-calls", str(args.latency_calls)]
     return [sys.executable, "-m", "common.commands.bench", "--worker", framework, *flags]
 
 
@@ -263,26 +368,30 @@ def finish(rows: list[dict]) -> list[dict]:
     peak = max((r.get("matmul_gflops", 0.0) for r in rows), default=0.0)
     for r in rows:
         r["peak_gflops"] = peak
-        if "error" not in r and peak:
+        if "error" not in r and "ours" in r and peak:
             r["peak_share"] = r["gflop_per_image"] * r["ours"]["img_per_s"] / peak
     return rows
 
 
-HEADER = ["framework", "phase", "ms/step median (min-max)", "img/s", "img/CPU-s",
+HEADER = ["framework", "phase", "batch", "ms/step median (min-max)", "img/s", "img/CPU-s",
           "ref img/s", "ratio wall", "ratio CPU", f">= {MIN_RATIO}", "first step s",
           "GFLOP/img", "% FP32 peak", "peak RSS MiB", "data %"]
 
 
 def table_rows(rows: list[dict]) -> list[list[object]]:
+    """The throughput table: one row per framework, phase and batch size."""
     out = []
     for r in rows:
         name = NAMES.get(r["framework"], r["framework"])
+        if r["phase"] == "latency":
+            continue
         if "error" in r:
-            out.append([name, r["phase"], f"error: {r['error']}"] + [""] * (len(HEADER) - 3))
+            out.append([name, r["phase"], r.get("batch_size", ""), f"error: {r['error']}"]
+                       + [""] * (len(HEADER) - 4))
             continue
         o = r["ours"]
         ok = min(r["ratio_wall"], r["ratio_cpu"]) >= MIN_RATIO
-        out.append([name, r["phase"],
+        out.append([name, r["phase"], r.get("batch_size", ""),
                     f"{1e3 * o['median_s']:.1f} ({1e3 * o['min_s']:.1f}-{1e3 * o['max_s']:.1f})",
                     f"{o['img_per_s']:.1f}", f"{o['img_per_cpu_s']:.1f}",
                     f"{r['ref']['img_per_s']:.1f}", f"{r['ratio_wall']:.3f}",
@@ -293,9 +402,66 @@ def table_rows(rows: list[dict]) -> list[list[object]]:
     return out
 
 
+LATENCY_HEADER = ["framework", "per call", "calls", "p50 ms", "p90 ms", "p99 ms", "mean ms",
+                  "min-max ms", "first call s"]
+
+
+def latency_rows(rows: list[dict]) -> list[list[object]]:
+    """The --latency table: one row per framework, the per-call mode stated."""
+    out = []
+    for r in rows:
+        if r["phase"] != "latency":
+            continue
+        name = NAMES.get(r["framework"], r["framework"])
+        if "error" in r:
+            out.append([name, f"error: {r['error']}"] + [""] * (len(LATENCY_HEADER) - 2))
+            continue
+        out.append([name, r["mode"], r["calls"], f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
+                    f"{r['p99_ms']:.2f}", f"{r['mean_ms']:.2f}",
+                    f"{r['min_ms']:.2f}-{r['max_ms']:.2f}", f"{r['first_call_s']:.2f}"])
+    return out
+
+
+def sweep(rows: list[dict]) -> tuple[list[str], list[list[object]]]:
+    """The --batch-sizes table: img/s per framework and phase (rows) and batch size (columns)."""
+    sizes = sorted({r["batch_size"] for r in rows if r["phase"] != "latency"})
+    cells: dict[tuple[str, str], dict[int, str]] = {}
+    for r in rows:
+        if r["phase"] != "latency":
+            cells.setdefault((r["framework"], r["phase"]), {})[r["batch_size"]] = (
+                "error" if "error" in r else f"{r['ours']['img_per_s']:.1f}")
+    return (["framework", "phase", *(f"img/s at {b}" for b in sizes)],
+            [[NAMES.get(fw, fw), phase, *(by.get(b, "") for b in sizes)]
+             for (fw, phase), by in cells.items()])
+
+
+def sweep_series(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """(batch size, img/s) per "framework phase", for plots.plot_sweep."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        if r["phase"] != "latency" and "error" not in r:
+            series.setdefault(f"{NAMES.get(r['framework'], r['framework'])} {r['phase']}",
+                              []).append((r["batch_size"], r["ours"]["img_per_s"]))
+    return series
+
+
+def tables(rows: list[dict], markdown: bool = False) -> str:
+    """Every table the rows call for: throughput, the sweep (over more than one batch size),
+    latency."""
+    parts = []
+    if any(r["phase"] != "latency" for r in rows):
+        parts.append(render(HEADER, table_rows(rows), markdown=markdown))
+    if len({r.get("batch_size") for r in rows if r["phase"] != "latency"}) > 1:
+        parts.append(render(*sweep(rows), markdown=markdown)
+                     + ("\n\n![img/s per batch size](sweep.png)" if markdown else ""))
+    if any(r["phase"] == "latency" for r in rows):
+        parts.append(render(LATENCY_HEADER, latency_rows(rows), markdown=markdown))
+    return "\n\n".join(parts)
+
+
 def notes(rows: list[dict], load: tuple[tuple[float, ...], tuple[float, ...]]) -> list[str]:
-    probes = ", ".join(f"{NAMES.get(r['framework'])} {r['matmul_gflops']:.0f}" for r in rows
-                       if r.get("phase") == rows[0].get("phase") and "matmul_gflops" in r)
+    probed = {r["framework"]: r["matmul_gflops"] for r in rows if "matmul_gflops" in r}
+    probes = ", ".join(f"{NAMES.get(fw)} {gflops:.0f}" for fw, gflops in probed.items())
     lines = [f"FP32 matrix-multiply probe, GFLOP/s per framework process: {probes}; the best is "
              f"taken as the machine's FP32 peak.",
              f"Load average (1, 5, 15 min): {', '.join(f'{v:.2f}' for v in load[0])} at the "
@@ -311,15 +477,18 @@ def notes(rows: list[dict], load: tuple[tuple[float, ...], tuple[float, ...]]) -
 
 
 def markdown(rows: list[dict], args, info: dict, lines: list[str], command: str) -> str:
-    settings = (f"{args.arch}, {args.input_size} px, batch {args.batch_size}, {args.precision}"
-                f"{', compiled' if args.compile else ''}, {args.threads} thread(s), "
-                f"{args.rounds} rounds of {args.steps} steps per side after {args.warmup} warm-up")
-    versions = ", ".join(sorted({f"{NAMES[r['framework']]} {r['version']}" for r in rows
-                                 if r.get("version")}))
-    return (f"Machine: {info['cpu']}, {info['cores']} cores "
-            f"({', '.join(info['features']) or 'no AVX-512'}), Python {info['python']}, "
-            f"{versions}; {info['date']}.\n\nCommand: `{command}` ({settings}).\n\n"
-            + render(HEADER, table_rows(rows), markdown=True) + "\n\n"
+    timing = (f"{args.latency_calls} timed single-image calls after "
+              f"{max(args.warmup, LATENCY_WARMUP)} warm-up" if args.latency else
+              f"{args.rounds} rounds of {args.steps} steps per side after {args.warmup} warm-up")
+    settings = (f"{args.arch}, {args.input_size} px, batch "
+                f"{','.join(map(str, batch_sizes(args)))}, {args.precision}"
+                f"{', compiled' if args.compile else ''}, {args.threads} thread(s), {timing}")
+    frameworks = list(dict.fromkeys(r["framework"] for r in rows))
+    ran = what_ran(frameworks, rows)
+    return (f"Machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, "
+            f"{info['system']}; {info['date']}.\n\nCommand: `{command}` ({settings}).\n\n"
+            "What ran:\n\n" + "".join(f"- {line}\n" for line in ran) + "\n"
+            + tables(rows, markdown=True) + "\n\n"
             + "\n".join(f"- {line}" for line in lines) + "\n")
 
 
@@ -344,8 +513,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows, lines = run(frameworks, args)
     info = machine()
     command = shlex.join(["python", "-m", "common.commands.bench", *(sys.argv[1:] if argv is None else argv)])
-    print(render(HEADER, table_rows(rows)))
-    for line in lines:
+    print(tables(rows))
+    if len(batch_sizes(args)) > 1:
+        plot_sweep(sweep_series(rows), out / "sweep.png",
+                   f"{args.arch} at {args.input_size} px, {args.precision}")
+    for line in what_ran(frameworks, rows) + lines:
         print(line)
     with atomic_path(out / "bench.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r | {"machine": info, "command": command}) + "\n"

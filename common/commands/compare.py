@@ -155,9 +155,10 @@ def failures_section(failed: dict[str, str]) -> str:
 
 
 def report(runs: dict[str, dict], args, out: Path, speed: str = "",
-           failed: dict[str, str] | None = None) -> str:
+           failed: dict[str, str] | None = None, ran: Sequence[str] = ()) -> str:
     """The markdown report, written to out/report.md, with curves.png beside it. Frameworks in
-    `failed` (name -> error) are listed with their error under Failures."""
+    `failed` (name -> error) are listed with their error under Failures; `ran` (bench.what_ran:
+    versions, kernel libraries, CPU flags) under What ran."""
     failed = failed or {}
     if not runs:
         text = (f"# {args.arch} on {args.dataset}: every framework failed\n\n"
@@ -185,6 +186,7 @@ def report(runs: dict[str, dict], args, out: Path, speed: str = "",
             f"Examples/sec and s/epoch count training steps only; peak RSS is each framework's "
             f"own process.\n\n" + failures_section(failed)
             + (f"## Speed and memory\n\n{speed}\n" if speed else "")
+            + ("## What ran\n\n" + "".join(f"- {line}\n" for line in ran) + "\n" if ran else "")
             + f"## Shapes and parameters per part (input {size}x{size})\n\n"
             f"{shapes}\n\n## Learning curves\n\n![learning curves](curves.png)\n")
     with atomic_path(out / "report.md") as tmp:
@@ -224,7 +226,8 @@ def compare(args, frameworks: tuple[str, ...], out: Path) -> int:
     if args.bench_rounds and runs:
         print("== speed: resnet-bench at the same settings", flush=True)
         speed = speed_section(runs, *measure_speed(runs, args))
-    print(report(runs, args, out, speed, failed))
+    ran = bench.what_ran(tuple(runs)) if runs else []
+    print(report(runs, args, out, speed, failed, ran))
     print(f"report: {out / 'report.md'}" + (f", curves: {out / 'curves.png'}" if runs else ""))
     if failed:
         print(f"error: {len(failed)} of {len(results)} frameworks failed: "

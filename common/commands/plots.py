@@ -33,3 +33,26 @@ def plot_curves(histories: dict[str, list[dict]], path: str | Path, title: str =
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_sweep(series: dict[str, list[tuple[int, float]]], path: str | Path,
+               title: str = "") -> Path:
+    """resnet-bench --batch-sizes: images per second against the batch size (log scale), one
+    line per framework and phase."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, points in series.items():
+        points = sorted(points)
+        ax.plot([b for b, _ in points], [v for _, v in points], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images per second")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return path

@@ -190,6 +190,15 @@ class Reference(Protocol):
     def matmul_gflops(self, n: int = 1024, seconds: float = 0.5) -> float:
         """A float32 matrix-multiply probe: the machine's attainable GFLOP/s."""
 
+    def kernel_libraries(self) -> dict[str, str]:
+        """What computes under the framework, library -> its version or state as the framework
+        reports it (oneDNN, BLAS, Eigen, XLA, cuDNN where present): what bench and compare
+        print under "What ran". Never empty; a version the framework does not expose says so."""
+
+    def call_mode(self, compile: bool = False) -> str:
+        """How one call of the adapter's step runs (`--latency` states it beside the figures):
+        operators dispatched one by one from Python (eager), or one call into a graph."""
+
 
 class Export(Protocol):
     """The module `export`: this framework's model as an ONNX graph (`resnet3 export`)."""
