@@ -335,9 +335,12 @@ class Adapter:
     @_in_dtype
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """The optimiser's slots keyed `<canonical name>.<slot>`, PyTorch's names
-        (momentum_buffer; exp_avg, exp_avg_sq and step), in the canonical layout, float32."""
+        (momentum_buffer; exp_avg, exp_avg_sq and step), in the canonical layout, float32. As in
+        PyTorch, SGD without momentum keeps no buffer (the step never reads it)."""
         out = {}
         for slot, tree in zip(_SLOTS[self.opt.name], self.slots):
+            if slot == "momentum_buffer" and not self.opt.momentum:
+                continue
             flat = traverse_util.flatten_dict(tree)
             for n in self.trainable:
                 out[f"{n}.{slot}"] = np.array(to_canonical_layout(

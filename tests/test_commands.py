@@ -1,6 +1,7 @@
 """The commands end to end, through their main(argv) and their flags: convert, summary,
 crosscheck and compare. Files they write are read back with each format's own library."""
 import argparse
+import itertools
 import json
 import subprocess
 import threading
@@ -14,7 +15,7 @@ from common.commands import convert
 from common.commands import crosscheck
 from common.commands import summary
 from common.core.init import init_weights
-from common.frameworks import NAMES
+from common.frameworks import FRAMEWORKS, NAMES
 from common.core.oracle import param_counts, part_table
 from common.core.spec import get_spec
 from common.commands.train import parser as train_parser
@@ -128,11 +129,11 @@ def test_convert_refuses_bad_flags_and_names(tmp_path, capsys):
 def test_summary_says_yes_when_every_framework_agrees(capsys):
     assert summary.main(["--arch", ARCH, "--input-size", "16"]) == 0
     out = capsys.readouterr().out
-    assert out.rstrip().endswith("all agree: yes (PyTorch, TensorFlow/Keras, MXNet Gluon vs the "
+    assert out.rstrip().endswith(f"all agree: yes ({', '.join(NAMES.values())} vs the "
                                  "oracle, cifar_resnet20, input 16x16)")
     counts = param_counts(get_spec(ARCH))
-    assert out.count(f"{counts.total:,} in all") == 4  # oracle and three frameworks
-    assert out.count("1x64x4x4") == 4  # stage3 at 16x16, in every column
+    assert out.count(f"{counts.total:,} in all") == 1 + len(FRAMEWORKS)  # oracle, frameworks
+    assert out.count("1x64x4x4") == 1 + len(FRAMEWORKS)  # stage3 at 16x16, in every column
 
 
 def shape_off_in_stage2(monkeypatch, framework: str) -> None:
@@ -209,7 +210,8 @@ def expected_logit_scale(weights: dict, batch: int, size: int, seed: int, dtype:
     return f"max |logit| = {float(np.abs(logits).max()):.3f}"
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".npz", ".pt", ".weights.h5", ".params"])
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz", ".pt", ".weights.h5", ".params",
+                                    ".msgpack"])
 def test_crosscheck_reads_weights_in_every_format(tmp_path, capsys, suffix):
     weights = init_weights(get_spec(ARCH), 5)
     convert.write(weights, tmp_path / f"w{suffix}", get_spec(ARCH))
@@ -220,7 +222,7 @@ def test_crosscheck_reads_weights_in_every_format(tmp_path, capsys, suffix):
     assert "computed in float64" in out and "within tolerance: yes" in out
     assert expected_logit_scale(weights, 3, 12, 4, "float64") in out
     assert [line.split()[:3] for line in out.splitlines() if " vs " in line] == [
-        ["torch", "vs", "tf"], ["torch", "vs", "mx"], ["tf", "vs", "mx"]]
+        [a, "vs", b] for a, b in itertools.combinations(FRAMEWORKS, 2)]
 
 
 def test_crosscheck_names_float32_when_asked(tmp_path, capsys):
@@ -310,7 +312,7 @@ class PopenWithTimeout(subprocess.Popen):
         return super().__exit__(*exc)
 
 
-def test_compare_trains_three_frameworks_and_writes_the_report(tmp_path, monkeypatch, capsys):
+def test_compare_trains_every_framework_and_writes_the_report(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(compare.subprocess, "Popen", PopenWithTimeout)
     out = tmp_path / "cmp"
     assert compare.main(["--dataset", "digits", "--epochs", "1", "--limit", "64",
@@ -324,16 +326,16 @@ def test_compare_trains_three_frameworks_and_writes_the_report(tmp_path, monkeyp
     results = report.split("## Results")[1].split("##")[0]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in results.splitlines()
             if line.startswith("| ") and not line.startswith("| framework")]
-    assert [r[0] for r in rows] == ["PyTorch", "TensorFlow/Keras", "MXNet Gluon"]
+    assert [r[0] for r in rows] == [NAMES[fw] for fw in FRAMEWORKS]
     for row in rows:
         assert row[-3:] == [f"{counts.trainable:,}", f"{counts.non_trainable:,}",
                             f"{counts.total:,}"], row
     assert "## Shapes and parameters per part (input 16x16)" in report
-    assert "all agree: yes (PyTorch, TensorFlow/Keras, MXNet Gluon vs the oracle, d2l_resnet18, "\
+    assert f"all agree: yes ({', '.join(NAMES.values())} vs the oracle, d2l_resnet18, "\
            "input 16x16)" in report
     assert "## Failures" not in report and "## Speed and memory" not in report
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for fw in ("torch", "tf", "mx"):
+    for fw in FRAMEWORKS:
         run = json.loads((out / fw / "run.json").read_text())
         assert run["framework"] == fw and run["dataset"] == "digits" and run["epochs"] == 1
         assert run["params"] == {"trainable": counts.trainable,

@@ -12,7 +12,8 @@ import pytest
 from common.commands import side_by_side
 from common.commands.side_by_side import COLUMNS, DOC, ROOT, current, definitions, render
 
-FRAMEWORK_MODULE = {"torch": "torch", "tf": "tensorflow", "mx": "mxnet"}
+FRAMEWORK_MODULE = {"torch": {"torch"}, "tf": {"tensorflow"}, "mx": {"mxnet"},
+                    "jax": {"jax", "flax"}}
 
 
 def sources() -> dict[str, str]:
@@ -41,7 +42,7 @@ def test_residual_sits_in_adjacent_columns_with_each_frameworks_source():
     rows = [r for r in section.split("<tr>") if r.strip()]
     code_row = next(r for r in rows if "<pre>" in r)
     cells = code_row.split("<td")[1:]
-    assert len(cells) == 3
+    assert len(cells) == len(COLUMNS)
     for cell, (fw, src) in zip(cells, sources().items()):
         assert html.escape(definitions(src)["Residual"][1], quote=False) in cell, fw
     for topic in ("Signature", "Layout", "Padding", "BatchNorm"):
@@ -74,7 +75,7 @@ def test_blocks_file_imports_only_its_framework_and_the_standard_library(fw):
             roots |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             roots.add(node.module.split(".")[0])
-    assert roots - sys.stdlib_module_names == {FRAMEWORK_MODULE[fw]}
+    assert roots - sys.stdlib_module_names == FRAMEWORK_MODULE[fw]
 
 
 # d2l's two shape examples, with each framework's own input (TensorFlow's is NHWC).

@@ -1,4 +1,4 @@
-"""docs/side-by-side.md: the three `blocks.py` files aligned definition by definition.
+"""docs/side-by-side.md: the four `blocks.py` files aligned definition by definition.
 
     python -m common.commands.side_by_side            # (re)write docs/side-by-side.md
     python -m common.commands.side_by_side --check    # exit 1 if it is out of date (a test runs this)
@@ -6,7 +6,7 @@
 Each definition that two or more frameworks share (`Residual`, `Bottleneck`, ...) is one row
 of an HTML table, with each framework's source in its own column, its signature, and notes on
 what differs and why. Definitions only one framework needs (TensorFlow's explicit padding
-layers) follow in their own section. The sources are read with `ast`, so the page always shows
+layers, JAX's strided slice) follow in their own section. The sources are read with `ast`, so the page always shows
 the code as it is; the notes are written here, and each must name a shared definition.
 """
 from __future__ import annotations
@@ -28,11 +28,17 @@ COLUMNS = {fw: (r.name, f"{r.package}/blocks.py") for fw, r in RECORDS.items()}
 
 # What a reader comparing the columns should know; one list per shared definition.
 NOTES = {
-    "_has_bias": ["The same in all three: `use_bias` is a bool or the names of the "
+    "_has_bias": ["The same in all four: `use_bias` is a bool or the names of the "
                   "convolutions that keep a bias."],
+    "_conv": [
+        "PyTorch's builds an `nn.Conv2d` or, without input channels (d2l-en 1.x), an "
+        "`nn.LazyConv2d`; Flax's `nn.Conv` always reads them from the input, and is given "
+        "its padding as explicit pairs."],
     "pad_shortcut": [
-        "**Layout.** PyTorch and Gluon hold batches as NCHW, Keras as NHWC: the channels to "
-        "pad are axis 1 in the first two and the last axis in Keras.",
+        "**Layout.** PyTorch and Gluon hold batches as NCHW, Keras and Flax as NHWC: the "
+        "channels to pad are axis 1 in the first two and the last axis in Keras and Flax.",
+        "Flax subsamples with `lax.slice` (`subsample`, below): jnp's strided indexing "
+        "becomes a gather, which the ONNX export cannot convert.",
         "Gluon's classic `F.pad` pads only the last two axes of a 4-d array, so in classic "
         "mode its version moves the channels last and back; under `npx.set_np()` it calls "
         "`np.pad` on the channel axis. It also needs `in_channels`, which PyTorch and Keras "
@@ -41,25 +47,36 @@ NOTES = {
         "**BatchNorm arguments.** PyTorch's `momentum=0.1` is the weight of the *new* batch; "
         "Keras's and Gluon's `momentum=0.9` is the weight of the *old* value: the same update "
         "(new = 0.9 old + 0.1 batch).",
+        "Flax's `momentum` is also the weight of the old value (its default 0.99); its first "
+        "argument is `use_running_average`, d2l's `not training`, and "
+        "`use_fast_variance=False` makes it compute the batch variance in two passes, as the "
+        "others do, not as E[x^2] - E[x]^2.",
         "Keras's default `epsilon` is 1e-3, the others' 1e-5: the project passes 1e-5 "
         "everywhere.",
-        "PyTorch and Gluon are told the channel count; Keras reads it from the first input."],
+        "PyTorch and Gluon are told the channel count; Keras and Flax read it from the first "
+        "input."],
     "Residual": [
         "**Signature.** PyTorch's `nn.Conv2d` needs its input channels, so d2l's PyTorch "
         "`Residual` takes `input_channels` first; Keras infers them on the first call; "
-        "Gluon infers them too (d2l), or takes `in_channels=` so that nothing is deferred.",
-        "**Layout.** NCHW in PyTorch and Gluon, NHWC in Keras; the code reads the same.",
-        "**Padding.** d2l's TensorFlow tab writes `padding='same'`, which for a strided 3x3 "
-        "pads the bottom and right only; PyTorch and Gluon pad one pixel on every side. "
-        "`PaddedConv2D` (below, TensorFlow only) pads symmetrically, so the three agree.",
+        "Gluon infers them too (d2l), or takes `in_channels=` so that nothing is deferred. "
+        "Flax's is a dataclass of fields (`num_channels`, `use_1x1conv`, `strides`, "
+        "`training`, as d2l's JAX tab writes them); its weights live outside it "
+        "(`blk.init(key, X)`, then `blk.apply(variables, X)`).",
+        "**Layout.** NCHW in PyTorch and Gluon, NHWC in Keras and Flax; the code reads the "
+        "same.",
+        "**Padding.** d2l's TensorFlow and JAX tabs write `padding='same'`, which for a "
+        "strided 3x3 pads the bottom and right only; PyTorch and Gluon pad one pixel on every "
+        "side. `PaddedConv2D` (below, TensorFlow only) pads symmetrically, and Flax's `nn.Conv` "
+        "takes the pairs `((1, 1), (1, 1))`, so the four agree.",
         "**BatchNorm.** See `_bn`: the same statistics, with each framework's meaning of "
         "`momentum`.",
-        "**Forward.** `forward` (PyTorch), `call` (Keras), `hybrid_forward(F, X)` (Gluon, where "
+        "**Forward.** `forward` (PyTorch), `call` (Keras), `__call__` (Flax, its layers made "
+        "in `setup`), `hybrid_forward(F, X)` (Gluon, where "
         "`F` is the imperative or the symbolic operator namespace, so the block can be "
         "hybridized). Gluon's `relu` comes from `_ops(F)`: `F.npx` under `npx.set_np()` (d2l's "
         "MXNet tab), `F` otherwise, read on every call.",
-        "`Y += X` in PyTorch and Keras; Gluon writes `Y + X`, since a symbol has no in-place "
-        "add."],
+        "`Y += X` in PyTorch, Keras and Flax (where it makes a new array); Gluon writes "
+        "`Y + X`, since a symbol has no in-place add."],
     "Bottleneck": [
         "Exercise 3 and ResNeXt: 1x1, grouped 3x3, 1x1. The stride sits on the 3x3 "
         "(torchvision, 'v1.5'); `stride_in_1x1=True` moves it to the first 1x1 (the paper, "
@@ -71,12 +88,12 @@ NOTES = {
         "the block's input; Keras reads them from it."],
     "PreActBottleneck": [
         "Keras's ResNetV2 strides a block without a projection through a 1x1 max-pool, which "
-        "only subsamples: Keras slices `X[:, ::s, ::s, :]`, the others call their pooling "
-        "operator."],
+        "only subsamples: Keras slices `X[:, ::s, ::s, :]`, Flax takes the same strided slice "
+        "(`subsample`), the others call their pooling operator."],
     "resnet_block": [
         "d2l's stage. PyTorch's returns a list of blocks (d2l wraps it in `nn.Sequential(*...)`), "
         "Gluon's a `HybridSequential`, Keras's a `ResnetBlock` layer (below), as in d2l's "
-        "TensorFlow tab."],
+        "TensorFlow tab, Flax's an `nn.Sequential` (d2l's JAX tab's `block`)."],
 }
 
 
@@ -89,7 +106,10 @@ def definitions(source: str) -> dict[str, tuple[str, str]]:
             init = node if isinstance(node, ast.FunctionDef) else next(
                 (n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"),
                 None)
-            signature = f"{node.name}({ast.unparse(init.args)})" if init else f"{node.name}()"
+            fields = [] if init or isinstance(node, ast.FunctionDef) else [  # a dataclass's
+                ast.unparse(n) for n in node.body if isinstance(n, ast.AnnAssign)]
+            signature = (f"{node.name}({ast.unparse(init.args)})" if init
+                         else f"{node.name}({', '.join(fields)})")
             signature = signature.replace("(self, ", "(").replace("(self)", "()")
             out[node.name] = (signature, ast.get_source_segment(source, node))
     return out
@@ -106,7 +126,7 @@ def _listed(columns: dict[str, tuple[str, str]]) -> str:
 
 
 def render(sources: dict[str, str]) -> str:
-    """The page for the three blocks.py sources (keyed torch, tf, mx)."""
+    """The page for the blocks.py sources (keyed by framework: torch, tf, mx, jax)."""
     defs = {fw: definitions(src) for fw, src in sources.items()}
     order = list(dict.fromkeys(name for fw in COLUMNS for name in defs[fw]))
     shared = [n for n in order if sum(n in defs[fw] for fw in COLUMNS) >= 2]
@@ -116,7 +136,7 @@ def render(sources: dict[str, str]) -> str:
                          f"{', '.join(unknown)}")
     head = "".join(f"<th>{title}<br><code>{path}</code></th>" for title, path in COLUMNS.values())
     lines = [
-        "# The three blocks.py files side by side",
+        "# The four blocks.py files side by side",
         "",
         f"Generated by `python -m common.commands.side_by_side` from {_listed(COLUMNS)}; a test "
         "fails when this page is out of date. Each row is one definition, with each framework's source in its own column and "
