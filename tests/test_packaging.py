@@ -55,15 +55,14 @@ def test_requirements_pin_every_declared_dependency():
     assert every <= pinned, every - pinned
 
 
-def test_the_gpu_requirements_are_the_cpu_ones_with_the_three_gpu_builds():
+def test_the_gpu_requirements_are_the_cpu_ones_with_the_four_gpu_builds():
     def pins(name):
         return {line.split("==")[0]: line.split("==")[1].split()[0]
                 for line in (ROOT / name).read_text().splitlines() if "==" in line}
     cpu, gpu = pins("requirements.txt"), pins("requirements-gpu.txt")
-    # JAX's pins (issue 23, phase 1) are CPU-only until requirements-gpu.txt gets a CUDA jaxlib.
-    jax = {k for k in declared(("jax",)) - declared(()) if k in cpu} | {"dm-tree", "toolz", "etils",
-                                                                       "zipp", "nest-asyncio"}
-    cpu = {k: v for k, v in cpu.items() if k not in jax}
+    # JAX's GPU build is jaxlib plus jax[cuda12]'s two plugins, of jaxlib's release.
+    plugins = {"jax-cuda12-plugin[with_cuda]", "jax-cuda12-pjrt"}
+    assert {gpu.pop(k) for k in plugins} == {cpu["jaxlib"]}
     swapped = {"tensorflow-cpu": "tensorflow", "mxnet": "mxnet-cu117"}
     assert {swapped.get(k, k): v for k, v in cpu.items()} == gpu
     assert gpu["torch"] == cpu["torch"] and gpu["tensorflow"] == cpu["tensorflow-cpu"]
