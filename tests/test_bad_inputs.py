@@ -643,6 +643,8 @@ ROWS: dict[str, Row] = {
                          train_flags("--threads", "999")),
     "compare-threads": Row("resnet-compare --threads 999", CORES,
                            for_framework(compare.main, "--threads", "999")),
+    "compare-seeds": Row("resnet-compare --seeds 0", "--seeds: expected a positive integer, got '0'",
+                         for_framework(compare.main, "--seeds", "0")),
     "bench-threads": Row("resnet-bench --threads 999", CORES,
                          for_framework(bench.main, "--threads", "999")),
     "train-memory": Row("--batch-size 256 --resize 5000 (activations beyond the memory)",

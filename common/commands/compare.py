@@ -155,7 +155,7 @@ def failures_section(failed: dict[str, str]) -> str:
 
 
 def report(runs: dict[str, dict], args, out: Path, speed: str = "",
-           failed: dict[str, str] | None = None, ran: Sequence[str] = ()) -> str:
+           failed: dict[str, str] | None = None, ran: Sequence[str] = (), seeds: str = "") -> str:
     """The markdown report, written to out/report.md, with curves.png beside it. Frameworks in
     `failed` (name -> error) are listed with their error under Failures; `ran` (bench.what_ran:
     versions, kernel libraries, CPU flags) under What ran."""
@@ -184,7 +184,7 @@ def report(runs: dict[str, dict], args, out: Path, speed: str = "",
                f"is the first worker's)" if first.get("workers", 1) > 1 else "")
             + f".\n\n## Results\n\n{render(header, rows, markdown=True)}\n\n"
             f"Examples/sec and s/epoch count training steps only; peak RSS is each framework's "
-            f"own process.\n\n" + failures_section(failed)
+            f"own process.\n\n" + seeds + failures_section(failed)
             + (f"## Speed and memory\n\n{speed}\n" if speed else "")
             + ("## What ran\n\n" + "".join(f"- {line}\n" for line in ran) + "\n" if ran else "")
             + f"## Shapes and parameters per part (input {size}x{size})\n\n"
@@ -203,6 +203,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=positive_int, default=1,
                    help="train each framework on this many processes through resnet-launch "
                         "(--batch-size is the global batch; --threads is shared among them)")
+    p.add_argument("--seeds", type=positive_int, default=1,
+                   help="train each framework from this many seeds (--seed, --seed+1, ...: the "
+                        "same initial weights and data orders in every framework) and report "
+                        "test accuracy as mean ± sd, min and max; the report's other sections "
+                        "are the first seed's")
     p.add_argument("--bench-rounds", type=non_negative_int, default=5,
                    help="rounds of resnet-bench for the speed section (0: no speed section)")
     args = p.parse_args(argv)
@@ -216,10 +221,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         return compare(args, frameworks, out)
 
 
+def train_seeds(args, frameworks: Sequence[str], out: Path) -> dict[int, dict[str, dict]]:
+    """seed -> framework -> its run.json (or {"error": why}). One seed: out/<framework>, as
+    always; --seeds N: seeds --seed .. --seed+N-1, each in out/seed<S>/<framework>, every
+    framework with the same seed (the same initial weights and data order) in turn."""
+    if args.seeds == 1:
+        return {args.seed: {fw: run_framework(fw, args, out) for fw in frameworks}}
+    by_seed = {}
+    for seed in range(args.seed, args.seed + args.seeds):
+        at = argparse.Namespace(**vars(args) | {"seed": seed})
+        print(f"== seed {seed} ({seed - args.seed + 1} of {args.seeds})", flush=True)
+        by_seed[seed] = {fw: run_framework(fw, at, out / f"seed{seed}") for fw in frameworks}
+    return by_seed
+
+
+def seed_statistics(accuracies: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (n - 1; 0 for one value), min and max."""
+    n = len(accuracies)
+    mean = sum(accuracies) / n
+    sd = (sum((a - mean) ** 2 for a in accuracies) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    return {"n": n, "mean": mean, "sd": sd, "min": min(accuracies), "max": max(accuracies)}
+
+
+def seeds_section(by_seed: dict[int, dict[str, dict]]) -> str:
+    """The test accuracy of the last epoch across seeds, per framework: mean ± sd, min, max;
+    "" for a single seed. Seeds where a framework failed or measured no test accuracy are
+    left out, and the count says so."""
+    if len(by_seed) < 2:
+        return ""
+    frameworks = list(dict.fromkeys(fw for runs in by_seed.values() for fw in runs))
+    rows = []
+    for fw in frameworks:
+        accs = [hist[-1]["test_acc"] for runs in by_seed.values()
+                if (hist := runs.get(fw, {}).get("history"))
+                and hist[-1].get("test_acc") is not None]
+        if not accs:
+            rows.append([NAMES[fw], f"0 of {len(by_seed)}", "n/a (no run measured it)", "", ""])
+            continue
+        s = seed_statistics(accs)
+        rows.append([NAMES[fw], f"{s['n']} of {len(by_seed)}", f"{s['mean']:.4f} ± {s['sd']:.4f}",
+                     f"{s['min']:.4f}", f"{s['max']:.4f}"])
+    seeds = ", ".join(map(str, by_seed))
+    return (f"## Test accuracy across seeds\n\nSeeds {seeds}: each seed gives every framework the "
+            f"same initial weights and data order; the last epoch's test accuracy, sd with n - 1."
+            f"\n\n" + render(["framework", "seeds", "test acc mean ± sd", "min", "max"], rows,
+                              markdown=True) + "\n\n")
+
+
 def compare(args, frameworks: tuple[str, ...], out: Path) -> int:
     """Train each framework, measure their speed, write the report; 1 if any failed."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the shape table loads TensorFlow here
-    results = {fw: run_framework(fw, args, out) for fw in frameworks}
+    by_seed = train_seeds(args, frameworks, out)
+    results = next(iter(by_seed.values()))
     runs = {fw: r for fw, r in results.items() if "error" not in r}
     failed = {fw: r["error"] for fw, r in results.items() if "error" in r}
     speed = ""
@@ -227,7 +280,7 @@ def compare(args, frameworks: tuple[str, ...], out: Path) -> int:
         print("== speed: resnet-bench at the same settings", flush=True)
         speed = speed_section(runs, *measure_speed(runs, args))
     ran = bench.what_ran(tuple(runs)) if runs else []
-    print(report(runs, args, out, speed, failed, ran))
+    print(report(runs, args, out, speed, failed, ran, seeds_section(by_seed)))
     print(f"report: {out / 'report.md'}" + (f", curves: {out / 'curves.png'}" if runs else ""))
     if failed:
         print(f"error: {len(failed)} of {len(results)} frameworks failed: "

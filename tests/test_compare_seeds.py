@@ -1,0 +1,72 @@
+"""resnet-compare --seeds N: every framework trained from the same N seeds (the same initial
+weights and data orders in each), and the test accuracy reported as mean ± sd with min and max.
+The seeds' runs are stand-ins here (no child process); test_commands.py runs compare for real."""
+import argparse
+import json
+import statistics
+
+import pytest
+
+from common.commands import compare
+from common.core.oracle import param_counts
+from common.core.spec import get_spec
+
+ARCH = "cifar_resnet20"
+
+
+def fake_run(framework: str, args, out) -> dict:
+    """run_framework's result without a process: a test accuracy set by framework and seed."""
+    acc = {"torch": 0.5, "mx": 0.6}[framework] + 0.01 * args.seed ** 2
+    counts = param_counts(get_spec(ARCH))
+    run = {"framework": framework, "arch": ARCH, "dataset": "digits", "in_channels": 3,
+           "num_classes": 10, "input_size": 8, "peak_rss_mib": 100.0,
+           "params": {"trainable": counts.trainable, "non_trainable": counts.non_trainable,
+                      "total": counts.total},
+           "config": {"seed": args.seed, "out": str(out / framework)},
+           "history": [{"epoch": 1, "train_loss": 2.0, "train_acc": 0.3, "test_acc": acc,
+                        "examples_per_sec": 10.0, "seconds": 1.0}]}
+    (out / framework).mkdir(parents=True)
+    (out / framework / "run.json").write_text(json.dumps(run))
+    return run
+
+
+def test_seed_statistics_are_the_mean_sample_sd_min_and_max():
+    s = compare.seed_statistics([0.9, 0.92, 0.97])
+    assert s["mean"] == pytest.approx(statistics.mean([0.9, 0.92, 0.97]))
+    assert s["sd"] == pytest.approx(statistics.stdev([0.9, 0.92, 0.97]))  # n - 1
+    assert (s["n"], s["min"], s["max"]) == (3, 0.9, 0.97)
+    assert compare.seed_statistics([0.5])["sd"] == 0.0
+
+
+def test_compare_seeds_trains_each_seed_in_every_framework_and_reports_the_spread(
+        tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def recorded(framework, args, out):
+        calls.append((args.seed, framework, out.name))
+        return fake_run(framework, args, out)
+    monkeypatch.setattr(compare, "run_framework", recorded)
+    assert compare.main(["--arch", ARCH, "--frameworks", "torch,mx", "--seeds", "3", "--seed",
+                         "1", "--bench-rounds", "0", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    # Each seed in every framework, in its own folder.
+    assert calls == [(s, fw, f"seed{s}") for s in (1, 2, 3) for fw in ("torch", "mx")]
+    report = (tmp_path / "report.md").read_text()
+    section = report.split("## Test accuracy across seeds")[1].split("##")[0]
+    assert "Seeds 1, 2, 3:" in section
+    accs = [0.5 + 0.01 * s * s for s in (1, 2, 3)]  # PyTorch's: 0.51, 0.54, 0.59
+    row = (f"| PyTorch | 3 of 3 | {statistics.mean(accs):.4f} ± {statistics.stdev(accs):.4f} "
+           f"| 0.5100 | 0.5900 |")
+    assert row in section, section
+    assert "| MXNet Gluon | 3 of 3 | 0.6467 ± 0.0404 | 0.6100 | 0.6900 |" in section, section
+    # The rest of the report is the first seed's runs.
+    results = report.split("## Results")[1].split("##")[0]
+    assert "| 0.510 |" in results and "| 0.610 |" in results
+
+
+def test_one_seed_keeps_the_single_run_layout(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "run_framework", lambda fw, args, out: fake_run(fw, args, out))
+    args = argparse.Namespace(seeds=1, seed=0)
+    by_seed = compare.train_seeds(args, ("torch",), tmp_path)
+    assert list(by_seed) == [0] and (tmp_path / "torch" / "run.json").is_file()
+    assert compare.seeds_section(by_seed) == ""
