@@ -1,6 +1,7 @@
 """The commands end to end, through their main(argv) and their flags: convert, summary,
 crosscheck and compare. Files they write are read back with each format's own library."""
 import argparse
+import importlib
 import itertools
 import json
 import subprocess
@@ -334,6 +335,13 @@ def test_compare_trains_every_framework_and_writes_the_report(tmp_path, monkeypa
     assert f"all agree: yes ({', '.join(NAMES.values())} vs the oracle, d2l_resnet18, "\
            "input 16x16)" in report
     assert "## Failures" not in report and "## Speed and memory" not in report
+    # What ran: each framework's own version (its module's __version__) and its libraries.
+    ran = report.split("## What ran")[1].split("##")[0]
+    modules = {"torch": "torch", "tf": "tensorflow", "mx": "mxnet", "jax": "jax"}
+    for fw in FRAMEWORKS:
+        version = importlib.import_module(modules[fw]).__version__
+        assert f"- {NAMES[fw]} {version}" in ran, ran
+    assert "- CPU flags: avx2" in ran
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for fw in FRAMEWORKS:
         run = json.loads((out / fw / "run.json").read_text())
