@@ -47,14 +47,13 @@ from jax.experimental.shard_map import shard_map
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from common.core.checks import (InputError, batch_as, check_dtype, check_precision, feature_parts,
-                                labels_as)
+from common.core.checks import (InputError, batch_as, check_dtype, check_precision, labels_as)
 from common.core.devices import Device
 from common.core.optim import OptimizerConfig
 from common.core.spec import ResNetSpec
 from common.core.weights import Weights, canonical_layout, check_weights
 from resnet_jax.devices import native, select
-from resnet_jax.model import Network, ResNet
+from resnet_jax.model import Network, ResNet, features
 from resnet_jax.weights import flax_path, to_canonical, to_canonical_layout, to_flax_layout
 
 if TYPE_CHECKING:
@@ -262,16 +261,14 @@ class Adapter:
 
     eval_step = logits
 
-    def features(self, x: np.ndarray, parts: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Each part's output (names from spec.part_names(): stem, stage1..stageN, head) for
-        the batch, in inference mode, in one pass, as NCHW NumPy (the head's: logits); without
-        `parts`, every part's."""
-        wanted = feature_parts(self.spec, parts)
-        outs = ResNet(self.spec, training=False).apply(
-            {"params": self.params, "batch_stats": self.stats}, self._batch(x, False),
-            method=ResNet.parts)
+    def features(self, x: np.ndarray, parts: Sequence[str] | None = None,
+                 training: bool = False) -> dict[str, np.ndarray]:
+        """Each part's output (stem, stage1..stageN, head, or a block: "stage2.0") for the
+        batch, in one pass, as NCHW NumPy (the head's: logits); without `parts`, every part's.
+        Inference mode; training=True: batch statistics, and the running ones move."""
+        out = features(self.model, self._batch(x, training), parts, training=training)
         return {name: (np.transpose(y, (0, 3, 1, 2)) if y.ndim == 4 else y).astype(np.float32)
-                for name in wanted for y in [np.asarray(outs[name])]}
+                for name, y in ((name, np.asarray(y)) for name, y in out.items())}
 
     def forward_features(self, x: np.ndarray) -> np.ndarray:
         """The last feature map (NCHW) before pooling (resnet_jax.model.forward_features)."""

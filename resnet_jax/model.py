@@ -213,14 +213,26 @@ def part_shapes(model: Network, X) -> dict[str, tuple[int, ...]]:
     return {name: tuple(outs[name].shape) for name in model.spec.part_names()}
 
 
-def features(model: Network, X, parts: Sequence[str] | None = None) -> dict[str, jax.Array]:
-    """Each named part's output (stem, stage1..stageN, head) for the NHWC batch X, NHWC, in
-    one pass in inference mode (running statistics); without `parts`, every part's
+def features(model: Network, X, parts: Sequence[str] | None = None, *,
+             training: bool = False) -> dict[str, jax.Array]:
+    """Each named part's output (stem, stage1..stageN, head, or a block: "stage2.0") for the
+    NHWC batch X, NHWC, in one pass in inference mode (training=True: batch statistics, and
+    the network's running ones move); without `parts`, every part's
     (common.core.checks.feature_parts)."""
-    check_input(X, model.spec)
+    check_input(X, model.spec, training)
     wanted = feature_parts(model.spec, parts)
-    outs = model.module.apply(model.variables, jnp.asarray(X), method=ResNet.parts)
-    return {name: outs[name] for name in wanted}
+    module, mutable = model.module, ["intermediates"]
+    if training:
+        module, mutable = module.clone(training=True), mutable + ["batch_stats"]
+    outs, state = module.apply(model.variables, jnp.asarray(X), method=ResNet.parts,
+                               mutable=mutable, capture_intermediates=lambda m, name:
+                               name == "__call__" and m.name is not None and m.name.isdigit())
+    if training:
+        model.variables = {**model.variables, "batch_stats": state["batch_stats"]}
+    found = dict(outs)
+    for stage, blocks in state["intermediates"].items():  # each block's output: stage1.0, ...
+        found |= {f"{stage}.{j}": calls["__call__"][0] for j, calls in blocks.items()}
+    return {name: found[name] for name in wanted}
 
 
 def forward_features(model: Network, X) -> jax.Array:

@@ -74,13 +74,13 @@ from mxnet.contrib import amp
 from mxnet.contrib.amp.loss_scaler import LossScaler
 
 from common.core.errors import Error
-from common.core.checks import (batch_as, check_dtype, check_precision, feature_parts,
-                                labels_as)
+from common.core.checks import (batch_as, check_dtype, check_precision, labels_as)
 from common.core.devices import Device
 from common.core.optim import OptimizerConfig
 from common.core.spec import ResNetSpec
 from common.core.weights import Weights
 from resnet_mx.devices import check_bf16_cpu, native, select
+from resnet_mx.model import features as model_features
 from resnet_mx.model import forward_features as model_forward_features
 from resnet_mx.model import to_load
 from resnet_mx.modes import array, numpy_mode, zeros_like
@@ -183,19 +183,14 @@ class Adapter:
 
     eval_step = logits
 
-    def features(self, x: np.ndarray, parts: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Each part's output (names from spec.part_names(): stem, stage1..stageN, head) for
-        the batch, in inference mode, in one pass, as NCHW NumPy (the head's: logits); without
-        `parts`, every part's."""
-        wanted = feature_parts(self.spec, parts)
-        X = array(batch_as(x, self.dtype, self.spec, False), dtype=self.dtype, ctx=self.ctx)
-        out = {}
-        with autograd.predict_mode():
-            for name in self.spec.part_names():
-                X = getattr(self.model, name)(X)
-                if name in wanted:
-                    out[name] = X.asnumpy().astype(np.float32)
-        return {name: out[name] for name in wanted}
+    def features(self, x: np.ndarray, parts: Sequence[str] | None = None,
+                 training: bool = False) -> dict[str, np.ndarray]:
+        """Each part's output (stem, stage1..stageN, head, or a block: "stage2.0") for the
+        batch, in one pass, as NCHW NumPy (the head's: logits); without `parts`, every part's.
+        Inference mode; training=True: batch statistics, and the running ones move."""
+        X = array(batch_as(x, self.dtype, self.spec, training), dtype=self.dtype, ctx=self.ctx)
+        out = model_features(self.model, X, parts, training=training)
+        return {name: y.asnumpy().astype(np.float32) for name, y in out.items()}
 
     def forward_features(self, x: np.ndarray) -> np.ndarray:
         """The last feature map (NCHW) before pooling (resnet_mx.model.forward_features)."""

@@ -184,26 +184,33 @@ def part_shapes(model: ResNet, X: np.ndarray | mx.nd.NDArray) -> dict[str, tuple
     return shapes
 
 
-def _as_batch(model: ResNet, X):
+def _as_batch(model: ResNet, X, training: bool = False):
     if not isinstance(X, mx.nd.NDArray):  # mx.np.ndarray is one too
         X = array(X)
     dtype = np.dtype(X.dtype)
     check_batch(X.shape, dtype.name, np.issubdtype(dtype, np.floating), model.spec.in_channels)
-    check_geometry(model.spec, X.shape, "NCHW", False)
+    check_geometry(model.spec, X.shape, "NCHW", training)
     return X
 
 
-def features(model: ResNet, X, parts: Sequence[str] | None = None) -> dict:
-    """Each named part's output (stem, stage1..stageN, head) for the NCHW batch X (NumPy, or an
-    MXNet array of the mode in force), in one pass in inference mode (autograd.predict_mode:
-    running statistics); without `parts`, every part's (common.core.checks.feature_parts)."""
-    wanted, out, X = feature_parts(model.spec, parts), {}, _as_batch(model, X)
-    with autograd.predict_mode():
+def features(model: ResNet, X, parts: Sequence[str] | None = None, *,
+             training: bool = False) -> dict:
+    """Each named part's output (stem, stage1..stageN, head, or a block: "stage2.0") for the
+    NCHW batch X (NumPy, or an MXNet array of the mode in force), in one pass in inference mode
+    (autograd.predict_mode: running statistics; training=True: train_mode, batch statistics);
+    without `parts`, every part's (common.core.checks.feature_parts)."""
+    wanted, out = feature_parts(model.spec, parts), {}
+    X = _as_batch(model, X, training)
+    with autograd.train_mode() if training else autograd.predict_mode():
         for name in model.spec.part_names():
-            X = getattr(model, name)(X)
-            if name in wanted:
-                out[name] = X
-            if len(out) == len(wanted):
+            part = getattr(model, name)
+            if any(w.startswith(name + ".") for w in wanted):  # block by block
+                for j in range(len(part)):
+                    X = out[f"{name}.{j}"] = part[j](X)
+            else:
+                X = part(X)
+            out[name] = X
+            if all(w in out for w in wanted):
                 break
     return {name: out[name] for name in wanted}
 

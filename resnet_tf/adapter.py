@@ -46,8 +46,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow import keras
 
-from common.core.checks import (batch_as, check_dtype, check_precision, feature_parts,
-                                labels_as)
+from common.core.checks import (batch_as, check_dtype, check_precision, labels_as)
 from common.core.devices import Device, DeviceError, parse
 from common.frameworks import to_layout
 from common.core.optim import OptimizerConfig
@@ -55,6 +54,7 @@ from common.core.spec import ResNetSpec
 from common.core.weights import Weights
 from resnet_tf.devices import native, select
 from resnet_tf.model import ResNet
+from resnet_tf.model import features as model_features
 from resnet_tf.model import forward_features as model_forward_features
 from resnet_tf.weights import (canonical_variables, from_canonical, to_canonical,
                                to_canonical_layout, to_keras_layout)
@@ -191,19 +191,15 @@ class Adapter:
 
     eval_step = logits
 
-    def features(self, x: np.ndarray, parts: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Each part's output (names from spec.part_names(): stem, stage1..stageN, head) for
-        the batch, in inference mode, in one pass, as NCHW NumPy (the head's: logits); without
-        `parts`, every part's."""
-        wanted = feature_parts(self.spec, parts)
-        X, out = self._inputs(x, False), {}
+    def features(self, x: np.ndarray, parts: Sequence[str] | None = None,
+                 training: bool = False) -> dict[str, np.ndarray]:
+        """Each part's output (stem, stage1..stageN, head, or a block: "stage2.0") for the
+        batch, in one pass, as NCHW NumPy (the head's: logits); without `parts`, every part's.
+        Inference mode; training=True: batch statistics, and the running ones move."""
         with self._on_device():
-            for name in self.spec.part_names():
-                X = getattr(self.model, name)(X, training=False)
-                if name in wanted:
-                    y = X.numpy().astype(np.float32)
-                    out[name] = np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if y.ndim == 4 else y
-        return {name: out[name] for name in wanted}
+            out = model_features(self.model, self._inputs(x, training), parts, training=training)
+        return {name: np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if y.ndim == 4 else y
+                for name, y in ((name, y.numpy().astype(np.float32)) for name, y in out.items())}
 
     def forward_features(self, x: np.ndarray) -> np.ndarray:
         """The last feature map (NCHW) before pooling (resnet_tf.model.forward_features)."""

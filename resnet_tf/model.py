@@ -212,17 +212,22 @@ def part_shapes(model: ResNet, X: np.ndarray | tf.Tensor) -> dict[str, tuple[int
     return shapes
 
 
-def features(model: ResNet, X, parts: Sequence[str] | None = None) -> dict[str, tf.Tensor]:
-    """Each named part's output (stem, stage1..stageN, head) for the NHWC batch X, NHWC, in
-    one pass in inference mode (training=False: running statistics); without `parts`, every
-    part's (common.core.checks.feature_parts)."""
-    check_input(X, model.spec)
+def features(model: ResNet, X, parts: Sequence[str] | None = None, *,
+             training: bool = False) -> dict[str, tf.Tensor]:
+    """Each named part's output (stem, stage1..stageN, head, or a block: "stage2.0") for the
+    NHWC batch X, NHWC, in one pass in inference mode (training=True: batch statistics, and
+    the running ones move); without `parts`, every part's (common.core.checks.feature_parts)."""
+    check_input(X, model.spec, training)
     wanted, out, X = feature_parts(model.spec, parts), {}, tf.convert_to_tensor(X)
     for name in model.spec.part_names():
-        X = getattr(model, name)(X, training=False)
-        if name in wanted:
-            out[name] = X
-        if len(out) == len(wanted):
+        part = getattr(model, name)
+        if any(w.startswith(name + ".") for w in wanted):  # block by block
+            for j in range(len(part)):
+                X = out[f"{name}.{j}"] = part[j](X, training=training)
+        else:
+            X = part(X, training=training)
+        out[name] = X
+        if all(w in out for w in wanted):
             break
     return {name: out[name] for name in wanted}
 

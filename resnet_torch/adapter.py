@@ -44,8 +44,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from common.core.checks import (batch_as, check_dtype, check_precision, feature_parts,
-                                labels_as)
+from common.core.checks import (batch_as, check_dtype, check_precision, labels_as)
 from common.core.devices import Device
 from common.core.optim import OptimizerConfig
 from common.core.spec import ResNetSpec
@@ -53,6 +52,7 @@ from common.core.weights import Weights
 from resnet_torch import devices
 from resnet_torch.devices import for_engine, native, select
 from resnet_torch.model import ResNet
+from resnet_torch.model import features as model_features
 from resnet_torch.model import forward_features as model_forward_features
 from resnet_torch.weights import canonical_tensors, from_canonical, to_canonical
 
@@ -140,19 +140,14 @@ class Adapter:
 
     eval_step = logits
 
-    def features(self, x: np.ndarray, parts: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Each part's output (names from spec.part_names(): stem, stage1..stageN, head) for
-        the batch, in inference mode, in one pass, as NCHW NumPy (the head's: logits); without
-        `parts`, every part's."""
-        wanted = feature_parts(self.spec, parts)
-        self.model.eval()
-        X, out = self._tensor(x, False), {}
+    def features(self, x: np.ndarray, parts: Sequence[str] | None = None,
+                 training: bool = False) -> dict[str, np.ndarray]:
+        """Each part's output (stem, stage1..stageN, head, or a block: "stage2.0") for the
+        batch, in one pass, as NCHW NumPy (the head's: logits); without `parts`, every part's.
+        Inference mode; training=True: batch statistics, and the running ones move."""
         with torch.no_grad():
-            for name, part in self.model.named_children():
-                X = part(X)
-                if name in wanted:
-                    out[name] = X.float().cpu().numpy()
-        return {name: out[name] for name in wanted}
+            out = model_features(self.model, self._tensor(x, training), parts, training=training)
+        return {name: y.float().cpu().numpy() for name, y in out.items()}
 
     def forward_features(self, x: np.ndarray) -> np.ndarray:
         """The last feature map (NCHW) before pooling (resnet_torch.model.forward_features)."""

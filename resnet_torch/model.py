@@ -118,14 +118,14 @@ def part_shapes(model: ResNet, X: np.ndarray | torch.Tensor) -> dict[str, tuple[
     return shapes
 
 
-def _inference(model: ResNet):
-    """A context in which the model runs in eval mode (restored afterwards)."""
+def _mode(model: ResNet, training: bool = False):
+    """A context in which the model runs in train or eval mode (its own restored afterwards)."""
     import contextlib
 
     @contextlib.contextmanager
     def mode():
         was_training = model.training
-        model.eval()
+        model.train(training)
         try:
             yield
         finally:
@@ -133,18 +133,22 @@ def _inference(model: ResNet):
     return mode()
 
 
-def features(model: ResNet, X: torch.Tensor, parts: Sequence[str] | None = None
-             ) -> dict[str, torch.Tensor]:
-    """Each named part's output (stem, stage1..stageN, head) for the NCHW batch X, in one pass
-    in inference mode (running statistics; gradients are tracked as usual); without `parts`,
+def features(model: ResNet, X: torch.Tensor, parts: Sequence[str] | None = None, *,
+             training: bool = False) -> dict[str, torch.Tensor]:
+    """Each named part's output (stem, stage1..stageN, head, or a block: "stage2.0") for the
+    NCHW batch X, in one pass, in inference mode (running statistics; training=True: batch
+    statistics, and the running ones move) with gradients tracked as usual; without `parts`,
     every part's (common.core.checks.feature_parts)."""
     wanted, out = feature_parts(model.spec, parts), {}
-    with _inference(model):
+    with _mode(model, training):
         for name, part in model.named_children():
-            X = part(X)
-            if name in wanted:
-                out[name] = X
-            if len(out) == len(wanted):
+            if any(w.startswith(name + ".") for w in wanted):  # block by block
+                for j, block in enumerate(part):
+                    X = out[f"{name}.{j}"] = block(X)
+            else:
+                X = part(X)
+            out[name] = X
+            if all(w in out for w in wanted):
                 break
     return {name: out[name] for name in wanted}
 
@@ -152,7 +156,7 @@ def features(model: ResNet, X: torch.Tensor, parts: Sequence[str] | None = None
 def forward_features(model: ResNet, X: torch.Tensor) -> torch.Tensor:
     """The last feature map (NCHW) before pooling, in inference mode: the last stage's output,
     or for pre-activation nets after the head's final BN-ReLU (timm's forward_features)."""
-    with _inference(model):
+    with _mode(model):
         for name, part in model.named_children():
             if name == "head":
                 for key in ("bn", "relu"):

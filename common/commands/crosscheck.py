@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from common.core.checks import DTYPES, check_geometry
+from common.core.checks import DTYPES, check_geometry, parts_and_blocks
 from common.commands.cli import (Parser, add_spec_flags, guarded, non_negative_int, path_arg, positive_int,
                         spec_of)
 from common.core.devices import add_device_flag, check_memory
@@ -84,6 +84,47 @@ def crosscheck(spec: ResNetSpec, weights: Weights, input_size: int, batch: int =
     return text, ok
 
 
+PART_TOLERANCE = 1e-5  # of the part's scale: max |output| in the first framework
+
+
+def part_outputs(spec: ResNetSpec, weights: Weights, x: np.ndarray, dtype: str = "float32",
+                 device: str = "cpu") -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    """(mode, framework) -> every part's and block's output (NCHW) for the batch, in eval and
+    train mode, each from a fresh adapter (a train-mode pass moves the running statistics)."""
+    names = parts_and_blocks(spec)
+    out = {}
+    for fw in FRAMEWORKS:
+        chosen = module(fw, "devices").select(device)
+        for mode in ("eval", "train"):
+            adapter = load(fw).Adapter(spec, weights, dtype=dtype, device=str(chosen))
+            out[mode, fw] = adapter.features(x, names, training=mode == "train")
+    return out
+
+
+def per_part(spec: ResNetSpec, weights: Weights, x: np.ndarray, dtype: str = "float32",
+             device: str = "cpu") -> tuple[str, bool]:
+    """For each part and block in forward order, in eval and train mode, the largest difference
+    per framework pair, and the first one beyond PART_TOLERANCE of the part's scale: where
+    the frameworks part (a divergence spreads to everything after it)."""
+    out, first = part_outputs(spec, weights, x, dtype, device), None
+    pairs = list(itertools.combinations(FRAMEWORKS, 2))
+    rows = []
+    for name in parts_and_blocks(spec):
+        for mode in ("eval", "train"):
+            scale = float(np.abs(out[mode, FRAMEWORKS[0]][name]).max())
+            row: list[object] = [name, mode, f"{scale:.3g}"]
+            for a, b in pairs:
+                err = float(np.abs(out[mode, a][name] - out[mode, b][name]).max())
+                row.append(f"{err:.2e}")
+                if first is None and err > PART_TOLERANCE * scale:
+                    first = f"{name} in {mode} mode, {a} vs {b}: {err:.2e} > {PART_TOLERANCE:g} x {scale:.3g}"
+            rows.append(row)
+    header = ["part", "mode", "max |output|"] + [f"{a} vs {b}" for a, b in pairs]
+    verdict = (f"first beyond tolerance: {first}" if first else
+               f"every part and block within tolerance ({PART_TOLERANCE:g} of its max |output|)")
+    return render(header, rows) + "\n" + verdict, first is None
+
+
 def before_gpu_crosscheck() -> None:
     """Every framework's `devices.before_crosscheck()`, before any framework computes: what must
     be set before a framework loads (MXNet reads its determinism switches once, when it sets up
@@ -108,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", choices=DTYPES,
                         help="compute dtype in every framework (default float32, as trained); "
                         "float64 shows the agreement free of float32 rounding and ReLU kinks")
+    parser.add_argument("--per-part", action="store_true",
+                        help="also every part's and block's output, in eval and train mode, per "
+                        "framework pair, naming the first beyond tolerance")
     add_device_flag(parser)
     args = parser.parse_args(argv)
     spec = spec_of(args)
@@ -127,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     text, ok = crosscheck(spec, weights, args.input_size, args.batch, args.seed, args.dtype,
                           args.device)
     print(text)
+    if args.per_part:
+        x = np.random.default_rng(args.seed).normal(
+            size=(args.batch, spec.in_channels, args.input_size, args.input_size)).astype(np.float32)
+        text, parts_ok = per_part(spec, weights, x, args.dtype, args.device)
+        print("\nper part and block:\n" + text)
+        ok &= parts_ok
     return 0 if ok else 1
 
 

@@ -122,11 +122,27 @@ def labels_as(y, batch: int, num_classes: int) -> np.ndarray:
 
 def feature_parts(spec: ResNetSpec, parts: Sequence[str] | None = None) -> tuple[str, ...]:
     """The parts features() returns (a model's or an adapter's): `parts` (names of
-    spec.part_names(), in any order), or every part (timm's features_only: each stage's)."""
+    spec.part_names(), or of a stage's blocks, "stage2.0", in any order), or every part (timm's
+    features_only: each stage's)."""
     names = spec.part_names()
     wanted = tuple(names) if parts is None else tuple(parts)
-    unknown = [p for p in wanted if p not in names]
+    unknown = [p for p in wanted if p not in names and p not in block_names(spec)]
     if not wanted or unknown:
         raise InputError(f"parts: expected names from {', '.join(names)}, got "
                          f"{unknown[0] if unknown else 'none'!r}")
     return wanted
+
+
+def block_names(spec: ResNetSpec) -> list[str]:
+    """Every block's name in forward order: stage1.0, stage1.1, ..., as the canonical weights."""
+    return [f"stage{i}.{j}" for i, stage in enumerate(spec.stages, start=1)
+            for j in range(stage.blocks)]
+
+
+def parts_and_blocks(spec: ResNetSpec) -> list[str]:
+    """Every part and, after each stage's blocks, the stage: stem, stage1.0, ..., stage1, ...,
+    head (the order in which the network computes them)."""
+    out = ["stem"]
+    for i, stage in enumerate(spec.stages, start=1):
+        out += [f"stage{i}.{j}" for j in range(stage.blocks)] + [f"stage{i}"]
+    return out + ["head"]

@@ -52,9 +52,11 @@ class Adapter(Protocol):
     def eval_step(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """The logits in inference mode: what evaluation and bench's inference phase time."""
 
-    def features(self, x: np.ndarray, parts: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Each named part's output (stem, stage1..stageN, head), NCHW, inference mode, one
-        pass; without `parts` every part's (common.core.checks.feature_parts)."""
+    def features(self, x: np.ndarray, parts: Sequence[str] | None = None,
+                 training: bool = False) -> dict[str, np.ndarray]:
+        """Each named part's output (stem, stage1..stageN, head, or a block: "stage2.0"), NCHW,
+        one pass, inference mode (training=True: batch statistics); without `parts` every
+        part's (common.core.checks.feature_parts)."""
 
     def forward_features(self, x: np.ndarray) -> np.ndarray:
         """The last feature map (NCHW) before pooling: the last stage's output, or a
@@ -106,9 +108,11 @@ class Package(Protocol):
     # Features on the framework's own model, in its LAYOUT and its own tensors: module-level
     # functions, not methods, so that one API fits every package (a Flax module holds no
     # weights; reset_classifier returns a new network in all of them). Inference mode.
-    def features(self, model: Any, X: Any, parts: Sequence[str] | None = None) -> dict[str, Any]:
-        """Each named part's output (stem, stage1..stageN, head) in one pass; without
-        `parts` every part's (timm's features_only, torchvision's create_feature_extractor)."""
+    def features(self, model: Any, X: Any, parts: Sequence[str] | None = None, *,
+                 training: bool = False) -> dict[str, Any]:
+        """Each named part's output (stem, stage1..stageN, head, or a block: "stage2.0") in one
+        pass; without `parts` every part's (timm's features_only, torchvision's
+        create_feature_extractor); training=True: batch statistics, the running ones move."""
 
     def forward_features(self, model: Any, X: Any) -> Any:
         """The last feature map before pooling (after a pre-activation net's final BN-ReLU)."""
