@@ -1,26 +1,21 @@
-"""resnet_jax (issue 23, phase 1) against the oracle and against PyTorch, before JAX joins the
-framework registry (then the cross-framework tests take it in; until then this file does).
+"""resnet_jax: what the cross-framework tests (which take JAX in through the registry) leave
+out.
 
 - every preset: part shapes and parameter counts equal the oracle's, and the Flax variables
   are exactly the canonical layout under resnet_jax.weights' names;
-- a small network of each block kind, two of this project's library options (Gluon v2's input
-  BatchNorm; Keras's ResNetV2 stem and stride on the last block) and d2l's ResNet-18: with the
-  same canonical weights, eval- and train-mode logits equal PyTorch's to 1e-5 (float32);
-  gradients, ten SGD steps with momentum and weight decay, and Adam steps equal PyTorch's in
-  float64 (1e-10), and each step equals PyTorch's formula given JAX's gradient; running
-  statistics follow the documented formula (Flax folds in the biased variance, PyTorch the
-  unbiased one: docs/framework-differences.md);
-- round trips: canonical bit-exact, Flax's msgpack file, torch -> jax -> torch;
-- bad input gives the other frameworks' messages word for word;
-- blocks.py imports only jax, flax and the standard library and, copied alone, runs d2l's
-  JAX-tab examples.
+- two of this project's library options (Gluon v2's input BatchNorm; Keras's ResNetV2 stem and
+  stride on the last block): with the same canonical weights, eval- and train-mode logits equal
+  PyTorch's to 1e-5 (float32); gradients and ten SGD steps with momentum and weight decay equal
+  PyTorch's in float64 (1e-10); running statistics follow the documented formula (Flax folds in
+  the biased variance, PyTorch the unbiased one: docs/framework-differences.md);
+- round trips: canonical bit-exact, Flax's msgpack file, torch -> jax -> torch; the optimiser's
+  state into a fresh adapter;
+- JAX's own: float64 without leaking jax_enable_x64, XLA's thread settings, Flax's padding,
+  the launch plan and the data-parallel refusals.
 """
 from __future__ import annotations
 
-import ast
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +24,6 @@ from flax import traverse_util
 
 import resnet_jax
 from common.core.checks import InputError
-from common.core.init import init_weights
 from common.core.optim import OptimizerConfig
 from common.core.oracle import min_input_size, part_table, param_counts, zero_gradient_biases
 from common.core.spec import PRESETS, ResNetSpec, Stage, Stem, get_spec
@@ -38,15 +32,15 @@ from resnet_jax.model import Network, ResNet, variable_shapes
 from resnet_jax.weights import flax_path, to_flax_layout
 from tests.helpers import MODULES
 from tests.test_fidelity import CASES, batches, random_weights, rel
-from tests.test_optimizers import SPEC as OPT_SPEC, torch_adam, torch_sgd, trainable_float64
+from tests.test_optimizers import SPEC as OPT_SPEC, trainable_float64
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH = MODULES["torch"]
 STEPS, SGD = 10, OptimizerConfig("sgd", 0.05, momentum=0.9, weight_decay=5e-4)
 _SMALL = dict(stem=Stem(8, 3, 1, False), in_channels=3, num_classes=5)
-JAX_CASES = {name: CASES[name][:2] for name in (
-    "one_block@11", "resnext_bottleneck@9", "paper_bottleneck@9", "cifar_option_a@9")}
-JAX_CASES |= {
+# The block kinds' small networks and d2l's ResNet-18 are in tests/test_fidelity.py (every
+# framework); here two of this project's library options, against PyTorch.
+JAX_CASES = {
     # Gluon v2: a BatchNorm of the raw input (statistics only), pre-activation basic blocks.
     "gluon_v2_input_bn@9": (ResNetSpec("gluon_v2_small", (Stage(8, 1), Stage(16, 1, 2, True)),
                                        preact=True, input_bn=True, **_SMALL), 9),
@@ -143,19 +137,6 @@ def test_part_shapes_of_a_built_network_equal_the_oracles(name):
                                               for r in part_table(spec, size)}
 
 
-def test_resnet18_is_d2ls_with_the_shared_initial_weights():
-    model = resnet_jax.resnet18()
-    c = resnet_jax.param_counts(model)
-    assert (c.trainable, c.non_trainable, c.total) == (11_178_378, 7_808, 11_186_186)
-    got, want = resnet_jax.to_canonical(model), init_weights(get_spec("d2l_resnet18"), 0)
-    assert list(got) == list(want) and all(np.array_equal(got[n], want[n]) for n in want)
-    small = get_spec("cifar_resnet20")  # Flax's init runs the network once, op by op
-    framework = resnet_jax.build(small, init="framework", seed=1)
-    assert resnet_jax.param_counts(framework) == param_counts(small)
-    assert not np.array_equal(resnet_jax.to_canonical(framework)["stem.conv.weight"],
-                              init_weights(small, 1)["stem.conv.weight"])
-
-
 # --- against PyTorch on the same weights ----------------------------------------------------
 
 def test_round_trip_through_jax_is_bit_exact(case):
@@ -241,56 +222,9 @@ def test_running_statistics_after_one_forward_and_ten_steps_follow_the_formula(c
     check_running_statistics(spec, size, STEPS, j["weights_in"], j["final"], t["final"])
 
 
-def test_d2l_resnet18_logits_and_running_statistics_equal_pytorchs():
-    """d2l's ResNet-18 at an odd size, float32: eval and train logits to 1e-5, and the running
-    statistics after the train-mode pass (its float64 gradients and steps are left to the small
-    networks above: compiling them for ResNet-18 costs most of a minute here)."""
-    spec, size = get_spec("d2l_resnet18"), 33
-    w = random_weights(spec, 0)
-    x = batches(spec, size, 1)[0][0]
-    out = {}
-    for m in (resnet_jax, TORCH):
-        a = m.Adapter(spec, w)
-        out[m] = a.logits(x), a.logits(x, training=True), a.get_weights()
-    (je, jt, jw), (te, tt, tw) = out[resnet_jax], out[TORCH]
-    assert 0.05 < np.abs(te).max() < 100
-    assert np.abs(je - te).max() <= 1e-5 and np.abs(jt - tt).max() <= 1e-5
-    check_running_statistics(spec, size, 1, w, jw, tw)
-
-
-# --- optimisers: Adam, and each step against PyTorch's formula ------------------------------
+# --- the optimiser's state ----------------------------------------------------------------
 
 ADAM = OptimizerConfig("adam", 0.01, weight_decay=5e-4)
-
-
-def steps64(module, opt: OptimizerConfig, n: int = 4):
-    """n float64 steps on test_optimizers' small network: per step (before, grads, loss,
-    after), trainable parameters read in float64."""
-    a = module.Adapter(OPT_SPEC, random_weights(OPT_SPEC, 0), optimizer=opt, dtype="float64")
-    read = jax_trainable_float64 if module is resnet_jax else trainable_float64
-    out = []
-    for x, y in batches(OPT_SPEC, 8, n):
-        before = read(a)
-        loss, grads = a.loss_and_grads(x, y)
-        assert a.train_step(x, y)[0] == pytest.approx(loss, rel=1e-14)
-        out.append((before, grads, loss, read(a)))
-    return out
-
-
-@pytest.mark.parametrize("opt", [SGD, ADAM, OptimizerConfig("adam", 0.01, eps=1e-2)],
-                         ids=["sgd", "adam_wd", "adam_eps"])
-def test_optimizer_steps_equal_pytorchs_and_its_formula(opt):
-    jax_steps, torch_steps = steps64(resnet_jax, opt), steps64(TORCH, opt)
-    update, state = {"sgd": torch_sgd, "adam": torch_adam}[opt.name], {}
-    for t, ((before, grads, loss, after), (_, _, t_loss, t_after)) in enumerate(
-            zip(jax_steps, torch_steps), 1):
-        assert abs(loss - t_loss) <= 1e-12, f"step {t}: losses {loss!r} vs {t_loss!r}"
-        for n, w in before.items():
-            predicted = update(opt, t, w, grads[n], state.setdefault(n, {}))
-            assert rel(after[n] - w, predicted - w) <= 1e-12, f"step {t}: {n} off the formula"
-            assert rel(after[n], t_after[n]) <= 1e-12, f"step {t}: {n} differs from PyTorch"
-    moved = max(rel(jax_steps[-1][3][n], jax_steps[0][0][n]) for n in jax_steps[0][0])
-    assert moved > 1e-2, f"the steps barely moved the parameters ({moved:.1e})"
 
 
 def test_optimizer_state_round_trips_into_a_fresh_adapter():
@@ -328,7 +262,7 @@ def test_msgpack_file_round_trips_and_a_bad_one_is_refused_by_name(tmp_path):
 
 
 def test_a_network_called_in_training_moves_its_running_statistics_and_eval_uses_them():
-    spec, size = JAX_CASES["cifar_option_a@9"]
+    spec, size = CASES["cifar_option_a@9"][:2]
     net = resnet_jax.from_canonical(resnet_jax.build(spec), random_weights(spec, 0))
     x = np.transpose(batches(spec, size, 1)[0][0], (0, 2, 3, 1))
     before, eval_before = resnet_jax.to_canonical(net), np.asarray(net(x))
@@ -346,7 +280,7 @@ def test_threads_are_all_cores_and_another_count_is_refused_once_jax_runs():
     import os
 
     from common.core.errors import Error
-    spec = JAX_CASES["one_block@11"][0]
+    spec = CASES["one_block@11"][:2][0]
     resnet_jax.Adapter(spec, random_weights(spec, 0))  # JAX's backend runs from here on
     assert resnet_jax.get_threads() == (os.cpu_count() or 1)
     resnet_jax.set_threads(resnet_jax.get_threads())  # the count in force: nothing to change
@@ -362,30 +296,9 @@ def message(make) -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize("bad", ["channels", "nan", "integer", "label", "missing_weight",
-                                 "dtype"])
-def test_bad_input_gets_pytorchs_message_word_for_word(bad):
-    spec, size = JAX_CASES["one_block@11"]
-    w = random_weights(spec, 0)
-    x, y = batches(spec, size, 1)[0]
-    nan = x.copy()
-    nan[1, 2, 3, 4] = np.nan
-    calls = {
-        "channels": lambda m: m.Adapter(spec, w).logits(x[:, :2]),
-        "nan": lambda m: m.Adapter(spec, w).train_step(nan, y),
-        "integer": lambda m: m.Adapter(spec, w).logits(x.astype(np.int32)),
-        "label": lambda m: m.Adapter(spec, w).train_step(x, y + spec.num_classes),
-        "missing_weight": lambda m: m.Adapter(spec, {k: v for k, v in w.items()
-                                                     if k != "stage1.0.bn2.running_var"}),
-        "dtype": lambda m: m.Adapter(spec, w, dtype="float16"),
-    }
-    got, want = (message(lambda m=m: calls[bad](m)) for m in (resnet_jax, TORCH))
-    assert got == want
-
-
 def test_float64_adapter_computes_in_float64_and_leaves_jax_in_float32():
     import jax.numpy as jnp
-    spec, size = JAX_CASES["one_block@11"]
+    spec, size = CASES["one_block@11"][:2]
     w = random_weights(spec, 0)
     x = batches(spec, size, 1)[0][0]
     lo32 = resnet_jax.Adapter(spec, w).logits(x)
@@ -395,42 +308,7 @@ def test_float64_adapter_computes_in_float64_and_leaves_jax_in_float32():
     assert jnp.asarray(np.ones(2)).dtype == jnp.float32, "jax_enable_x64 leaked out of the adapter"
 
 
-# --- the copyable blocks file -------------------------------------------------------------
-
-def test_blocks_file_imports_only_jax_flax_and_the_standard_library():
-    tree = ast.parse((ROOT / "resnet_jax" / "blocks.py").read_text())
-    roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            roots.add(node.module.split(".")[0])
-    assert roots - sys.stdlib_module_names == {"jax", "flax"}
-
-
-# d2l's JAX tab: the two shape examples (NHWC), and a stage of its `block`.
-D2L_JAX_EXAMPLES = """
-import jax
-from blocks import Residual, resnet_block
-key = jax.random.PRNGKey(0)
-X = jax.random.normal(key, (4, 6, 6, 3))
-blk = Residual(3)
-a = blk.init_with_output(key, X)[0].shape
-blk = Residual(6, use_1x1conv=True, strides=(2, 2))
-b = blk.init_with_output(key, X)[0].shape
-c = resnet_block(8, 2, training=False).init_with_output(key, X)[0].shape
-print(a, b, c)
-"""
-
-
-def test_a_copied_blocks_file_runs_d2ls_jax_tab_examples_alone(tmp_path):
-    (tmp_path / "blocks.py").write_text((ROOT / "resnet_jax" / "blocks.py").read_text())
-    (tmp_path / "example.py").write_text(D2L_JAX_EXAMPLES)
-    done = subprocess.run([sys.executable, "-E", "example.py"], cwd=tmp_path, text=True,
-                          capture_output=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1] == "(4, 6, 6, 3) (4, 3, 3, 6) (4, 3, 3, 8)"
-
+# --- why the blocks write their padding out ------------------------------------------------
 
 def test_flax_pads_a_max_pool_with_minus_infinity_and_same_is_asymmetric():
     """Why blocks.py writes its padding out: Flax's max-pool padding never wins (an
@@ -449,31 +327,36 @@ def test_flax_pads_a_max_pool_with_minus_infinity_and_same_is_asymmetric():
     assert same.shape == sym.shape and float(jnp.abs(same - sym).max()) > 1e-3
 
 
-# --- the contract (common/frameworks/protocols.py), as tests/test_contract.py checks the others --
-
-def test_resnet_jax_provides_the_package_adapter_and_devices_protocols():
-    import importlib
-    import inspect
-
-    from common.frameworks import EXPORTS, protocols
-    from tests.test_contract import check
-    assert check(protocols.Package, resnet_jax, "resnet_jax") == []
-    assert set(EXPORTS) <= set(dir(resnet_jax)) and resnet_jax.LAYOUT == "NHWC"
-    assert check(protocols.Adapter, resnet_jax.Adapter, "jax Adapter", methods_of_class=True) == []
-    devices = importlib.import_module("resnet_jax.devices")
-    assert check(protocols.Devices, devices, "resnet_jax.devices") == []
-    shape = lambda cls: [(p.name, p.kind, p.default)  # noqa: E731
-                         for p in inspect.signature(cls.__init__).parameters.values()]
-    assert shape(resnet_jax.Adapter) == shape(TORCH.Adapter)
-    spec = get_spec("cifar_resnet20")
-    made = resnet_jax.Adapter(spec, init_weights(spec, 0))
-    assert made.framework == "jax" and made.device.kind == "cpu"
-    assert resnet_jax.param_counts(made.model) == param_counts(spec)
-
-
 def test_a_hyperparameter_float32_cannot_hold_gets_pytorchs_message_first():
-    spec, _ = JAX_CASES["one_block@11"]
+    spec, _ = CASES["one_block@11"][:2]
     bad = dict(lr=1e300, dtype="float16")  # two faults: the optimiser's is named, as in PyTorch
     got, want = (message(lambda m=m: m.Adapter(spec, random_weights(spec, 0), **bad))
                  for m in (resnet_jax, TORCH))
     assert got == want and got.startswith("--lr: expected")
+
+
+# --- data-parallel: the launch plan and the refusals -----------------------------------------
+
+def test_launch_gives_each_worker_the_coordinator_its_rank_and_on_several_hosts_the_interface():
+    from common.commands.launch import plan
+    procs = plan("jax", 2, ["-m", "resnet_jax.train"]).processes
+    assert [name for name, _, _ in procs] == ["worker-0", "worker-1"]
+    assert [env["RESNET3_RANK"] for _, _, env in procs] == ["0", "1"]
+    coordinators = {env["RESNET3_JAX_COORDINATOR"] for _, _, env in procs}
+    assert len(coordinators) == 1 and coordinators.pop().startswith("127.0.0.1:")
+    assert all("RESNET3_JAX_IFACE" not in env for _, _, env in procs)
+    second = plan("jax", 4, ["x.py"], hosts=["a", "b"], host_rank=1, port=9000,
+                  iface="eth1").processes
+    assert [(n, e["RESNET3_RANK"], e["RESNET3_JAX_COORDINATOR"], e["RESNET3_JAX_IFACE"])
+            for n, _, e in second] == [("worker-2", "2", "a:9000", "eth1"),
+                                       ("worker-3", "3", "a:9000", "eth1")]
+
+
+def test_join_refuses_sync_bn_and_a_missing_coordinator_before_connecting(monkeypatch):
+    from common.core.errors import Error
+    from resnet_jax.distributed import join
+    with pytest.raises(Error, match=r"^--sync-bn: expected it off for JAX, got it on; Flax's "):
+        join(2, 0, sync_bn=True)
+    monkeypatch.delenv("RESNET3_JAX_COORDINATOR", raising=False)
+    with pytest.raises(Error, match="^RESNET3_JAX_COORDINATOR: expected the coordinator's"):
+        join(2, 0)
