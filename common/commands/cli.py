@@ -240,6 +240,10 @@ def train_flag_table() -> Flags:
                    help="with --weights: every weight from the file but the classifier "
                         "(head.fc), which is new, for the data set's classes, from --init and "
                         "--seed: fine-tuning a 1000-class ImageNet file on 10 classes")
+    f.add_argument("--adapt-stem", action="store_true",
+                   help="with --weights: a 3-channel file on data of other channels, its stem "
+                        "kernel summed over its input channels onto 1 (timm's in_chans rule; "
+                        "others: repeated and scaled by 3/channels)")
     add_threads_flag(f, help="CPU threads for the framework; all cores by default, the fastest "
                              "measured (docs/performance.md)")
     f.add_argument("--precision", default="fp32", choices=PRECISIONS,

@@ -39,7 +39,8 @@ from common.core.init import init_weights
 from common.core.oracle import smallest_bn_map
 from common.core.optim import OptimizerConfig
 from common.core.spec import ResNetSpec, get_spec
-from common.core.weights import Weights, WeightsError, save_weights
+from common.core.weights import (STEM_FILE_CHANNELS, Weights, WeightsError, adapt_stem,
+                                 save_weights)
 from common.formats.checkpoint import load_checkpoint, save_checkpoint
 from common.frameworks import NAMES, load, module, record
 
@@ -48,9 +49,10 @@ CHECKPOINT, WEIGHTS, METRICS, RUN, CURVES = ("checkpoint.safetensors", "weights.
 # Flags that must not change when a run is resumed (--epochs may grow; --out, --resume,
 # --threads, --compile and --data-dir are about where and how, not what).
 RUN_DEFINING = ("arch", "dataset", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
-                "resize", "limit", "seed", "init", "precision", "weights", "new_head", "sync_bn")
+                "resize", "limit", "seed", "init", "precision", "weights", "new_head", "sync_bn",
+                "adapt_stem")
 # A run saved before a flag existed was made with that flag's default.
-ADDED_LATER = {"weights": None, "new_head": False, "sync_bn": False}
+ADDED_LATER = {"weights": None, "new_head": False, "sync_bn": False, "adapt_stem": False}
 
 
 def parser(prog: str) -> argparse.ArgumentParser:
@@ -67,6 +69,8 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error(str(err))
     if args.new_head and args.weights is None:
         p.error("--new-head: expected --weights too (it replaces the head of that file)")
+    if args.adapt_stem and args.weights is None:
+        p.error("--adapt-stem: expected --weights too (it adapts the stem of that file)")
 
 
 class RunError(Error):
@@ -173,25 +177,43 @@ def _write_text_atomically(path: Path, text: str) -> None:
 
 
 def weights_from_file(path: str, spec: ResNetSpec, init: dict, new_head: bool, dataset: str,
-                      log=print) -> dict:
+                      log=print, adapt: bool = False) -> dict:
     """The starting weights of --weights: all of the file's, for the run's spec. A head of
     another size is refused unless new_head: then the head (head.fc) is `init`'s, the rest the
-    file's, read for the file's own number of classes."""
+    file's, read for the file's own number of classes. adapt (--adapt-stem): the file is read
+    as a 3-channel one and its stem adapted to the data's channels (core.weights.adapt_stem)."""
     from common.commands.convert import file_classes, read, source_format
     fmt, classes = source_format(path), file_classes(path)
+    file_spec = stem_source(spec, dataset) if adapt else spec
     if new_head:
-        weights = read(path, spec.with_overrides(num_classes=classes or spec.num_classes), fmt)
+        weights = read(path, file_spec.with_overrides(num_classes=classes or spec.num_classes), fmt)
         weights |= {name: init[name] for name in init if name.startswith("head.fc.")}
         log(f"starting from {path} ({fmt}) with a new {spec.num_classes}-class head "
             f"(--new-head; the file's has {classes or 'an unknown number of'} classes)")
-        return weights
-    if classes is not None and classes != spec.num_classes:
+    elif classes is not None and classes != spec.num_classes:
         raise WeightsError(f"--weights: {path} has a {classes}-class head, the data set "
                            f"{dataset} has {spec.num_classes} classes; pass --new-head to train "
                            f"a new {spec.num_classes}-class head on the file's other weights "
                            f"(fine-tuning)")
-    log(f"starting from {path} ({fmt})")
-    return read(path, spec, fmt)
+    else:
+        log(f"starting from {path} ({fmt})")
+        weights = read(path, file_spec, fmt)
+    if adapt:
+        log(f"its {STEM_FILE_CHANNELS}-channel stem adapted to {spec.in_channels} channel(s) "
+            f"(--adapt-stem)")
+        weights = adapt_stem(weights, spec.in_channels)
+    return weights
+
+
+def stem_source(spec: ResNetSpec, dataset: str) -> ResNetSpec:
+    """The spec --adapt-stem reads a file in: the run's, with a 3-channel stem."""
+    if spec.in_channels == STEM_FILE_CHANNELS:
+        raise WeightsError(f"--adapt-stem: expected data of other than {STEM_FILE_CHANNELS} "
+                           f"channels (the file's stem), got {dataset} with {spec.in_channels}")
+    if spec.input_bn:
+        raise WeightsError(f"--adapt-stem: expected a network without an input BatchNorm (its "
+                           f"statistics are per input channel), got {spec.name}")
+    return spec.with_overrides(in_channels=STEM_FILE_CHANNELS)
 
 
 # --- the loop, in the order it runs ----------------------------------------------------------
@@ -367,7 +389,7 @@ def initial_weights(run: Run) -> Weights:
                                                                  seed=args.seed))
     if args.weights is not None:
         weights = weights_from_file(args.weights, run.spec, weights, args.new_head,
-                                    run.data.name, run.note)
+                                    run.data.name, run.note, args.adapt_stem)
     if run.engine is not None and args.init == "framework":
         # Each worker drew its own; every worker starts from the first worker's (the sum
         # of its values and the others' zeros).

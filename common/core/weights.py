@@ -277,3 +277,21 @@ def as_float32(array: np.ndarray) -> np.ndarray:
     if array.dtype.name == "bfloat16":
         return _bfloat16_as_float32(array.view(np.uint16))
     return array.astype(np.float32) if array.dtype == np.float16 else array
+
+
+STEM_FILE_CHANNELS = 3  # what --adapt-stem reads a file's stem as: an ImageNet file's RGB
+
+
+def adapt_stem(weights: Weights, in_channels: int) -> Weights:
+    """`weights` (a 3-channel file's) for `in_channels` input channels, by timm's in_chans rule
+    for a pretrained stem convolution (O, I, kh, kw): onto 1 channel, the kernel summed over
+    its I input channels (a gray image is the same value in every channel, so the convolution
+    of it is unchanged); onto C others, the I channels repeated to C and scaled by I / C."""
+    kernel = np.asarray(weights["stem.conv.weight"], np.float32)
+    if in_channels == 1:
+        adapted = kernel.sum(axis=1, keepdims=True)
+    else:
+        repeats = -(-in_channels // kernel.shape[1])
+        adapted = np.tile(kernel, (1, repeats, 1, 1))[:, :in_channels] * (kernel.shape[1]
+                                                                            / in_channels)
+    return {**weights, "stem.conv.weight": adapted.astype(np.float32)}
