@@ -1,8 +1,6 @@
 """resnet_jax: what the cross-framework tests (which take JAX in through the registry) leave
 out.
 
-- every preset: part shapes and parameter counts equal the oracle's, and the Flax variables
-  are exactly the canonical layout under resnet_jax.weights' names;
 - two of this project's library options (Gluon v2's input BatchNorm; Keras's ResNetV2 stem and
   stride on the last block): with the same canonical weights, eval- and train-mode logits equal
   PyTorch's to 1e-5 (float32); gradients and ten SGD steps with momentum and weight decay equal
@@ -25,11 +23,10 @@ from flax import traverse_util
 import resnet_jax
 from common.core.checks import InputError
 from common.core.optim import OptimizerConfig
-from common.core.oracle import min_input_size, part_table, param_counts, zero_gradient_biases
-from common.core.spec import PRESETS, ResNetSpec, Stage, Stem, get_spec
-from common.core.weights import WeightsError, canonical_layout
-from resnet_jax.model import Network, ResNet, variable_shapes
-from resnet_jax.weights import flax_path, to_flax_layout
+from common.core.oracle import zero_gradient_biases
+from common.core.spec import ResNetSpec, Stage, Stem, get_spec
+from common.core.weights import WeightsError
+from resnet_jax.weights import flax_path
 from tests.helpers import MODULES
 from tests.test_fidelity import CASES, batches, random_weights, rel
 from tests.test_optimizers import SPEC as OPT_SPEC, trainable_float64
@@ -95,46 +92,6 @@ def run(module, spec: ResNetSpec, size: int) -> dict:
 def case(request):
     spec, size = JAX_CASES[request.param]
     return spec, size, {"jax": run(resnet_jax, spec, size), "torch": run(TORCH, spec, size)}
-
-
-# --- every preset against the oracle ---------------------------------------------------------
-
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_every_preset_has_the_oracles_shapes_counts_and_canonical_variables(name):
-    """From one trace of Flax's init (jax.eval_shape: nothing computed): the part shapes equal
-    the oracle's, the variables are the canonical layout under flax_path's names and Flax's
-    layout, and the counts read from them are the oracle's."""
-    import jax
-    spec = PRESETS[name]
-    size = max(64, min_input_size(spec))
-    x = jax.ShapeDtypeStruct((2, size, size, spec.in_channels), np.float32)
-    outs, variables = jax.eval_shape(lambda x: ResNet(spec, training=False).init_with_output(
-        jax.random.PRNGKey(0), x, method=ResNet.parts), x)
-    table = part_table(spec, size, batch=2)
-    assert {k: tuple(v.shape) for k, v in outs.items()} == {r.name: nhwc(r.out_shape)
-                                                           for r in table}
-    expected = {flax_path(n): to_flax_layout(np.zeros(s, np.uint8)).shape
-                for n, s in canonical_layout(spec).items()}
-    got = {p: tuple(v.shape) for p, v in traverse_util.flatten_dict(variables).items()}
-    assert got == expected
-    net = Network(spec, variables)
-    assert resnet_jax.param_counts(net) == param_counts(spec)
-    assert resnet_jax.part_param_counts(net) == {r.name: r.counts for r in table}
-
-
-def nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return (shape[0], *shape[2:], shape[1]) if len(shape) == 4 else shape
-
-
-@pytest.mark.parametrize("name", ["d2l_resnet18", "resnext26_32x4d", "keras_resnet50_v2",
-                                  "cifar_resnet20"])
-def test_part_shapes_of_a_built_network_equal_the_oracles(name):
-    spec = PRESETS[name]
-    size = 224 if name == "d2l_resnet18" else 40
-    net = Network(spec, variable_shapes(spec))
-    x = np.zeros((1, size, size, spec.in_channels), np.float32)
-    assert resnet_jax.part_shapes(net, x) == {r.name: nhwc(r.out_shape)
-                                              for r in part_table(spec, size)}
 
 
 # --- against PyTorch on the same weights ----------------------------------------------------
