@@ -733,6 +733,26 @@ ROWS: dict[str, Row] = {
     "predict-convention": Row("resnet3 predict --convention d2l (grayscale) for a 3-channel "
                               "network", "--convention: expected one giving the network's 3 "
                               "input channel(s), got 'd2l'", predict_cmd("--convention", "d2l")),
+    # features, headless networks and --adapt-stem
+    "features-unknown-block": Row("features(x, parts) naming a block the network lacks",
+                                  "parts: expected names from stem, stage1, stage2, stage3, "
+                                  "head, got 'stage3.9'",
+                                  api(lambda a, x, y: a.features(x, ("stage3.0", "stage3.9")))),
+    "build-pooling-none": Row("build(..., pooling=None) with a classifier",
+                              "pooling: expected 'avg' or 'max' with a classifier (None only "
+                              "with num_classes=0), got None",
+                              lambda fw, t: refused(lambda: MODULES[fw].build(SPEC,
+                                                                              pooling=None))),
+    "train-adapt-stem-alone": Row("--adapt-stem without --weights", "--adapt-stem: expected "
+                                  "--weights too (it adapts the stem of that file)",
+                                  train_flags("--adapt-stem")),
+    "train-adapt-stem-input-bn": Row("--adapt-stem for a network with an input BatchNorm",
+                                     "--adapt-stem: expected a network without an input "
+                                     "BatchNorm (its statistics are per input channel), got "
+                                     "gluon_resnet18_v2", lambda fw, t: train(
+                                         fw, *DIGITS, "--out", str(t / "run"), "--arch",
+                                         "gluon_resnet18_v2", "--adapt-stem", "--new-head",
+                                         "--weights", str(t / "any.safetensors"))),
 }
 
 

@@ -183,8 +183,8 @@ def weights_from_file(path: str, spec: ResNetSpec, init: dict, new_head: bool, d
     file's, read for the file's own number of classes. adapt (--adapt-stem): the file is read
     as a 3-channel one and its stem adapted to the data's channels (core.weights.adapt_stem)."""
     from common.commands.convert import file_classes, read, source_format
-    fmt, classes = source_format(path), file_classes(path)
     file_spec = stem_source(spec, dataset) if adapt else spec
+    fmt, classes = source_format(path), file_classes(path)
     if new_head:
         weights = read(path, file_spec.with_overrides(num_classes=classes or spec.num_classes), fmt)
         weights |= {name: init[name] for name in init if name.startswith("head.fc.")}
