@@ -17,6 +17,9 @@ from mxnet.contrib.amp.loss_scaler import LossScaler
 from mxnet.gluon import nn
 
 VERSION = mx.__version__
+# resnet-bench --tuned: Gluon's documented speed options, as make_step's keywords.
+SPEED_OPTIONS = {"static_alloc/static_shape": {"compile": True},
+                 "bf16 (amp)": {"precision": "bf16"}}
 
 
 class Block(nn.HybridBlock):

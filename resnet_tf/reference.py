@@ -16,6 +16,9 @@ import tensorflow as tf
 from tensorflow import keras
 
 VERSION = f"{tf.__version__} (Keras {keras.__version__})"
+# resnet-bench --tuned: TensorFlow's documented speed options, as make_step's keywords.
+SPEED_OPTIONS = {"XLA (jit_compile)": {"compile": True},
+                 "bf16 (mixed_bfloat16)": {"precision": "bf16"}}
 
 
 class Block(keras.layers.Layer):
@@ -108,7 +111,7 @@ def make_step(spec, phase, batch_size, input_size, precision="fp32", compile=Fal
     if precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"precision: expected fp32, bf16 or fp16, got {precision!r}")
     place = contextlib.nullcontext if device is None else lambda: tf.device(_tf_name(device))
-    tf.random.set_seed(0)
+    keras.utils.set_random_seed(0)  # Keras 3 initialisers follow its seed, not tf.random's
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy({"bf16": "mixed_bfloat16",
                                    "fp16": "mixed_float16"}.get(precision, "float32"))

@@ -19,6 +19,9 @@ from torch import nn
 from torch.nn import functional as F
 
 VERSION = torch.__version__
+# resnet-bench --tuned: PyTorch's documented speed options, as make_step's keywords.
+SPEED_OPTIONS = {"channels_last": {"channels_last": True}, "torch.compile": {"compile": True},
+                 "bf16 autocast": {"precision": "bf16"}}
 _CUDA_USED = set()  # the CUDA devices that sync() waits for
 
 
@@ -104,7 +107,7 @@ def count_params(net: nn.Module) -> tuple[int, int]:
 
 
 def make_step(spec, phase, batch_size, input_size, precision="fp32", compile=False, lr=0.05,
-              device="cpu"):
+              device="cpu", channels_last=False):
     """A no-argument function running one training step (forward, loss, backward, SGD step;
     returns the loss and the correct count, as d2l's train_ch6 adds them up) or one inference
     step (returns the logits), on a random batch made once on the host, in NCHW, and copied to
@@ -112,8 +115,11 @@ def make_step(spec, phase, batch_size, input_size, precision="fp32", compile=Fal
     torch.manual_seed(0)
     dev = torch_device(device)
     net = network(spec).to(dev)
-    run = torch.compile(net) if compile else net
     X = torch.rand(batch_size, spec.in_channels, input_size, input_size)
+    if channels_last:  # NHWC in memory, NCHW in shape: oneDNN's and cuDNN's preferred layout
+        net, X = net.to(memory_format=torch.channels_last), X.contiguous(
+            memory_format=torch.channels_last)
+    run = torch.compile(net) if compile else net
     y = torch.randint(0, spec.num_classes, (batch_size,))
     if dev.type == "cuda":
         _CUDA_USED.add(dev)

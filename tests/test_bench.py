@@ -294,3 +294,75 @@ def test_batch_size_sweep_is_one_command_with_a_table_and_a_plot(tmp_path, monke
     assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     series = bench.sweep_series(fake_rows("mx", args))
     assert series["MXNet Gluon infer"] == [(1, 100.0), (8, 800.0), (32, 3200.0)]
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_each_frameworks_speed_options_are_keywords_its_plain_step_takes(fw):
+    """--tuned passes SPEED_OPTIONS' keywords to make_step: each must be one it accepts."""
+    import inspect
+    ref = REFERENCES[fw]
+    assert ref.SPEED_OPTIONS, fw
+    for name, kwargs in ref.SPEED_OPTIONS.items():
+        inspect.signature(ref.make_step).bind(None, "infer", 1, 8, **kwargs)  # TypeError if not
+
+
+class Options:
+    """A reference stand-in with two speed options: "fast" (same logits) and "lossy" (logits
+    off by 1e-2 of their scale); "fast + lossy" fails as an option this build lacks would."""
+    SPEED_OPTIONS = {"fast": {"compile": True}, "lossy": {"precision": "bf16"}}
+
+    def __init__(self):
+        self.built, self.calls = [], []
+
+    def make_step(self, spec, phase, b, s, precision="fp32", compile=False, device="cpu"):
+        self.built.append((phase, b, s, precision, compile))
+        if compile and precision == "bf16":
+            raise RuntimeError("no bf16 compiler here\nsecond line")
+        logits = np.full((b, 10), 1.0) + (0.01 if precision == "bf16" else 0.0)
+        name = "+".join(n for n, on in (("fast", compile), ("lossy", precision == "bf16")) if on)
+        return lambda: (self.calls.append(name or "default"), logits)[1]
+
+    def sync(self):
+        pass
+
+
+def test_tuned_tries_every_combination_on_the_same_batch_in_interleaved_rounds():
+    ref = Options()
+    args = Namespace(batch_size=4, input_size=8, device="auto", warmup=0, rounds=2, steps=1,
+                     tolerance=1e-3)
+    rows = bench.tuned(ref, get_spec("cifar_resnet20"), "infer", args)
+    assert [r["config"] for r in rows] == ["default (fp32)", "fast", "lossy", "fast + lossy"]
+    assert {b for _, b, *_ in ref.built} == {4} and ("infer", 4, 8, "fp32", False) in ref.built
+    assert rows[3]["error"] == "RuntimeError: no bf16 compiler here"
+    # Each round visits every configuration that built, in turn (after their first calls and
+    # the default's rebuild, which checks that a step reproduces its weights).
+    assert ref.calls[-6:] == ["default", "fast", "lossy"] * 2
+    assert rows[0]["rebuilt_difference"] == 0.0
+    assert [r.get("within") for r in rows] == [True, True, False, None]
+    assert rows[2]["difference"] == pytest.approx(0.01)
+
+
+def judged(speed_of_fast: float) -> list[dict]:
+    """judge() on made-up logits and round times: default 10 ms, fast speed_of_fast, lossy 2 ms."""
+    logits = np.array([[2.0, -1.0]])
+    rows = [{"phase": "train", "config": c, "options": o, "logits": logits + d,
+             "first_step_s": 0.1}
+            for c, o, d in (("default (fp32)", [], 0.0), ("fast", ["fast"], 1e-4),
+                            ("lossy", ["lossy"], 0.02))]
+    wall = {(): [0.010, 0.012], ("fast",): [speed_of_fast] * 2, ("lossy",): [0.002, 0.002]}
+    return [r | {"framework": "torch", "batch_size": 8}
+            for r in bench.judge(rows, wall, 8, 1e-3)]
+
+
+def test_tuned_crowns_the_fastest_configuration_within_the_tolerance_only():
+    rows = judged(0.005)
+    assert [r.get("best") for r in rows] == [None, True, None]
+    assert rows[1]["speedup"] == pytest.approx(np.median([2.0, 2.4]))
+    assert rows[1]["difference"] == pytest.approx(1e-4 / 2) and rows[2]["within"] is False
+    assert bench.verdicts(rows) == [
+        "PyTorch train, batch 8: won: fast, 2.20x the fp32 default (logits within 5.0e-05 of "
+        "its scale, tolerance 0.001); beyond the tolerance, not crowned: lossy (1.0e-02, 5.50x)"]
+    table = bench.tables(rows)
+    assert "yes, fastest" in table and "NO (not crowned)" in table
+    # Slower than the default: the default keeps the crown.
+    assert "the fp32 default is the fastest within 0.001" in bench.verdicts(judged(0.02))[0]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -54,6 +55,9 @@ MARK = "BENCH "  # prefix of the worker's result lines on stdout
 
 LATENCY_CALLS = 200  # timed single-image calls of --latency, after warm-up
 LATENCY_WARMUP = 20  # untimed calls before them (at least; --warmup where larger)
+
+
+TOLERANCE = 1e-3  # --tuned: a configuration's logits within this of the fp32 default's
 
 
 def batch_sizes_arg(text: str) -> tuple[int, ...]:
@@ -90,6 +94,12 @@ def parser() -> argparse.ArgumentParser:
                         "timed (p50, p90, p99), after warm-up")
     p.add_argument("--latency-calls", type=positive_int, default=LATENCY_CALLS,
                    help="timed calls for --latency")
+    p.add_argument("--tuned", action="store_true",
+                   help="in place of the adapter against the reference: every combination of "
+                        "the framework's speed options (reference.SPEED_OPTIONS) on the plain "
+                        "step, interleaved, the fastest within --tolerance of the fp32 default")
+    p.add_argument("--tolerance", type=positive_float, default=TOLERANCE,
+                   help="--tuned: largest |logits - fp32 default's| over max |fp32 logits|")
     p.add_argument("--phase", default="both", choices=("train", "infer", "both"),
                    help="which steps to measure")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
@@ -110,6 +120,11 @@ def parser() -> argparse.ArgumentParser:
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, ...]:
     frameworks = frameworks_arg(p, args.frameworks, FRAMEWORKS)
+    if args.tuned and (args.latency or args.compile or args.precision != "fp32"):
+        given = [f for f, on in (("--latency", args.latency), ("--compile", args.compile),
+                                 (f"--precision {args.precision}", args.precision != "fp32")) if on]
+        p.error(f"--tuned: expected none of --latency, --compile, --precision with it (it tries "
+                f"the speed options itself), got {' '.join(given)}")
     if args.latency and args.batch_sizes:
         p.error(f"--latency: expected no --batch-sizes with it (latency is one image a call), "
                 f"got --batch-sizes {','.join(map(str, args.batch_sizes))}")
@@ -236,6 +251,90 @@ def latency_figures(seconds: Sequence[float]) -> dict:
             "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "max_ms": float(ms.max())}
 
 
+def configurations(options: dict[str, dict]) -> list[tuple[str, ...]]:
+    """Every combination of the option names, the empty one (the fp32 default) first."""
+    return [c for n in range(len(options) + 1) for c in itertools.combinations(options, n)]
+
+
+def _first_line(err: Exception) -> str:
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+
+
+def tuned(reference, spec, phase: str, args) -> list[dict]:
+    """--tuned, one phase: the plain step (resnet_<fw>/reference.py) in every combination of
+    its framework's SPEED_OPTIONS, on the same weights and batch (each make_step seeds both),
+    timed in rounds that visit every configuration in turn, so drift hits all alike. Each
+    configuration's inference logits are compared with the fp32 default's: the largest
+    difference over the default's largest |logit|. A configuration that fails is a row with
+    its error."""
+    b, s, dev = args.batch_size, args.input_size, args.device
+    dev = "cpu" if dev == "auto" else dev
+    steps, out = {}, {}
+    for combo in configurations(reference.SPEED_OPTIONS):
+        kwargs = {k: v for name in combo for k, v in reference.SPEED_OPTIONS[name].items()}
+        name = " + ".join(combo) or "default (fp32)"
+        try:
+            infer = reference.make_step(spec, "infer", b, s, device=dev, **kwargs)
+            logits = np.asarray(infer(), dtype=np.float32)
+            steps[combo] = infer if phase == "infer" else reference.make_step(
+                spec, phase, b, s, device=dev, **kwargs)
+            first = _timed(lambda fn=steps[combo]: (fn(), reference.sync()))
+            out[combo] = {"phase": phase, "config": name, "options": list(combo),
+                          "logits": logits, "first_step_s": first}
+        except Exception as err:  # noqa: BLE001  an option this build or machine lacks
+            # (a compiler, a bf16 kernel) fails in its own library's way: its row says why
+            steps.pop(combo, None)
+            out[combo] = {"phase": phase, "config": name, "options": list(combo),
+                          "error": _first_line(err)}
+    rebuilt(reference, spec, out.get(()), b, s, dev)
+    for _ in range(args.warmup):
+        for fn in steps.values():
+            fn()
+    reference.sync()
+    wall = {combo: [] for combo in steps}
+    for _ in range(args.rounds):
+        for combo, fn in steps.items():
+            w0 = time.perf_counter()
+            for _ in range(args.steps):
+                fn()
+            reference.sync()
+            wall[combo].append((time.perf_counter() - w0) / args.steps)
+    return judge(list(out.values()), wall, b, args.tolerance)
+
+
+def rebuilt(reference, spec, default: dict | None, b: int, s: int, dev: str) -> None:
+    """The fp32 default built a second time: its logits must equal the first build's, or the
+    configurations were not compared on the same weights and batch (the difference is kept
+    in the default's row, and the verdict warns)."""
+    if default is None or "logits" not in default:
+        return
+    again = np.asarray(reference.make_step(spec, "infer", b, s, device=dev)(), dtype=np.float32)
+    scale = float(np.abs(default["logits"]).max()) or 1.0
+    default["rebuilt_difference"] = float(np.abs(again - default["logits"]).max()) / scale
+
+
+def judge(rows: list[dict], wall: dict[tuple[str, ...], list[float]], batch: int,
+          tolerance: float) -> list[dict]:
+    """Each configuration's speed against the default's (median of the per-round ratios), its
+    logits' difference, whether it is within the tolerance, and the fastest that is: "best"."""
+    base = next((r["logits"] for r in rows if not r["options"] and "logits" in r), None)
+    for r in rows:
+        logits, times = r.pop("logits", None), wall.get(tuple(r["options"]))
+        if "error" in r or not times:
+            continue
+        r |= {"median_s": float(np.median(times)), "img_per_s": batch / float(np.median(times)),
+              "rounds_s": times, "tolerance": tolerance}
+        if base is not None and wall.get(()):
+            scale = float(np.abs(base).max()) or 1.0
+            r["difference"] = float(np.abs(logits - base).max()) / scale
+            r["speedup"] = float(np.median(np.divide(wall[()], times)))
+            r["within"] = r["difference"] <= tolerance
+    fit = [r for r in rows if r.get("within")]
+    if fit:
+        max(fit, key=lambda r: r["speedup"])["best"] = True
+    return rows
+
+
 def worker(framework: str, args) -> None:
     """Run in the framework's own process: print one MARK line of JSON per phase."""
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read by MXNet (and OpenMP) on import
@@ -255,14 +354,22 @@ def worker(framework: str, args) -> None:
     for b, phase in ((b, phase) for b in batch_sizes(args) for phase in phases):
         at = argparse.Namespace(**vars(args) | {"batch_size": b})
         try:
-            row = (latency(package, reference, spec, at) if phase == "latency"
-                   else measure(package, reference, spec, phase, at))
+            rows = (tuned(reference, spec, phase, at) if args.tuned
+                    else [latency(package, reference, spec, at)] if phase == "latency"
+                    else [measure(package, reference, spec, phase, at)])
         except (ValueError, NotImplementedError) as err:  # e.g. a precision a framework lacks
-            row = {"phase": phase, "error": str(err)}
-        row |= {"framework": framework, "batch_size": b, "matmul_gflops": probe, "version": reference.VERSION,
-                "libraries": libraries,
-                "gflop_per_image": flops(spec, args.input_size, PHASE_OF.get(phase, phase)) / 1e9}
-        print(MARK + json.dumps(row), flush=True)
+            rows = [{"phase": phase, "error": str(err)}]
+        for row in rows:
+            emit(row, framework, b, probe, reference, libraries, flops(
+                spec, args.input_size, PHASE_OF.get(phase, phase)) / 1e9)
+
+
+def emit(row: dict, framework: str, b: int, probe: float, reference, libraries: dict,
+         gflop_per_image: float) -> None:
+    """One result line of the worker, MARK and JSON, with what every row carries."""
+    row |= {"framework": framework, "batch_size": b, "matmul_gflops": probe, "version": reference.VERSION,
+            "libraries": libraries, "gflop_per_image": gflop_per_image}
+    print(MARK + json.dumps(row), flush=True)
 
 
 # --- the driver: machine, load, one process per framework, the table --------------------------
@@ -336,6 +443,8 @@ def worker_command(framework: str, args) -> list[str]:
         flags += ["--batch-sizes", ",".join(map(str, args.batch_sizes))]
     if getattr(args, "latency", False):
         flags += ["--latency", "--latency-calls", str(args.latency_calls)]
+    if getattr(args, "tuned", False):
+        flags += ["--tuned", "--tolerance", repr(args.tolerance)]
     return [sys.executable, "-m", "common.commands.bench", "--worker", framework, *flags]
 
 
@@ -378,12 +487,17 @@ HEADER = ["framework", "phase", "batch", "ms/step median (min-max)", "img/s", "i
           "GFLOP/img", "% FP32 peak", "peak RSS MiB", "data %"]
 
 
+def kind(row: dict) -> str:
+    """Which table a row belongs to: "latency", "tuned" or "throughput"."""
+    return "latency" if row["phase"] == "latency" else "tuned" if "config" in row else "throughput"
+
+
 def table_rows(rows: list[dict]) -> list[list[object]]:
     """The throughput table: one row per framework, phase and batch size."""
     out = []
     for r in rows:
         name = NAMES.get(r["framework"], r["framework"])
-        if r["phase"] == "latency":
+        if kind(r) != "throughput":
             continue
         if "error" in r:
             out.append([name, r["phase"], r.get("batch_size", ""), f"error: {r['error']}"]
@@ -424,10 +538,10 @@ def latency_rows(rows: list[dict]) -> list[list[object]]:
 
 def sweep(rows: list[dict]) -> tuple[list[str], list[list[object]]]:
     """The --batch-sizes table: img/s per framework and phase (rows) and batch size (columns)."""
-    sizes = sorted({r["batch_size"] for r in rows if r["phase"] != "latency"})
+    sizes = sorted({r["batch_size"] for r in rows if kind(r) == "throughput"})
     cells: dict[tuple[str, str], dict[int, str]] = {}
     for r in rows:
-        if r["phase"] != "latency":
+        if kind(r) == "throughput":
             cells.setdefault((r["framework"], r["phase"]), {})[r["batch_size"]] = (
                 "error" if "error" in r else f"{r['ours']['img_per_s']:.1f}")
     return (["framework", "phase", *(f"img/s at {b}" for b in sizes)],
@@ -439,7 +553,7 @@ def sweep_series(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
     """(batch size, img/s) per "framework phase", for plots.plot_sweep."""
     series: dict[str, list[tuple[int, float]]] = {}
     for r in rows:
-        if r["phase"] != "latency" and "error" not in r:
+        if kind(r) == "throughput" and "error" not in r:
             series.setdefault(f"{NAMES.get(r['framework'], r['framework'])} {r['phase']}",
                               []).append((r["batch_size"], r["ours"]["img_per_s"]))
     return series
@@ -449,14 +563,82 @@ def tables(rows: list[dict], markdown: bool = False) -> str:
     """Every table the rows call for: throughput, the sweep (over more than one batch size),
     latency."""
     parts = []
-    if any(r["phase"] != "latency" for r in rows):
+    if any(kind(r) == "throughput" for r in rows):
         parts.append(render(HEADER, table_rows(rows), markdown=markdown))
-    if len({r.get("batch_size") for r in rows if r["phase"] != "latency"}) > 1:
+    if len({r.get("batch_size") for r in rows if kind(r) == "throughput"}) > 1:
         parts.append(render(*sweep(rows), markdown=markdown)
                      + ("\n\n![img/s per batch size](sweep.png)" if markdown else ""))
     if any(r["phase"] == "latency" for r in rows):
         parts.append(render(LATENCY_HEADER, latency_rows(rows), markdown=markdown))
+    if any(kind(r) == "tuned" for r in rows):
+        parts.append(render(TUNED_HEADER, tuned_rows(rows), markdown=markdown) + "\n\n"
+                     + "\n".join(("- " if markdown else "") + line for line in verdicts(rows)))
     return "\n\n".join(parts)
+
+
+TUNED_HEADER = ["framework", "phase", "batch", "configuration", "ms/step", "img/s",
+                "x default", "logit difference", "within tolerance", "first step s"]
+
+
+def tuned_rows(rows: list[dict]) -> list[list[object]]:
+    """The --tuned table: every configuration of every framework; the fastest within the
+    tolerance marked "fastest"."""
+    out = []
+    for r in rows:
+        if kind(r) != "tuned":
+            continue
+        head = [NAMES.get(r["framework"], r["framework"]), r["phase"], r.get("batch_size", ""),
+                r["config"]]
+        if "error" in r or "median_s" not in r:
+            out.append(head + [f"error: {r.get('error', 'not timed')}"]
+                       + [""] * (len(TUNED_HEADER) - 5))
+            continue
+        within = r.get("within")
+        out.append(head + [f"{1e3 * r['median_s']:.1f}", f"{r['img_per_s']:.1f}",
+                           _fmt(r.get("speedup"), ".2f"), _fmt(r.get("difference"), ".1e"),
+                           ("yes, fastest" if r.get("best") else "yes") if within
+                           else "NO (not crowned)" if within is False else "n/a",
+                           f"{r['first_step_s']:.2f}"])
+    return out
+
+
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    """Per framework, phase and batch: which options won (the fastest configuration within the
+    tolerance, and by how much), and the options whose numerics were beyond it."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if kind(r) == "tuned":
+            groups.setdefault((r["framework"], r["phase"], r.get("batch_size")), []).append(r)
+    lines = []
+    for (fw, phase, b), group in groups.items():
+        tolerance = next((r["tolerance"] for r in group if "tolerance" in r), None)
+        best = next((r for r in group if r.get("best")), None)
+        beyond = [r for r in group if r.get("within") is False]
+        failed = [r for r in group if "error" in r]
+        line = f"{NAMES.get(fw, fw)} {phase}, batch {b}: "
+        if best is None:
+            line += "no configuration measured"
+        elif not best["options"]:
+            line += f"the fp32 default is the fastest within {tolerance:g}"
+        else:
+            line += (f"won: {best['config']}, {best['speedup']:.2f}x the fp32 default "
+                     f"(logits within {best['difference']:.1e} of its scale, tolerance "
+                     f"{tolerance:g})")
+        if beyond:
+            line += "; beyond the tolerance, not crowned: " + ", ".join(
+                f"{r['config']} ({r['difference']:.1e}, {r['speedup']:.2f}x)" for r in beyond)
+        if failed:
+            line += "; failed: " + ", ".join(r["config"] for r in failed)
+        again = max((r.get("rebuilt_difference", 0.0) for r in group), default=0.0)
+        if tolerance is not None and again > tolerance:
+            line += (f"; WARNING: the fp32 default built twice differs by {again:.1e}: the "
+                     f"options were not compared on the same weights")
+        lines.append(line)
+    return lines
 
 
 def notes(rows: list[dict], load: tuple[tuple[float, ...], tuple[float, ...]]) -> list[str]:
@@ -482,7 +664,9 @@ def markdown(rows: list[dict], args, info: dict, lines: list[str], command: str)
               f"{args.rounds} rounds of {args.steps} steps per side after {args.warmup} warm-up")
     settings = (f"{args.arch}, {args.input_size} px, batch "
                 f"{','.join(map(str, batch_sizes(args)))}, {args.precision}"
-                f"{', compiled' if args.compile else ''}, {args.threads} thread(s), {timing}")
+                f"{', compiled' if args.compile else ''}, {args.threads} thread(s), {timing}"
+                + (f"; --tuned: every combination of each framework's speed options, logits "
+                   f"within {args.tolerance:g} of the fp32 default's scale" if args.tuned else ""))
     frameworks = list(dict.fromkeys(r["framework"] for r in rows))
     ran = what_ran(frameworks, rows)
     return (f"Machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, "
@@ -525,7 +709,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with atomic_path(out / "bench.md") as tmp:
         tmp.write_text(markdown(rows, args, info, lines, command))
     print(f"results: {out / 'bench.jsonl'}, table: {out / 'bench.md'}")
-    return 1 if any("error" in r for r in rows) else 0
+    # A speed option this build lacks is a row of --tuned's table, not a failure of the run.
+    return 1 if any("error" in r and not r.get("options") for r in rows) else 0
 
 
 if __name__ == "__main__":

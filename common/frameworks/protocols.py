@@ -176,6 +176,9 @@ class Reference(Protocol):
     """The module `reference`: the plain step written directly in the framework, which bench
     runs against the adapter's."""
     VERSION: str  # the framework's version, as bench reports it
+    # bench --tuned: the framework's documented speed options, name -> make_step's keywords
+    # (a keyword the protocol does not name is the package's own, with a default)
+    SPEED_OPTIONS: dict[str, dict[str, Any]]
 
     def network(self, spec: ResNetSpec) -> Any: ...
 
