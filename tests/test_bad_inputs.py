@@ -645,6 +645,8 @@ ROWS: dict[str, Row] = {
                            for_framework(compare.main, "--threads", "999")),
     "compare-seeds": Row("resnet-compare --seeds 0", "--seeds: expected a positive integer, got '0'",
                          for_framework(compare.main, "--seeds", "0")),
+    "compare-target": Row("resnet-compare --target 1.5", "--target: expected a number in (0, 1], "
+                          "got '1.5'", for_framework(compare.main, "--target", "1.5")),
     "bench-threads": Row("resnet-bench --threads 999", CORES,
                          for_framework(bench.main, "--threads", "999")),
     "train-memory": Row("--batch-size 256 --resize 5000 (activations beyond the memory)",

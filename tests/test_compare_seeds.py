@@ -70,3 +70,26 @@ def test_one_seed_keeps_the_single_run_layout(tmp_path, monkeypatch):
     by_seed = compare.train_seeds(args, ("torch",), tmp_path)
     assert list(by_seed) == [0] and (tmp_path / "torch" / "run.json").is_file()
     assert compare.seeds_section(by_seed) == ""
+
+
+def history_run(accs: list[float], seconds: float = 2.0) -> dict:
+    """A run of len(accs) epochs, `seconds` of steps each, 0.5 s for its first step."""
+    return {"first_step_seconds": 0.5,
+            "history": [{"epoch": i, "test_acc": a, "seconds": seconds}
+                        for i, a in enumerate(accs, start=1)]}
+
+
+def test_time_to_target_is_the_first_epoch_that_reaches_it_with_its_steps_seconds():
+    assert compare.time_to_target(history_run([0.5, 0.97, 0.96, 0.99]), 0.97) == (2, 4.5)
+    assert compare.time_to_target(history_run([0.5, 0.96]), 0.97) is None
+    by_seed = {0: {"torch": history_run([0.9, 0.98]), "mx": history_run([0.8, 0.9])},
+               1: {"torch": history_run([0.97, 0.97], seconds=4.0), "mx": {"error": "failed"}}}
+    section = compare.seeds_section(by_seed, 0.97)
+    assert "| framework | seeds | test acc mean ± sd | min | max | reached 0.97 | epochs to it " \
+           "(mean) | train s to it (mean) |" in section
+    # PyTorch: epoch 2 at 4.5 s, epoch 1 at 4.5 s; MXNet's one run never reached it.
+    assert "| PyTorch | 2 of 2 | 0.9750 ± 0.0071 | 0.9700 | 0.9800 | 2 of 2 | 1.5 | 4.5 |" in section
+    assert "| MXNet Gluon | 1 of 2 | 0.9000 ± 0.0000 | 0.9000 | 0.9000 | 0 of 1 | n/a (not " \
+           "reached) | n/a (not reached) |" in section
+    # One seed with a target still reports it; without one, nothing.
+    assert "reached 0.97" in compare.seeds_section({0: by_seed[0]}, 0.97)

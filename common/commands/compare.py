@@ -208,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "same initial weights and data orders in every framework) and report "
                         "test accuracy as mean ± sd, min and max; the report's other sections "
                         "are the first seed's")
+    p.add_argument("--target", type=accuracy_arg, default=None,
+                   help="a test accuracy in (0, 1]: report the epochs and training seconds each "
+                        "framework took to first reach it (DAWNBench's time to accuracy)")
     p.add_argument("--bench-rounds", type=non_negative_int, default=5,
                    help="rounds of resnet-bench for the speed section (0: no speed section)")
     args = p.parse_args(argv)
@@ -235,6 +238,29 @@ def train_seeds(args, frameworks: Sequence[str], out: Path) -> dict[int, dict[st
     return by_seed
 
 
+def accuracy_arg(text: str) -> float:
+    """`--target`'s argparse type: a test accuracy in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def time_to_target(run: dict, target: float) -> tuple[int, float] | None:
+    """(epochs, training seconds) until the run's test accuracy first reached `target`: the
+    steps' time to the end of that epoch, its first step included, evaluation excluded; None
+    if it never did."""
+    seconds = run.get("first_step_seconds") or 0.0
+    for row in run.get("history") or []:
+        seconds += row.get("seconds") or 0.0
+        if row.get("test_acc") is not None and row["test_acc"] >= target:
+            return row["epoch"], seconds
+    return None
+
+
 def seed_statistics(accuracies: Sequence[float]) -> dict[str, float]:
     """Mean, sample standard deviation (n - 1; 0 for one value), min and max."""
     n = len(accuracies)
@@ -243,11 +269,12 @@ def seed_statistics(accuracies: Sequence[float]) -> dict[str, float]:
     return {"n": n, "mean": mean, "sd": sd, "min": min(accuracies), "max": max(accuracies)}
 
 
-def seeds_section(by_seed: dict[int, dict[str, dict]]) -> str:
-    """The test accuracy of the last epoch across seeds, per framework: mean ± sd, min, max;
-    "" for a single seed. Seeds where a framework failed or measured no test accuracy are
-    left out, and the count says so."""
-    if len(by_seed) < 2:
+def seeds_section(by_seed: dict[int, dict[str, dict]], target: float | None = None) -> str:
+    """The test accuracy of the last epoch across seeds, per framework: mean ± sd, min, max,
+    and with a target the epochs and seconds to reach it; "" for a single seed without a
+    target. Seeds where a framework failed or measured no test accuracy are left out, and the
+    count says so."""
+    if len(by_seed) < 2 and target is None:
         return ""
     frameworks = list(dict.fromkeys(fw for runs in by_seed.values() for fw in runs))
     rows = []
@@ -260,12 +287,29 @@ def seeds_section(by_seed: dict[int, dict[str, dict]]) -> str:
             continue
         s = seed_statistics(accs)
         rows.append([NAMES[fw], f"{s['n']} of {len(by_seed)}", f"{s['mean']:.4f} ± {s['sd']:.4f}",
-                     f"{s['min']:.4f}", f"{s['max']:.4f}"])
+                     f"{s['min']:.4f}", f"{s['max']:.4f}"]
+                    + (target_cells([runs[fw] for runs in by_seed.values() if fw in runs
+                                     and "error" not in runs[fw]], target) if target else []))
     seeds = ", ".join(map(str, by_seed))
+    header = ["framework", "seeds", "test acc mean ± sd", "min", "max"]
+    if target:
+        header += [f"reached {target:g}", "epochs to it (mean)", "train s to it (mean)"]
+        rows = [row + [""] * (len(header) - len(row)) for row in rows]
     return (f"## Test accuracy across seeds\n\nSeeds {seeds}: each seed gives every framework the "
             f"same initial weights and data order; the last epoch's test accuracy, sd with n - 1."
-            f"\n\n" + render(["framework", "seeds", "test acc mean ± sd", "min", "max"], rows,
-                              markdown=True) + "\n\n")
+            + (f" Time to {target:g}: the epoch where the test accuracy first reached it, and "
+               f"the training steps' seconds to its end (first step included, evaluation "
+               f"excluded), over the seeds that reached it." if target else "")
+            + "\n\n" + render(header, rows, markdown=True) + "\n\n")
+
+
+def target_cells(runs: list[dict], target: float) -> list[str]:
+    """How many runs reached the target, and their mean epochs and seconds to it."""
+    reached = [t for t in (time_to_target(r, target) for r in runs) if t is not None]
+    if not reached:
+        return [f"0 of {len(runs)}", "n/a (not reached)", "n/a (not reached)"]
+    return [f"{len(reached)} of {len(runs)}", f"{sum(e for e, _ in reached) / len(reached):.1f}",
+            f"{sum(s for _, s in reached) / len(reached):.1f}"]
 
 
 def compare(args, frameworks: tuple[str, ...], out: Path) -> int:
@@ -280,7 +324,7 @@ def compare(args, frameworks: tuple[str, ...], out: Path) -> int:
         print("== speed: resnet-bench at the same settings", flush=True)
         speed = speed_section(runs, *measure_speed(runs, args))
     ran = bench.what_ran(tuple(runs)) if runs else []
-    print(report(runs, args, out, speed, failed, ran, seeds_section(by_seed)))
+    print(report(runs, args, out, speed, failed, ran, seeds_section(by_seed, args.target)))
     print(f"report: {out / 'report.md'}" + (f", curves: {out / 'curves.png'}" if runs else ""))
     if failed:
         print(f"error: {len(failed)} of {len(results)} frameworks failed: "
