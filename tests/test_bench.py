@@ -366,3 +366,14 @@ def test_tuned_crowns_the_fastest_configuration_within_the_tolerance_only():
     assert "yes, fastest" in table and "NO (not crowned)" in table
     # Slower than the default: the default keeps the crown.
     assert "the fp32 default is the fastest within 0.001" in bench.verdicts(judged(0.02))[0]
+
+
+def test_a_figure_whose_rounds_moved_more_than_three_percent_says_so_beside_it():
+    assert bench.moved([0.0100, 0.0101, 0.0102]) == ""  # 2%: within the contract's 3%
+    assert bench.moved([0.010, 0.011, 0.0105]) == " (moved 10% between rounds)"
+    row = fake_rows("torch", Namespace(batch_size=8, latency=False, batch_sizes=None))[0]
+    row["ours"]["rounds_s"], row["ref"]["rounds_s"] = [0.010, 0.012, 0.010], [0.01, 0.01]
+    cells = bench.table_rows([row | {"peak_share": 0.5}])[0]
+    assert cells[bench.HEADER.index("ms/step median (min-max)")].endswith(
+        "(moved 20% between rounds)")
+    assert cells[bench.HEADER.index("ref img/s")] == "800.0"  # steady: no mark

@@ -487,6 +487,18 @@ HEADER = ["framework", "phase", "batch", "ms/step median (min-max)", "img/s", "i
           "GFLOP/img", "% FP32 peak", "peak RSS MiB", "data %"]
 
 
+NOISE = 1 - MIN_RATIO  # a figure whose rounds moved more than this is marked in the table
+
+
+def moved(rounds: Sequence[float]) -> str:
+    """" (moved N% between rounds)" where the rounds' spread, (max - min) / median, exceeds
+    the contract's 3%: said beside the figure it disturbs, not only in a warning line."""
+    if len(rounds) < 2:
+        return ""
+    spread = (max(rounds) - min(rounds)) / float(np.median(rounds))
+    return f" (moved {spread:.0%} between rounds)" if spread > NOISE else ""
+
+
 def kind(row: dict) -> str:
     """Which table a row belongs to: "latency", "tuned" or "throughput"."""
     return "latency" if row["phase"] == "latency" else "tuned" if "config" in row else "throughput"
@@ -506,9 +518,10 @@ def table_rows(rows: list[dict]) -> list[list[object]]:
         o = r["ours"]
         ok = min(r["ratio_wall"], r["ratio_cpu"]) >= MIN_RATIO
         out.append([name, r["phase"], r.get("batch_size", ""),
-                    f"{1e3 * o['median_s']:.1f} ({1e3 * o['min_s']:.1f}-{1e3 * o['max_s']:.1f})",
+                    f"{1e3 * o['median_s']:.1f} ({1e3 * o['min_s']:.1f}-{1e3 * o['max_s']:.1f})"
+                    + moved(o.get("rounds_s", ())),
                     f"{o['img_per_s']:.1f}", f"{o['img_per_cpu_s']:.1f}",
-                    f"{r['ref']['img_per_s']:.1f}", f"{r['ratio_wall']:.3f}",
+                    f"{r['ref']['img_per_s']:.1f}" + moved(r["ref"].get("rounds_s", ())), f"{r['ratio_wall']:.3f}",
                     f"{r['ratio_cpu']:.3f}", "yes" if ok else "NO",
                     f"{o['first_step_s']:.2f}", f"{r['gflop_per_image']:.3f}",
                     f"{100 * r['peak_share']:.1f}", f"{r['peak_rss_mib']:.0f}",
@@ -594,7 +607,8 @@ def tuned_rows(rows: list[dict]) -> list[list[object]]:
                        + [""] * (len(TUNED_HEADER) - 5))
             continue
         within = r.get("within")
-        out.append(head + [f"{1e3 * r['median_s']:.1f}", f"{r['img_per_s']:.1f}",
+        out.append(head + [f"{1e3 * r['median_s']:.1f}" + moved(r.get("rounds_s", ())),
+                           f"{r['img_per_s']:.1f}",
                            _fmt(r.get("speedup"), ".2f"), _fmt(r.get("difference"), ".1e"),
                            ("yes, fastest" if r.get("best") else "yes") if within
                            else "NO (not crowned)" if within is False else "n/a",
