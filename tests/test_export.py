@@ -149,6 +149,20 @@ def test_the_check_holds_the_graph_to_1e_5_of_the_logit_scale(fw, tmp_path, monk
             assert not out.exists()
 
 
+def test_a_graph_that_parts_in_one_block_is_refused_naming_that_block(tmp_path, monkeypatch):
+    """A graph exported from weights whose stage2.1 alone differs (a running variance 1.5x)
+    from the model's: the check names stage2.1, not a part before it, from the graph's own
+    intermediate tensors (PyTorch's exporter; the search is the same for every graph)."""
+    spec, size = get_spec("cifar_resnet20"), 9
+    weights = trained_like(spec, 3)
+    graph_of = export.module("torch", "export").onnx_graph
+    planted = {**weights, "stage2.1.bn1.running_var": weights["stage2.1.bn1.running_var"] * 1.5}
+    monkeypatch.setattr(export.module("torch", "export"), "onnx_graph",
+                        lambda spec, weights, size: graph_of(spec, planted, size))
+    with pytest.raises(export.ExportMismatch, match=r"the first part beyond it: stage2\.1 "):
+        export.export("torch", spec, weights, size, tmp_path / "m.onnx")
+
+
 # --- bad inputs ----------------------------------------------------------------------------
 
 def test_an_unknown_framework_is_refused_with_a_did_you_mean(tmp_path, capsys):

@@ -125,16 +125,61 @@ def export(framework: str, spec: ResNetSpec, weights: Weights, input_size: int,
     data = onnx_graph(framework, spec, weights, input_size).SerializeToString()
     x = np.random.default_rng(seed).normal(
         size=(batch, spec.in_channels, input_size, input_size)).astype(np.float32)
-    own = load(framework).Adapter(spec, weights).logits(x, training=False)
+    adapter = load(framework).Adapter(spec, weights)
+    own = adapter.logits(x, training=False)
     diff = float(np.abs(onnx_logits(data, x) - own).max())
     scale = max(1.0, float(np.abs(own).max()))
     if not diff <= TOLERANCE * scale:
         raise ExportMismatch(f"onnxruntime's logits differ from {NAMES[framework]}'s eval "
                              f"logits by {diff:.2e}, expected at most {TOLERANCE:g} x "
-                             f"{scale:.3g} (the logit scale); nothing written")
+                             f"{scale:.3g} (the logit scale)"
+                             f"{first_divergent_part(data, adapter, spec, x)}; "
+                             f"nothing written")
     with atomic_path(path, needed=len(data)) as tmp:
         tmp.write_bytes(data)
     return diff, scale
+
+
+def graph_tensors(model: bytes, x: np.ndarray) -> list[np.ndarray]:
+    """Every tensor an ONNX graph computes for the batch x (each node's outputs made graph
+    outputs), as onnxruntime gives them."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+    graph = onnx.load_from_string(model)
+    known = {o.name for o in graph.graph.output}
+    for name in (n for node in graph.graph.node for n in node.output if n and n not in known):
+        graph.graph.output.append(helper.make_empty_tensor_value_info(name))
+        known.add(name)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(graph.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return [np.asarray(t) for t in session.run(names, {INPUT: np.ascontiguousarray(x)})]
+
+
+def first_divergent_part(model: bytes, adapter, spec: ResNetSpec, x: np.ndarray) -> str:
+    """Where the graph first parts from the framework's model (its `adapter`), as far as the
+    graph exposes its tensors: for each part and block in order
+    (common.core.checks.parts_and_blocks), the framework's eval output against the closest tensor of the graph of that shape (NCHW, or
+    NHWC transposed); the first beyond TOLERANCE of its scale is named. "" when every part
+    found agrees (what differs is after them, or not exposed)."""
+    from common.core.checks import parts_and_blocks
+    tensors = graph_tensors(model, x)
+    ours = adapter.features(x, parts_and_blocks(spec))
+    for part, y in ours.items():
+        candidates = [t for t in tensors if t.shape == y.shape] + [
+            t.transpose(0, 3, 1, 2) for t in tensors
+            if t.ndim == 4 and t.transpose(0, 3, 1, 2).shape == y.shape]
+        if not candidates:  # not in the graph as a tensor of its own
+            continue
+        closest = min(float(np.abs(c - y).max()) for c in candidates)
+        scale = max(1.0, float(np.abs(y).max()))
+        if closest > TOLERANCE * scale:
+            return (f"; the first part beyond it: {part} (the graph's closest tensor differs "
+                    f"by {closest:.2e} of max |output| {scale:.3g})")
+    return ""
 
 
 def _version(package: str) -> str:
