@@ -59,6 +59,9 @@ def test_compare_seeds_trains_each_seed_in_every_framework_and_reports_the_sprea
            f"| 0.5100 | 0.5900 |")
     assert row in section, section
     assert "| MXNet Gluon | 3 of 3 | 0.6467 ± 0.0404 | 0.6100 | 0.6900 |" in section, section
+    # The band across seeds, drawn and linked.
+    assert "![test accuracy across seeds](seeds.png)" in section
+    assert (tmp_path / "seeds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The rest of the report is the first seed's runs.
     results = report.split("## Results")[1].split("##")[0]
     assert "| 0.510 |" in results and "| 0.610 |" in results
@@ -93,3 +96,12 @@ def test_time_to_target_is_the_first_epoch_that_reaches_it_with_its_steps_second
            "reached) | n/a (not reached) |" in section
     # One seed with a target still reports it; without one, nothing.
     assert "reached 0.97" in compare.seeds_section({0: by_seed[0]}, 0.97)
+
+
+def test_the_seed_band_is_the_mean_min_and_max_per_epoch():
+    from common.commands.plots import seed_band
+    runs = [history_run([0.5, 0.9])["history"], history_run([0.7, 0.8])["history"],
+            history_run([0.6, 0.7, 0.99])["history"]]  # a third epoch in one run only: left out
+    epochs, mean, lo, hi = seed_band(runs)
+    assert epochs == [1, 2] and lo == [0.5, 0.7] and hi == [0.7, 0.9]
+    assert mean == pytest.approx([0.6, 0.8])

@@ -24,7 +24,7 @@ from common.commands.cli import (Terminated, add_frameworks_flag, frameworks_arg
 from common.commands.launch import Process, stop
 from common.core.files import atomic_path, lock_folder, writable_dir
 from common.frameworks import FRAMEWORKS, NAMES, record
-from common.commands.plots import plot_curves
+from common.commands.plots import plot_curves, plot_seed_bands
 from common.core.devices import check_memory
 from common.core.spec import get_spec
 from common.commands.summary import summary
@@ -324,7 +324,14 @@ def compare(args, frameworks: tuple[str, ...], out: Path) -> int:
         print("== speed: resnet-bench at the same settings", flush=True)
         speed = speed_section(runs, *measure_speed(runs, args))
     ran = bench.what_ran(tuple(runs)) if runs else []
-    print(report(runs, args, out, speed, failed, ran, seeds_section(by_seed, args.target)))
+    seeds = seeds_section(by_seed, args.target)
+    if len(by_seed) > 1:
+        histories = {NAMES[fw]: [r[fw]["history"] for r in by_seed.values()
+                                 if r.get(fw, {}).get("history")] for fw in frameworks}
+        plot_seed_bands({k: v for k, v in histories.items() if v}, out / "seeds.png",
+                        f"test accuracy over seeds {', '.join(map(str, by_seed))}")
+        seeds += "![test accuracy across seeds](seeds.png)\n\n"
+    print(report(runs, args, out, speed, failed, ran, seeds))
     print(f"report: {out / 'report.md'}" + (f", curves: {out / 'curves.png'}" if runs else ""))
     if failed:
         print(f"error: {len(failed)} of {len(results)} frameworks failed: "

@@ -56,3 +56,35 @@ def plot_sweep(series: dict[str, list[tuple[int, float]]], path: str | Path,
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
+
+
+def seed_band(histories: list[list[dict]], key: str = "test_acc"):
+    """Per epoch (those every run reached): the mean, min and max of `key` over the runs."""
+    epochs = sorted(set.intersection(*({r["epoch"] for r in h if r.get(key) is not None}
+                                       for h in histories))) if histories else []
+    values = [[next(r[key] for r in h if r["epoch"] == e) for h in histories] for e in epochs]
+    return (epochs, [sum(v) / len(v) for v in values], [min(v) for v in values],
+            [max(v) for v in values])
+
+
+def plot_seed_bands(runs: dict[str, list[list[dict]]], path: str | Path, title: str = "") -> Path:
+    """compare --seeds: test accuracy per epoch, one colour per framework, the line the mean
+    over the seeds and the band their min to max."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for (label, histories), color in zip(runs.items(), ("C0", "C1", "C2", "C3", "C4")):
+        epochs, mean, lo, hi = seed_band(histories)
+        ax.plot(epochs, mean, marker="o", color=color, label=f"{label} ({len(histories)} seeds)")
+        ax.fill_between(epochs, lo, hi, color=color, alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return path
