@@ -364,6 +364,11 @@ def test_tuned_crowns_the_fastest_configuration_within_the_tolerance_only():
         "its scale, tolerance 0.001); beyond the tolerance, not crowned: lossy (1.0e-02, 5.50x)"]
     table = bench.tables(rows)
     assert "yes, fastest" in table and "NO (not crowned)" in table
+    # The share of the FP32 peak: 0.01 GFLOP/img at 8 / 0.005 img/s against a 100 GFLOP/s probe.
+    peaked = bench.finish([r | {"gflop_per_image": 0.01, "matmul_gflops": 100.0} for r in rows])
+    assert peaked[1]["peak_share"] == pytest.approx(0.16)
+    assert bench.verdicts(peaked)[0].split("tolerance 0.001)")[1].startswith(
+        ", 16.0% of the FP32 peak")
     # Slower than the default: the default keeps the crown.
     assert "the fp32 default is the fastest within 0.001" in bench.verdicts(judged(0.02))[0]
 

@@ -477,8 +477,9 @@ def finish(rows: list[dict]) -> list[dict]:
     peak = max((r.get("matmul_gflops", 0.0) for r in rows), default=0.0)
     for r in rows:
         r["peak_gflops"] = peak
-        if "error" not in r and "ours" in r and peak:
-            r["peak_share"] = r["gflop_per_image"] * r["ours"]["img_per_s"] / peak
+        speed = r["ours"]["img_per_s"] if "ours" in r else r.get("img_per_s")  # --tuned's
+        if "error" not in r and speed and peak:
+            r["peak_share"] = r["gflop_per_image"] * speed / peak
     return rows
 
 
@@ -590,7 +591,8 @@ def tables(rows: list[dict], markdown: bool = False) -> str:
 
 
 TUNED_HEADER = ["framework", "phase", "batch", "configuration", "ms/step", "img/s",
-                "x default", "logit difference", "within tolerance", "first step s"]
+                "x default", "% FP32 peak", "logit difference", "within tolerance",
+                "first step s"]
 
 
 def tuned_rows(rows: list[dict]) -> list[list[object]]:
@@ -609,7 +611,9 @@ def tuned_rows(rows: list[dict]) -> list[list[object]]:
         within = r.get("within")
         out.append(head + [f"{1e3 * r['median_s']:.1f}" + moved(r.get("rounds_s", ())),
                            f"{r['img_per_s']:.1f}",
-                           _fmt(r.get("speedup"), ".2f"), _fmt(r.get("difference"), ".1e"),
+                           _fmt(r.get("speedup"), ".2f"),
+                           _fmt(100 * r["peak_share"] if "peak_share" in r else None, ".1f"),
+                           _fmt(r.get("difference"), ".1e"),
                            ("yes, fastest" if r.get("best") else "yes") if within
                            else "NO (not crowned)" if within is False else "n/a",
                            f"{r['first_step_s']:.2f}"])
@@ -642,6 +646,8 @@ def verdicts(rows: list[dict]) -> list[str]:
             line += (f"won: {best['config']}, {best['speedup']:.2f}x the fp32 default "
                      f"(logits within {best['difference']:.1e} of its scale, tolerance "
                      f"{tolerance:g})")
+        if best is not None and "peak_share" in best:
+            line += f", {100 * best['peak_share']:.1f}% of the FP32 peak"
         if beyond:
             line += "; beyond the tolerance, not crowned: " + ", ".join(
                 f"{r['config']} ({r['difference']:.1e}, {r['speedup']:.2f}x)" for r in beyond)
