@@ -210,9 +210,12 @@ def torch_running_var(spec, size, batch, before, after, momentum):
     return out
 
 
+# Each library's v1 and v2 (Keras: bottlenecks; the Gluon zoo: basic blocks, v2 with its input
+# BatchNorm). The zoo's ResNet-50s move their statistics by the same rule through the same
+# layers as Keras's bottlenecks and its own ResNet-18s (their logits: the tests above).
 @pytest.mark.parametrize("preset,size", [
     ("keras_resnet50", 64), ("keras_resnet50_v2", 64), ("gluon_resnet18_v1", 64),
-    ("gluon_resnet18_v2", 64), ("gluon_resnet50_v1", 64), ("gluon_resnet50_v2", 64)])
+    ("gluon_resnet18_v2", 64)])
 def test_a_train_mode_step_updates_running_statistics_as_the_library_does(preset, size):
     """The presets' training-time detail, which eval logits do not show: from the same weights
     and statistics, one train-mode forward moves every running mean and variance as the
