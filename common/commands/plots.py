@@ -12,6 +12,22 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from common.core.files import atomic_path  # noqa: E402
 
 
+def _save(fig, path: str | Path, ax=None, title: str = "") -> Path:
+    """Finish a figure (a one-plot figure gets its grid, legend and title here) and write it
+    atomically as a PNG; the figure is closed."""
+    if ax is not None:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+        if title:
+            ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_curves(histories: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
     """d2l's picture: train loss, train acc and test acc per epoch, one colour per run."""
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
@@ -27,12 +43,7 @@ def plot_curves(histories: dict[str, list[dict]], path: str | Path, title: str =
     axes[0].legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_sweep(series: dict[str, list[tuple[int, float]]], path: str | Path,
@@ -46,16 +57,7 @@ def plot_sweep(series: dict[str, list[tuple[int, float]]], path: str | Path,
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")
     ax.set_ylabel("images per second")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, ax, title)
 
 
 def seed_band(histories: list[list[dict]], key: str = "test_acc"):
@@ -78,13 +80,4 @@ def plot_seed_bands(runs: dict[str, list[list[dict]]], path: str | Path, title: 
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, ax, title)
