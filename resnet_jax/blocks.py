@@ -10,7 +10,10 @@ this project's additions, with defaults that keep d2l's behaviour:
   that keep one);
 - `shortcut_bn`: BatchNorm after the 1x1 projection (torchvision), d2l has none;
 - `pad_shortcut`: the ResNet paper's CIFAR shortcut (option A): subsample, zero-pad channels;
-- `bn_eps`, `bn_momentum`: the same BatchNorm in all four frameworks of this project.
+- `bn_eps`, `bn_momentum`: the same BatchNorm in all four frameworks of this project;
+- `conv`, `norm`: the layer classes, Flax's `nn.Conv` and `nn.BatchNorm`; this project's
+  network passes its faster subclasses of the two, which compute the same functions
+  (resnet_jax.model.Conv and BatchNorm).
 Two departures from d2l's JAX code, each for the same numbers as PyTorch:
 - padding is explicit and symmetric, `((1, 1), (1, 1))`: Flax's padding='same' puts the extra
   pixel of a strided convolution bottom-right only, as TensorFlow's does;
@@ -54,17 +57,17 @@ def pad_shortcut(X, num_channels, strides):
     return jnp.pad(X, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 
 
-def _bn(training, eps, momentum, **kwargs):
+def _bn(norm, training, eps, momentum, **kwargs):
     # Flax's momentum weights the old value (default 0.99); 0.9 is PyTorch's 0.1.
-    return nn.BatchNorm(not training, momentum=momentum, epsilon=eps, use_fast_variance=False,
-                        **kwargs)
+    return norm(not training, momentum=momentum, epsilon=eps, use_fast_variance=False, **kwargs)
 
 
-def _conv(num_channels, kernel, strides=(1, 1), bias=True, groups=1):
-    """A kxk convolution with symmetric padding k // 2 (none for 1x1)."""
+def _conv(conv, num_channels, kernel, strides=(1, 1), bias=True, groups=1):
+    """A kxk convolution (of the layer class `conv`) with symmetric padding k // 2 (none for
+    1x1)."""
     p = kernel // 2
-    return nn.Conv(num_channels, kernel_size=(kernel, kernel), strides=_pair(strides),
-                   padding=((p, p), (p, p)), use_bias=bias, feature_group_count=groups)
+    return conv(num_channels, kernel_size=(kernel, kernel), strides=_pair(strides),
+                padding=((p, p), (p, p)), use_bias=bias, feature_group_count=groups)
 
 
 class Residual(nn.Module):
@@ -78,23 +81,26 @@ class Residual(nn.Module):
     pad_shortcut: bool = False
     bn_eps: float = 1e-5
     bn_momentum: float = 0.9
+    conv: Any = nn.Conv
+    norm: Any = nn.BatchNorm
 
     def setup(self):
         # d2l writes padding='same', which pads a strided conv on the bottom-right only.
-        self.conv1 = nn.Conv(self.num_channels, kernel_size=(3, 3), padding=SAME_3X3,
-                             strides=_pair(self.strides), use_bias=_has_bias(self.use_bias, "conv1"))
-        self.conv2 = nn.Conv(self.num_channels, kernel_size=(3, 3), padding=SAME_3X3,
-                             use_bias=_has_bias(self.use_bias, "conv2"))
+        self.conv1 = self.conv(self.num_channels, kernel_size=(3, 3), padding=SAME_3X3,
+                               strides=_pair(self.strides),
+                               use_bias=_has_bias(self.use_bias, "conv1"))
+        self.conv2 = self.conv(self.num_channels, kernel_size=(3, 3), padding=SAME_3X3,
+                               use_bias=_has_bias(self.use_bias, "conv2"))
         if self.use_1x1conv:
-            self.conv3 = nn.Conv(self.num_channels, kernel_size=(1, 1),
-                                 strides=_pair(self.strides),
-                                 use_bias=_has_bias(self.use_bias, "conv3"))
+            self.conv3 = self.conv(self.num_channels, kernel_size=(1, 1),
+                                   strides=_pair(self.strides),
+                                   use_bias=_has_bias(self.use_bias, "conv3"))
         else:
             self.conv3 = None
-        self.bn1 = _bn(self.training, self.bn_eps, self.bn_momentum)
-        self.bn2 = _bn(self.training, self.bn_eps, self.bn_momentum)
+        self.bn1 = _bn(self.norm, self.training, self.bn_eps, self.bn_momentum)
+        self.bn2 = _bn(self.norm, self.training, self.bn_eps, self.bn_momentum)
         if self.use_1x1conv and self.shortcut_bn:
-            self.bn3 = _bn(self.training, self.bn_eps, self.bn_momentum)
+            self.bn3 = _bn(self.norm, self.training, self.bn_eps, self.bn_momentum)
         else:
             self.bn3 = None
 
@@ -126,20 +132,22 @@ class Bottleneck(nn.Module):
     shortcut_bn: bool = False
     bn_eps: float = 1e-5
     bn_momentum: float = 0.9
+    conv: Any = nn.Conv
+    norm: Any = nn.BatchNorm
 
     def setup(self):
         width = self.width or self.num_channels // 4
         s1, s2 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
         bias = lambda conv: _has_bias(self.use_bias, conv)  # noqa: E731
-        self.conv1 = _conv(width, 1, s1, bias("conv1"))
-        self.conv2 = _conv(width, 3, s2, bias("conv2"), self.groups)
-        self.conv3 = _conv(self.num_channels, 1, 1, bias("conv3"))
-        self.conv4 = (_conv(self.num_channels, 1, self.strides, bias("conv4"))
+        self.conv1 = _conv(self.conv, width, 1, s1, bias("conv1"))
+        self.conv2 = _conv(self.conv, width, 3, s2, bias("conv2"), self.groups)
+        self.conv3 = _conv(self.conv, self.num_channels, 1, 1, bias("conv3"))
+        self.conv4 = (_conv(self.conv, self.num_channels, 1, self.strides, bias("conv4"))
                       if self.use_1x1conv else None)
-        self.bn1 = _bn(self.training, self.bn_eps, self.bn_momentum)
-        self.bn2 = _bn(self.training, self.bn_eps, self.bn_momentum)
-        self.bn3 = _bn(self.training, self.bn_eps, self.bn_momentum)
-        self.bn4 = (_bn(self.training, self.bn_eps, self.bn_momentum)
+        self.bn1 = _bn(self.norm, self.training, self.bn_eps, self.bn_momentum)
+        self.bn2 = _bn(self.norm, self.training, self.bn_eps, self.bn_momentum)
+        self.bn3 = _bn(self.norm, self.training, self.bn_eps, self.bn_momentum)
+        self.bn4 = (_bn(self.norm, self.training, self.bn_eps, self.bn_momentum)
                     if self.use_1x1conv and self.shortcut_bn else None)
 
     def __call__(self, X):
@@ -163,14 +171,16 @@ class PreActResidual(nn.Module):
     use_bias: Any = True
     bn_eps: float = 1e-5
     bn_momentum: float = 0.9
+    conv: Any = nn.Conv
+    norm: Any = nn.BatchNorm
 
     def setup(self):
         bias = lambda conv: _has_bias(self.use_bias, conv)  # noqa: E731
-        self.bn1 = _bn(self.training, self.bn_eps, self.bn_momentum)
-        self.conv1 = _conv(self.num_channels, 3, self.strides, bias("conv1"))
-        self.bn2 = _bn(self.training, self.bn_eps, self.bn_momentum)
-        self.conv2 = _conv(self.num_channels, 3, 1, bias("conv2"))
-        self.conv3 = (_conv(self.num_channels, 1, self.strides, bias("conv3"))
+        self.bn1 = _bn(self.norm, self.training, self.bn_eps, self.bn_momentum)
+        self.conv1 = _conv(self.conv, self.num_channels, 3, self.strides, bias("conv1"))
+        self.bn2 = _bn(self.norm, self.training, self.bn_eps, self.bn_momentum)
+        self.conv2 = _conv(self.conv, self.num_channels, 3, 1, bias("conv2"))
+        self.conv3 = (_conv(self.conv, self.num_channels, 1, self.strides, bias("conv3"))
                       if self.use_1x1conv else None)
 
     def __call__(self, X):
@@ -194,18 +204,20 @@ class PreActBottleneck(nn.Module):
     use_bias: Any = True
     bn_eps: float = 1e-5
     bn_momentum: float = 0.9
+    conv: Any = nn.Conv
+    norm: Any = nn.BatchNorm
 
     def setup(self):
         width = self.width or self.num_channels // 4
         s1, s2 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
         bias = lambda conv: _has_bias(self.use_bias, conv)  # noqa: E731
-        self.bn1 = _bn(self.training, self.bn_eps, self.bn_momentum)
-        self.conv1 = _conv(width, 1, s1, bias("conv1"))
-        self.bn2 = _bn(self.training, self.bn_eps, self.bn_momentum)
-        self.conv2 = _conv(width, 3, s2, bias("conv2"), self.groups)
-        self.bn3 = _bn(self.training, self.bn_eps, self.bn_momentum)
-        self.conv3 = _conv(self.num_channels, 1, 1, bias("conv3"))
-        self.conv4 = (_conv(self.num_channels, 1, self.strides, bias("conv4"))
+        self.bn1 = _bn(self.norm, self.training, self.bn_eps, self.bn_momentum)
+        self.conv1 = _conv(self.conv, width, 1, s1, bias("conv1"))
+        self.bn2 = _bn(self.norm, self.training, self.bn_eps, self.bn_momentum)
+        self.conv2 = _conv(self.conv, width, 3, s2, bias("conv2"), self.groups)
+        self.bn3 = _bn(self.norm, self.training, self.bn_eps, self.bn_momentum)
+        self.conv3 = _conv(self.conv, self.num_channels, 1, 1, bias("conv3"))
+        self.conv4 = (_conv(self.conv, self.num_channels, 1, self.strides, bias("conv4"))
                       if self.use_1x1conv else None)
 
     def __call__(self, X):

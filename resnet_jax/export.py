@@ -24,6 +24,7 @@ import warnings
 import resnet_tf.devices  # noqa: F401 - MXNet first, then TensorFlow with its device settings
 import tensorflow as tf
 import jax.numpy as jnp
+from flax import linen as nn
 from jax.experimental import jax2tf
 
 from common.core.spec import ResNetSpec
@@ -41,7 +42,7 @@ def onnx_graph(spec: ResNetSpec, weights: Weights, size: int):
     import tf2onnx
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)
     variables = from_canonical(Network(spec, {}), weights).variables
-    net = ResNet(spec, training=False)
+    net = ResNet(spec, training=False, conv=nn.Conv)  # Conv nodes, not small-map products
 
     def nchw_logits(X):  # the Flax network takes NHWC; the file takes NCHW like the others
         return net.apply(variables, jnp.transpose(X, (0, 2, 3, 1)))

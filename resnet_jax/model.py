@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from jax import lax
 
 from common.core.checks import check_batch, check_geometry, feature_parts
 from common.core.errors import Error
@@ -29,29 +30,113 @@ BLOCKS = {("basic", False): Residual, ("bottleneck", False): Bottleneck,
           ("basic", True): PreActResidual, ("bottleneck", True): PreActBottleneck}
 
 
-def batch_norm(spec: ResNetSpec, training: bool, **kwargs) -> nn.BatchNorm:
-    """Flax's BatchNorm with the spec's epsilon and momentum (Flax's momentum weights the old
-    value: 1 - the spec's PyTorch momentum) and the two-pass batch variance."""
-    return nn.BatchNorm(not training, momentum=1 - spec.bn.momentum, epsilon=spec.bn.eps,
-                        use_fast_variance=False, **kwargs)
+class BatchNorm(nn.BatchNorm):
+    """Flax's BatchNorm (its fields, variables, names and arithmetic: the batch variance in two
+    passes, E[(x - E[x])^2], statistics in at least float32), with the batch mean held constant
+    inside the variance's gradient, where its derivative is zero (sum(x - E[x]) = 0), as
+    TensorFlow's tf.nn.moments holds it. The values are those of nn.BatchNorm with
+    use_fast_variance=False; the gradient is the same to rounding, and the training step of
+    d2l's ResNet-18 at 96 px is about 5% faster (docs/performance.md). Features on the last axis
+    only (NHWC), no cross-device statistics (axis_name) and no mask: what this package uses."""
+
+    @nn.compact
+    def __call__(self, x, use_running_average=None):
+        if self.axis != -1 or self.axis_name is not None:
+            raise NotImplementedError("BatchNorm: features on the last axis, one device only")
+        ra = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
+        features = (x.shape[-1],)
+        axes = tuple(range(x.ndim - 1))
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
+        running_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+        if ra:
+            mean, var = running_mean.value, running_var.value
+        else:
+            x_stats = jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))
+            mean = x_stats.mean(axes)
+            var = jnp.square(x_stats - lax.stop_gradient(mean)).mean(axes)
+            if not self.is_initializing():
+                m = self.momentum
+                running_mean.value = m * running_mean.value + (1 - m) * mean
+                running_var.value = m * running_var.value + (1 - m) * var
+        scale = (self.param("scale", self.scale_init, features, self.param_dtype)
+                 if self.use_scale else None)
+        bias = (self.param("bias", self.bias_init, features, self.param_dtype)
+                if self.use_bias else None)
+        dtype = nn.dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype)
+        y, mul = x - mean, lax.rsqrt(var + self.epsilon)
+        if scale is not None:
+            mul = mul * scale
+        y = y * mul
+        if bias is not None:
+            y = y + bias
+        return jnp.asarray(y, dtype)
+
+
+def batch_norm(spec: ResNetSpec, training: bool, norm=BatchNorm, **kwargs) -> nn.BatchNorm:
+    """The BatchNorm layer (`norm`) with the spec's epsilon and momentum (Flax's momentum
+    weights the old value: 1 - the spec's PyTorch momentum) and the two-pass batch variance."""
+    return norm(not training, momentum=1 - spec.bn.momentum, epsilon=spec.bn.eps,
+                use_fast_variance=False, **kwargs)
+
+
+SMALL_MAP = 4  # output positions (H x W) up to which Conv multiplies matrices instead
+NHWC = ("NHWC", "HWIO", "NHWC")  # Flax's Conv: batch, kernel and output layouts
+
+
+def small_map_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                   dimension_numbers=None, feature_group_count=1, precision=None):
+    """lax.conv_general_dilated as Flax's Conv calls it (NHWC input, HWIO kernel), except
+    that an ungrouped, undilated convolution with at most SMALL_MAP output positions is one
+    matrix product: the kernel's taps of the padded input (strided slices), side by side in
+    the channel axis, times the kernel as a (kh*kw*C, O) matrix. The same sum in another
+    order (float32 rounding apart). XLA's CPU runtime (Eigen) runs such convolutions at a few
+    GFLOP/s: a 3x3 convolution of 128 maps of 2x2x256 took 109 ms as a convolution, 10 ms as
+    this product (docs/performance.md); d2l's ResNet-18 at 32 px ends in 2x2 and 1x1 maps."""
+    n, h, w, c = lhs.shape
+    kh, kw, _, o = rhs.shape
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads((h, w), (kh, kw), window_strides, padding)
+    (top, bottom), (left, right) = padding
+    s1, s2 = window_strides
+    ho, wo = (h + top + bottom - kh) // s1 + 1, (w + left + right - kw) // s2 + 1
+    dilated = any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+    nhwc = dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
+    if (not nhwc or feature_group_count != 1 or dilated or min(ho, wo) < 1
+            or ho * wo > SMALL_MAP):
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                        rhs_dilation, dimension_numbers, feature_group_count,
+                                        precision=precision)
+    X = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    taps = [lax.slice(X, (0, i, j, 0), (n, i + s1 * (ho - 1) + 1, j + s2 * (wo - 1) + 1, c),
+                      (1, s1, s2, 1)) for i in range(kh) for j in range(kw)]
+    return jnp.matmul(jnp.concatenate(taps, axis=-1), rhs.reshape(kh * kw * c, o),
+                      precision=precision)
+
+
+class Conv(nn.Conv):
+    """Flax's Conv, with its convolutions of at most SMALL_MAP output positions computed as a
+    matrix product (small_map_conv): the same layer, parameters and names."""
+    conv_general_dilated: Any = small_map_conv
 
 
 class Stem(nn.Module):
     """d2l's b1: [input_bn], conv, [bn, relu], [3x3/2 max-pool], named as the canonical weights."""
     spec: ResNetSpec
     training: bool = True
+    conv: Any = Conv
+    norm: Any = BatchNorm
 
     @nn.compact
     def __call__(self, X):
         spec, st = self.spec, self.spec.stem
         if spec.input_bn:  # Gluon v2: the raw input normalised, no gamma or beta
-            X = batch_norm(spec, self.training, use_scale=False, use_bias=False,
+            X = batch_norm(spec, self.training, self.norm, use_scale=False, use_bias=False,
                            name="input_bn")(X)
         p = st.padding
-        X = nn.Conv(st.channels, (st.kernel_size,) * 2, strides=(st.stride,) * 2,
-                    padding=((p, p), (p, p)), use_bias=spec.has_bias("stem"), name="conv")(X)
+        X = self.conv(st.channels, (st.kernel_size,) * 2, strides=(st.stride,) * 2,
+                      padding=((p, p), (p, p)), use_bias=spec.has_bias("stem"), name="conv")(X)
         if st.norm:
-            X = nn.relu(batch_norm(spec, self.training, name="bn")(X))
+            X = nn.relu(batch_norm(spec, self.training, self.norm, name="bn")(X))
         if st.pool and st.pool_zeros:  # Keras's ResNetV2: zeros around a map that may be < 0
             X = nn.max_pool(jnp.pad(X, ((0, 0), (1, 1), (1, 1), (0, 0))), (3, 3), (2, 2))
         elif st.pool:  # Flax pads a max-pool with -inf
@@ -64,6 +149,8 @@ class Stage(nn.Module):
     spec: ResNetSpec
     index: int
     training: bool = True
+    conv: Any = Conv
+    norm: Any = BatchNorm
 
     @nn.compact
     def __call__(self, X):
@@ -74,7 +161,8 @@ class Stage(nn.Module):
             s = spec.block_stride(stage, j)
             X = block(stage.channels,
                       use_1x1conv=j == 0 and stage.project and spec.shortcut == "conv",
-                      strides=(s, s), training=self.training, name=str(j),
+                      strides=(s, s), training=self.training, conv=self.conv, norm=self.norm,
+                      name=str(j),
                       **spec.block_kwargs(stage, momentum_of_old=True))(X)
         return X
 
@@ -85,12 +173,13 @@ class Head(nn.Module):
     before the pool (forward_features)."""
     spec: ResNetSpec
     training: bool = True
+    norm: Any = BatchNorm
 
     @nn.compact
     def __call__(self, X, pooled: bool = True):
         spec = self.spec
         if spec.preact:  # v2 blocks end un-normalised: one BN and ReLU before pooling
-            X = nn.relu(batch_norm(spec, self.training, name="bn")(X))
+            X = nn.relu(batch_norm(spec, self.training, self.norm, name="bn")(X))
         if not pooled or spec.pooling is None:
             return X
         # Flax has no global pool layer
@@ -101,15 +190,19 @@ class Head(nn.Module):
 class ResNet(nn.Module):
     """stem (d2l's b1), stage1..stageN (b2..b5), head: named parts, so that variables read
     params["stage2"]["0"]["conv1"]["kernel"]. `training`, as in d2l's JAX tab: batch statistics
-    (and, with mutable=["batch_stats"], updated running ones) or the running ones."""
+    (and, with mutable=["batch_stats"], updated running ones) or the running ones. `conv`,
+    `norm`: the layer classes (this module's Conv and BatchNorm; Flax's nn.Conv and
+    nn.BatchNorm compute the same functions, more slowly; the ONNX export takes nn.Conv)."""
     spec: ResNetSpec
     training: bool = True
+    conv: Any = Conv
+    norm: Any = BatchNorm
 
     def setup(self):
-        self.stem = Stem(self.spec, self.training)
+        self.stem = Stem(self.spec, self.training, self.conv, self.norm)
         for i in range(1, len(self.spec.stages) + 1):
-            setattr(self, f"stage{i}", Stage(self.spec, i, self.training))
-        self.head = Head(self.spec, self.training)
+            setattr(self, f"stage{i}", Stage(self.spec, i, self.training, self.conv, self.norm))
+        self.head = Head(self.spec, self.training, self.norm)
 
     def parts(self, X) -> dict[str, Any]:
         """The output of each part, in order (stem, stage1..stageN, head)."""

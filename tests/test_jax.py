@@ -9,7 +9,11 @@ out.
 - round trips: canonical bit-exact, Flax's msgpack file, torch -> jax -> torch; the optimiser's
   state into a fresh adapter;
 - JAX's own: float64 without leaking jax_enable_x64, XLA's thread settings, Flax's padding,
-  the launch plan and the data-parallel refusals.
+  the launch plan and the data-parallel refusals;
+- the network's two faster layers (resnet_jax.model): Conv's small-map matrix product equals
+  XLA's convolution, value and gradient, and is taken only up to SMALL_MAP output positions;
+  BatchNorm's values are nn.BatchNorm's bit for bit and its gradient the same to rounding; the
+  network on them equals the one on Flax's layers; the ONNX file holds convolutions.
 """
 from __future__ import annotations
 
@@ -317,3 +321,136 @@ def test_join_refuses_sync_bn_and_a_missing_coordinator_before_connecting(monkey
     monkeypatch.delenv("RESNET3_JAX_COORDINATOR", raising=False)
     with pytest.raises(Error, match="^RESNET3_JAX_COORDINATOR: expected the coordinator's"):
         join(2, 0)
+
+
+# (input side, channels in, out, kernel, stride, padding): 2x2 and 1x1 outputs, strided,
+# asymmetric, 'SAME' (bottom-right) and 'VALID', and 9 output positions (XLA's convolution).
+SMALL_MAPS = [(2, 8, 5, 3, 1, ((1, 1), (1, 1))), (1, 8, 5, 3, 1, ((1, 1), (1, 1))),
+              (4, 8, 5, 3, 2, ((1, 1), (1, 1))), (2, 8, 5, 1, 2, ((0, 0), (0, 0))),
+              (5, 3, 4, 3, 2, ((0, 1), (0, 1))), (2, 3, 4, 3, 2, "SAME"), (3, 3, 4, 2, 1, "VALID"),
+              (3, 4, 6, 3, 1, ((1, 1), (1, 1)))]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", SMALL_MAPS, ids=lambda c: f"{c[0]}px-k{c[3]}-s{c[4]}-{c[5]}")
+def test_small_map_conv_equals_xlas_convolution_in_value_and_gradient(shape, dtype):
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+    from jax.experimental import enable_x64
+    from resnet_jax.model import small_map_conv
+    side, c, o, k, s, padding = shape
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=(3, side, side, c)), rng.normal(size=(k, k, c, o))
+    numbers = ("NHWC", "HWIO", "NHWC")
+    with enable_x64(dtype == "float64"):
+        x, w = jnp.asarray(x, dtype), jnp.asarray(w, dtype)
+        numbers = lax.conv_dimension_numbers(x.shape, w.shape, numbers)  # as Flax passes them
+        ours = lambda x, w: small_map_conv(x, w, (s, s), padding, (1, 1), (1, 1), numbers)  # noqa: E731
+        xla = lambda x, w: lax.conv_general_dilated(x, w, (s, s), padding,  # noqa: E731
+                                                    dimension_numbers=numbers)
+        a, b = ours(x, w), xla(x, w)
+        cube = lambda f: jax.grad(lambda x, w: (f(x, w) ** 3).sum(), argnums=(0, 1))  # noqa: E731
+        grads = zip(cube(ours)(x, w), cube(xla)(x, w))
+        assert a.dtype == b.dtype == jnp.dtype(dtype) and a.shape == b.shape
+        tol = 1e-12 if dtype == "float64" else 1e-5
+        assert float(jnp.abs(a - b).max()) <= tol * float(jnp.abs(b).max())
+        for ga, gb in grads:
+            assert float(jnp.abs(ga - gb).max()) <= tol * float(jnp.abs(gb).max())
+
+
+def test_small_map_conv_multiplies_matrices_up_to_four_output_positions_only():
+    import jax
+    import jax.numpy as jnp
+    from resnet_jax.model import SMALL_MAP, Conv
+
+    def primitives(side, stride=1, groups=1):
+        x = jnp.ones((2, side, side, 4))
+        layer = Conv(4, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
+                     feature_group_count=groups)
+        variables = layer.init(jax.random.PRNGKey(0), x)
+        return str(jax.make_jaxpr(layer.apply)(variables, x))
+    assert SMALL_MAP == 4
+    for side, stride in [(1, 1), (2, 1), (4, 2), (3, 2)]:  # 1, 4, 4 and 4 output positions
+        text = primitives(side, stride)
+        assert "dot_general" in text and "conv_general_dilated" not in text, (side, stride)
+    for side, stride, groups in [(3, 1, 1), (5, 2, 1), (2, 1, 2)]:  # 9, 9 positions; grouped
+        text = primitives(side, stride, groups)
+        assert "conv_general_dilated" in text and "dot_general" not in text, (side, groups)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_networks_batchnorm_gives_flaxs_values_bit_for_bit_and_its_gradient(dtype):
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
+    from resnet_jax.model import BatchNorm
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(3, 2, size=(8, 5, 5, 6)), dtype)
+    for training in (True, False):
+        flax_bn, ours = (layer(not training, momentum=0.9, epsilon=1e-5,
+                               use_fast_variance=False) for layer in (nn.BatchNorm, BatchNorm))
+        variables = flax_bn.init(jax.random.PRNGKey(0), x)
+        assert (jax.tree_util.tree_structure(ours.init(jax.random.PRNGKey(0), x))
+                == jax.tree_util.tree_structure(variables))
+        variables = jax.tree_util.tree_map(  # scale, bias, mean and var away from 1 and 0
+            lambda v: v + jnp.asarray(rng.normal(0.5, 0.1, v.shape), v.dtype), variables)
+        (y_flax, s_flax), (y_ours, s_ours) = (
+            layer.apply(variables, x, mutable=["batch_stats"]) for layer in (flax_bn, ours))
+        assert y_ours.dtype == y_flax.dtype and bool(jnp.all(y_ours == y_flax)), training
+        assert all(bool(jnp.all(a == b)) for a, b in zip(jax.tree_util.tree_leaves(s_ours),
+                                                         jax.tree_util.tree_leaves(s_flax)))
+        if training:
+            assert not bool(jnp.all(s_ours["batch_stats"]["mean"]
+                                    == variables["batch_stats"]["mean"]))  # they moved
+
+        def grads(layer):
+            loss = lambda v, x: (layer.apply(v, x, mutable=["batch_stats"])[0]  # noqa: E731
+                                 .astype(jnp.float32) ** 3).sum()
+            return jax.tree_util.tree_leaves(jax.grad(loss, argnums=(0, 1))(variables, x))
+        for g_ours, g_flax in zip(grads(ours), grads(flax_bn)):
+            g_ours, g_flax = np.asarray(g_ours, np.float64), np.asarray(g_flax, np.float64)
+            assert np.abs(g_ours - g_flax).max() <= 1e-6 * max(np.abs(g_flax).max(), 1e-30)
+
+
+def test_the_network_on_its_layers_equals_the_network_on_flaxs_layers():
+    """d2l's ResNet-18 at 32 px (2x2 and 1x1 maps in its last two stages): logits in both modes
+    and float64 gradients, with resnet_jax.model's Conv and BatchNorm against nn.Conv and
+    nn.BatchNorm(use_fast_variance=False)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
+    from jax.experimental import enable_x64
+    from resnet_jax.model import build
+    net = build("d2l_resnet18", num_classes=10, in_channels=1)
+    flax_layers = net.module.clone(conv=nn.Conv, norm=nn.BatchNorm)
+    X = np.random.default_rng(0).random((4, 32, 32, 1))
+    for training in (False, True):
+        a, b = (m.clone(training=training).apply(net.variables, jnp.asarray(X, jnp.float32),
+                                                 mutable=["batch_stats"])[0]
+                for m in (net.module, flax_layers))
+        assert float(jnp.abs(a - b).max()) <= 1e-5, training
+    with enable_x64():
+        v64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), net.variables)
+        y = jnp.arange(4) % 10
+
+        def grads(module):
+            def loss(params):
+                logits = module.clone(training=True).apply(
+                    {**v64, "params": params}, jnp.asarray(X), mutable=["batch_stats"])[0]
+                return -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1).mean()
+            return jax.tree_util.tree_leaves(jax.grad(loss)(v64["params"]))
+        ours, flax_ = grads(net.module), grads(flax_layers)
+        scale = max(float(jnp.abs(g).max()) for g in flax_)  # conv biases' are rounding noise
+        assert all(float(jnp.abs(a - b).max()) <= 1e-10 * scale for a, b in zip(ours, flax_))
+
+
+def test_the_onnx_file_holds_a_convolution_for_every_convolution_of_the_network():
+    from common.core.init import init_weights
+    from resnet_jax.export import onnx_graph
+    spec = get_spec("d2l_resnet18", num_classes=10, in_channels=1)
+    weights = init_weights(spec, 0)
+    graph = onnx_graph(spec, weights, 32)  # 2x2 and 1x1 maps at the end
+    ops = [node.op_type for node in graph.graph.node]
+    assert ops.count("Conv") == sum(w.ndim == 4 for w in weights.values()) == 20
+    assert ops.count("MatMul") + ops.count("Gemm") == 1  # the dense layer's
