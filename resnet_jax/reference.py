@@ -22,6 +22,7 @@ from flax import linen as nn
 VERSION = f"{jax.__version__} (Flax {__import__('flax').__version__})"
 # resnet-bench --tuned: JAX's speed options beyond jit (always on), as make_step's keywords.
 SPEED_OPTIONS = {"bf16": {"precision": "bf16"}}
+PROCESS_OPTIONS = {}  # --tuned: none read at import that need a process each
 
 
 class Block(nn.Module):

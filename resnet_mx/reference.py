@@ -20,6 +20,7 @@ VERSION = mx.__version__
 # resnet-bench --tuned: Gluon's documented speed options, as make_step's keywords.
 SPEED_OPTIONS = {"static_alloc/static_shape": {"compile": True},
                  "bf16 (amp)": {"precision": "bf16"}}
+PROCESS_OPTIONS = {}  # --tuned: none read at import that need a process each
 
 
 class Block(nn.HybridBlock):

@@ -19,6 +19,10 @@ VERSION = f"{tf.__version__} (Keras {keras.__version__})"
 # resnet-bench --tuned: TensorFlow's documented speed options, as make_step's keywords.
 SPEED_OPTIONS = {"XLA (jit_compile)": {"compile": True},
                  "bf16 (mixed_bfloat16)": {"precision": "bf16"}}
+# resnet-bench --tuned: switches TensorFlow reads once, when it is imported, so each is tried in
+# a process of its own, started with this environment (name -> variables). "oneDNN off":
+# TensorFlow's own Eigen kernels in place of oneDNN's, which TF 2.17 uses by default on Linux x86.
+PROCESS_OPTIONS = {"oneDNN off": {"TF_ENABLE_ONEDNN_OPTS": "0"}}
 
 
 class Block(keras.layers.Layer):

@@ -21,7 +21,9 @@ from torch.nn import functional as F
 VERSION = torch.__version__
 # resnet-bench --tuned: PyTorch's documented speed options, as make_step's keywords.
 SPEED_OPTIONS = {"channels_last": {"channels_last": True}, "torch.compile": {"compile": True},
-                 "bf16 autocast": {"precision": "bf16"}}
+                 "bf16 autocast": {"precision": "bf16"},
+                 "oneDNN graph fusion": {"onednn_fusion": True}}
+PROCESS_OPTIONS = {}  # --tuned: none read at import that need a process each
 _CUDA_USED = set()  # the CUDA devices that sync() waits for
 
 
@@ -107,11 +109,14 @@ def count_params(net: nn.Module) -> tuple[int, int]:
 
 
 def make_step(spec, phase, batch_size, input_size, precision="fp32", compile=False, lr=0.05,
-              device="cpu", channels_last=False):
+              device="cpu", channels_last=False, onednn_fusion=False):
     """A no-argument function running one training step (forward, loss, backward, SGD step;
     returns the loss and the correct count, as d2l's train_ch6 adds them up) or one inference
     step (returns the logits), on a random batch made once on the host, in NCHW, and copied to
-    `device` in every step (on the CPU that copy is the tensor itself)."""
+    `device` in every step (on the CPU that copy is the tensor itself). onednn_fusion: the
+    inference step as a frozen TorchScript trace run by oneDNN Graph's fuser
+    (`torch.jit.enable_onednn_fusion`, process-wide; it fuses TorchScript graphs only, so the
+    other configurations are untouched): inference only, and not with torch.compile."""
     torch.manual_seed(0)
     dev = torch_device(device)
     net = network(spec).to(dev)
@@ -120,6 +125,14 @@ def make_step(spec, phase, batch_size, input_size, precision="fp32", compile=Fal
         net, X = net.to(memory_format=torch.channels_last), X.contiguous(
             memory_format=torch.channels_last)
     run = torch.compile(net) if compile else net
+    if onednn_fusion:
+        if phase != "infer" or compile:
+            raise NotImplementedError("oneDNN graph fusion: expected inference without "
+                                      f"torch.compile (a TorchScript graph), got {phase}"
+                                      f"{' with torch.compile' if compile else ''}")
+        torch.jit.enable_onednn_fusion(True)
+        with torch.no_grad():
+            run = torch.jit.freeze(torch.jit.trace(net.eval(), X.to(dev)))
     y = torch.randint(0, spec.num_classes, (batch_size,))
     if dev.type == "cuda":
         _CUDA_USED.add(dev)

@@ -382,3 +382,150 @@ def test_a_figure_whose_rounds_moved_more_than_three_percent_says_so_beside_it()
     assert cells[bench.HEADER.index("ms/step median (min-max)")].endswith(
         "(moved 20% between rounds)")
     assert cells[bench.HEADER.index("ref img/s")] == "800.0"  # steady: no mark
+
+
+def test_pytorchs_onednn_graph_option_fuses_its_inference_graph_and_refuses_training():
+    import torch
+    ref = REFERENCES["torch"]
+    spec = get_spec("cifar_resnet20")
+    default = ref.make_step(spec, "infer", 2, 8)()
+    fused = ref.make_step(spec, "infer", 2, 8, onednn_fusion=True)
+    for _ in range(3):  # TorchScript's profiling executor fuses on a later call
+        logits = fused()
+    assert "oneDNNFusionGroup" in str(torch.jit.last_executed_optimized_graph())
+    assert np.abs(logits - default).max() <= 1e-5 * np.abs(default).max()
+    for phase, compile in (("train", False), ("infer", True)):
+        with pytest.raises(NotImplementedError, match="expected inference without torch.compile"):
+            ref.make_step(spec, phase, 2, 8, onednn_fusion=True, compile=compile)
+
+
+def test_tuned_in_a_process_options_process_names_its_rows_with_the_option_first():
+    """In the worker of a process option every configuration is measured as usual, named and
+    marked with the option first, and keeps its logits for the driver to judge across
+    processes; the main process keeps only its fp32 default's."""
+    args = Namespace(batch_size=4, input_size=8, device="cpu", warmup=0, rounds=1, steps=1,
+                     tolerance=1e-3)
+    main = bench.tuned(Options(), get_spec("cifar_resnet20"), "infer", args)
+    assert [("logits" in r) for r in main] == [True, False, False, False]
+    extra = bench.tuned(Options(), get_spec("cifar_resnet20"), "infer",
+                        Namespace(**vars(args), process_option="oneDNN off"))
+    assert [r["config"] for r in extra] == ["oneDNN off", "oneDNN off + fast",
+                                            "oneDNN off + lossy", "oneDNN off + fast + lossy"]
+    assert [r["options"] for r in extra][:2] == [["oneDNN off"], ["oneDNN off", "fast"]]
+    assert all(r["process_option"] == "oneDNN off" for r in extra)
+    assert extra[2]["logits"] == np.full((4, 10), 1.01, np.float32).tolist()
+    assert "logits" not in extra[3]  # it failed
+    json.dumps(extra)  # as the worker prints them
+
+
+def printed(option, walls, offsets):
+    """--tuned rows of TensorFlow, batch 8, as a worker prints them: judge()'s figures against
+    its own process's default, logits 2 and -1 plus each configuration's offset (kept in every
+    row of a process option's process, in the default's alone in the main one)."""
+    base = np.array([[2.0, -1.0]])
+    rows = bench.judge([{"phase": "train", "config": " + ".join(c) or "default (fp32)",
+                         "options": list(c), "first_step_s": 0.1, "logits": base + d}
+                        for c, d in offsets.items()], walls, 8, 1e-3)
+    for r, (c, d) in zip(rows, offsets.items()):
+        if option or not c:
+            r["logits"] = (base + d).tolist()
+        if option:
+            r |= {"config": " + ".join((option, *c)), "options": [option, *c],
+                  "process_option": option}
+    return [r | {"framework": "tf", "batch_size": 8} for r in rows]
+
+
+def main_rows():
+    """The main process: default 11 ms (median), fast 2.2x within, lossy 5.5x beyond."""
+    return printed(None, {(): [0.010, 0.012], ("fast",): [0.005] * 2, ("lossy",): [0.002] * 2},
+                   {(): 0.0, ("fast",): 1e-4, ("lossy",): 0.02})
+
+
+def switch_rows(default_s):
+    """The process of the option "switch": its default at default_s, its fast at half of it;
+    both 4e-4 off the main default's logits (and 0 off their own default's)."""
+    return printed("switch", {(): [default_s] * 2, ("fast",): [default_s / 2] * 2},
+                   {(): 4e-4, ("fast",): 4e-4})
+
+
+def test_a_process_options_rows_are_judged_against_the_main_processs_fp32_default():
+    """Across processes: logits against the main default's, speedup = own interleaved speedup
+    x (main default median / own default median), marked not interleaved; the crown goes to
+    the fastest within the tolerance of either process."""
+    rows = bench.judge_across(main_rows() + switch_rows(0.008))
+    switch, switch_fast = rows[3], rows[4]
+    assert switch["speedup"] == pytest.approx(1.0 * 0.011 / 0.008)
+    assert switch_fast["speedup"] == pytest.approx(2.0 * 0.011 / 0.008)  # 2.75x
+    assert switch_fast["difference"] == pytest.approx(4e-4 / 2)  # not 0, its own default's
+    assert switch["across_processes"] is True and "across_processes" not in rows[1]
+    assert [r.get("best") for r in rows] == [None, None, None, None, True]
+    assert not any("logits" in r for r in rows)
+    assert bench.verdicts(rows) == [
+        "TensorFlow/Keras train, batch 8: won: switch + fast, 2.75x (separate process, not "
+        "interleaved) the fp32 default (logits within 2.0e-04 of its scale, tolerance 0.001); "
+        "beyond the tolerance, not crowned: lossy (1.0e-02, 5.50x)"]
+    cells = [r[bench.TUNED_HEADER.index("x default")] for r in bench.tuned_rows(rows)]
+    assert cells == ["1.00", "2.20", "5.50", "1.38 (separate process, not interleaved)",
+                     "2.75 (separate process, not interleaved)"]
+    # A slower process: 2.0 x 0.011 / 0.022 = 1.0x, and the main process's fast keeps the crown.
+    rows = bench.judge_across(main_rows() + switch_rows(0.022))
+    assert [r.get("best") for r in rows] == [None, True, None, None, None]
+    assert rows[4]["speedup"] == pytest.approx(1.0)
+
+
+def test_tuned_driver_starts_a_worker_per_process_option_with_its_environment(monkeypatch,
+                                                                              tmp_path):
+    """The main worker names TensorFlow's process options (the driver imports no framework);
+    the driver starts one more worker per option, with its environment and --process-option,
+    and judges its rows across processes."""
+    started = []
+
+    def fake_run(command, env, **kwargs):
+        started.append((command, env))
+        option = bench.parser().parse_args(command[3:]).process_option
+        said = {"version": "2.17", "libraries": {"oneDNN": "off" if option else "on"}}
+        rows = ([r | said for r in switch_rows(0.008)] if option else
+                [r | said | {"process_options": {"switch": {"SWITCH": "0"}}} for r in main_rows()])
+        out = "".join(bench.MARK + json.dumps(r) + "\n" for r in rows)
+        return subprocess.CompletedProcess(command, 0, stdout=out, stderr="")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.delenv("SWITCH", raising=False)
+    args = bench.parser().parse_args(["--tuned", "--frameworks", "tf", "--phase", "train",
+                                      "--batch-size", "8", "--out", str(tmp_path)])
+    rows, _ = bench.run(["tf"], args, log=lambda line: None)
+    assert len(started) == 2
+    (main, main_env), (extra, extra_env) = started
+    assert "--process-option" not in main and "SWITCH" not in main_env
+    assert extra[extra.index("--process-option") + 1] == "switch" and extra_env["SWITCH"] == "0"
+    assert extra[:-2] == main and bench.parser().parse_args(extra[3:]).tuned
+    assert [r["config"] for r in rows][3:] == ["switch", "switch + fast"]
+    assert rows[4]["best"] and rows[4]["across_processes"] and rows[4]["options"] == [
+        "switch", "fast"]
+    assert not any("logits" in r for r in rows)
+    # What ran: the main process's libraries, then the option's process's.
+    assert bench.what_ran(["tf"], rows)[:2] == [
+        "TensorFlow/Keras 2.17: oneDNN on",
+        "TensorFlow/Keras 2.17, process option switch: oneDNN off"]
+
+
+def test_tensorflows_onednn_off_worker_runs_with_onednn_off():
+    """The real thing: a TensorFlow worker started as the driver starts "oneDNN off"'s, whose
+    rows say that TensorFlow runs without oneDNN; without the environment it refuses."""
+    import os
+    command = [sys.executable, "-m", "common.commands.bench", "--worker", "tf", "--tuned",
+               "--process-option", "oneDNN off", "--arch", "cifar_resnet20", "--input-size",
+               "8", "--batch-size", "2", "--rounds", "1", "--steps", "1", "--warmup", "0",
+               "--phase", "infer", "--threads", "1"]
+    env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    done = subprocess.run(command, env=env | REFERENCES["tf"].PROCESS_OPTIONS["oneDNN off"],
+                          capture_output=True, text=True, timeout=300)
+    rows = [json.loads(line[len(bench.MARK):]) for line in done.stdout.splitlines()
+            if line.startswith(bench.MARK)]
+    assert done.returncode == 0 and len(rows) == 4, done.stdout + done.stderr
+    assert rows[0]["config"] == "oneDNN off" and rows[1]["options"][0] == "oneDNN off"
+    for r in rows:
+        assert r["libraries"]["oneDNN"].startswith("off (") and "process_options" not in r, r
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert "without {'TF_ENABLE_ONEDNN_OPTS': '0'}" in done.stdout, done.stdout + done.stderr

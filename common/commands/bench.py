@@ -115,6 +115,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=positive_float, default=1800, help="seconds per framework process")
     p.add_argument("--out", type=path_arg, default="reports/bench", help="folder for bench.jsonl and bench.md")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    # --tuned: the worker of one of reference.PROCESS_OPTIONS, started with its environment
+    p.add_argument("--process-option", default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -266,7 +268,9 @@ def tuned(reference, spec, phase: str, args) -> list[dict]:
     timed in rounds that visit every configuration in turn, so drift hits all alike. Each
     configuration's inference logits are compared with the fp32 default's: the largest
     difference over the default's largest |logit|. A configuration that fails is a row with
-    its error."""
+    its error. The default's logits stay in its row (a list), for judge_across; in the process
+    of a process option (args.process_option) every row keeps them, and is named with the
+    option first."""
     b, s, dev = args.batch_size, args.input_size, args.device
     dev = "cpu" if dev == "auto" else dev
     steps, out = {}, {}
@@ -299,7 +303,16 @@ def tuned(reference, spec, phase: str, args) -> list[dict]:
                 fn()
             reference.sync()
             wall[combo].append((time.perf_counter() - w0) / args.steps)
-    return judge(list(out.values()), wall, b, args.tolerance)
+    logits = {combo: r["logits"] for combo, r in out.items() if "logits" in r}
+    rows = judge(list(out.values()), wall, b, args.tolerance)
+    option = getattr(args, "process_option", None)
+    for combo, r in out.items():  # the rows judge returned
+        if combo in logits and (option or not combo):
+            r["logits"] = logits[combo].tolist()
+        if option:
+            r |= {"config": " + ".join((option, *combo)), "options": [option, *combo],
+                  "process_option": option}
+    return rows
 
 
 def rebuilt(reference, spec, default: dict | None, b: int, s: int, dev: str) -> None:
@@ -335,6 +348,53 @@ def judge(rows: list[dict], wall: dict[tuple[str, ...], list[float]], batch: int
     return rows
 
 
+ACROSS = " (separate process, not interleaved)"  # said beside a speedup across processes
+
+
+def judge_across(rows: list[dict]) -> list[dict]:
+    """--tuned with process options: each row of a process option's own process, judged
+    against the fp32 default of the main process (same framework, phase and batch) where no
+    rounds could interleave them. Its logits' difference is taken from that default's logits
+    (same seeded weights and batch); its speedup is its interleaved speedup over its own
+    process's default times (main default median / its default's median), marked
+    "across_processes". The fastest within the tolerance of either process is crowned. The
+    logits leave every row."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if kind(r) == "tuned":
+            groups.setdefault((r["framework"], r["phase"], r.get("batch_size")), []).append(r)
+    for group in groups.values():
+        extra = [r for r in group if "process_option" in r]
+        if not extra:
+            continue
+        main = next((r for r in group if r.get("options") == [] and "median_s" in r
+                     and "logits" in r), None)
+        defaults = {r["process_option"]: r for r in extra
+                    if r["options"] == [r["process_option"]] and "median_s" in r}
+        for r in group:
+            r.pop("best", None)
+        for r in extra:
+            # judge's figures in its own process are against its own default: not the fp32 one
+            own = r.pop("speedup", None)
+            for key in ("difference", "within"):
+                r.pop(key, None)
+            base = defaults.get(r["process_option"])
+            if own is None or main is None or base is None or "logits" not in r:
+                continue
+            r["own_speedup"] = own
+            scale = float(np.abs(main["logits"]).max()) or 1.0
+            r["difference"] = float(np.abs(np.subtract(r["logits"], main["logits"])).max()) / scale
+            r["speedup"] = own * main["median_s"] / base["median_s"]
+            r["within"] = r["difference"] <= r["tolerance"]
+            r["across_processes"] = True
+        fit = [r for r in group if r.get("within")]
+        if fit:
+            max(fit, key=lambda r: r["speedup"])["best"] = True
+    for r in rows:
+        r.pop("logits", None)
+    return rows
+
+
 def worker(framework: str, args) -> None:
     """Run in the framework's own process: print one MARK line of JSON per phase."""
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read by MXNet (and OpenMP) on import
@@ -349,6 +409,22 @@ def worker(framework: str, args) -> None:
         print(MARK + json.dumps({"phase": args.phase, "framework": framework,
                                  "error": str(err)}), flush=True)
         return
+    option = args.process_option
+    if option is not None and not args.tuned:
+        raise ValueError(f"--process-option: expected it with --tuned, got {option!r} without")
+    if option is not None:
+        env = reference.PROCESS_OPTIONS.get(option)
+        unset = {k: v for k, v in (env or {}).items() if os.environ.get(k) != v}
+        if env is None or unset:  # read when the framework loaded: the driver must set it
+            print(MARK + json.dumps({
+                "phase": args.phase, "framework": framework, "config": option,
+                "options": [option], "process_option": option,
+                "error": f"--process-option: expected one of {sorted(reference.PROCESS_OPTIONS)} "
+                         f"with its environment set when the process starts, got {option!r}"
+                         + (f" without {unset}" if unset else "")}), flush=True)
+            return
+    # The main process of --tuned names the process options, for the driver to start.
+    named = {"process_options": reference.PROCESS_OPTIONS} if args.tuned and not option else {}
     probe, libraries = reference.matmul_gflops(), reference.kernel_libraries()
     phases = ("latency",) if args.latency else PHASES if args.phase == "both" else (args.phase,)
     for b, phase in ((b, phase) for b in batch_sizes(args) for phase in phases):
@@ -360,7 +436,7 @@ def worker(framework: str, args) -> None:
         except (ValueError, NotImplementedError) as err:  # e.g. a precision a framework lacks
             rows = [{"phase": phase, "error": str(err)}]
         for row in rows:
-            emit(row, framework, b, probe, reference, libraries, flops(
+            emit(row | named, framework, b, probe, reference, libraries, flops(
                 spec, args.input_size, PHASE_OF.get(phase, phase)) / 1e9)
 
 
@@ -417,8 +493,12 @@ def libraries_line(framework: str, version: str, libraries: dict[str, str]) -> s
 
 def what_ran(frameworks: Sequence[str], rows: Sequence[dict] = ()) -> list[str]:
     """Each framework's version and kernel libraries, then the CPU flags line: from the bench
-    rows (each framework's own process) where given, else from this process."""
-    found = {r["framework"]: (r["version"], r["libraries"]) for r in rows if "libraries" in r}
+    rows (each framework's own process) where given, else from this process; a line more for
+    each process option's process (--tuned)."""
+    found = {r["framework"]: (r["version"], r["libraries"]) for r in rows
+             if "libraries" in r and "process_option" not in r}
+    options = {(r["framework"], r["process_option"]): (r["version"], r["libraries"])
+               for r in rows if "libraries" in r and "process_option" in r}
     lines = []
     for fw in frameworks:
         if fw not in found and rows:
@@ -428,6 +508,8 @@ def what_ran(frameworks: Sequence[str], rows: Sequence[dict] = ()) -> list[str]:
             reference = module(fw, "reference")
             found[fw] = (reference.VERSION, reference.kernel_libraries())
         lines.append(libraries_line(fw, *found[fw]))
+        lines += [libraries_line(fw, f"{version}, process option {name}", libraries)
+                  for (f, name), (version, libraries) in options.items() if f == fw]
     return lines + [cpu_flags_line()]
 
 
@@ -445,27 +527,40 @@ def worker_command(framework: str, args) -> list[str]:
         flags += ["--latency", "--latency-calls", str(args.latency_calls)]
     if getattr(args, "tuned", False):
         flags += ["--tuned", "--tolerance", repr(args.tolerance)]
+    if getattr(args, "process_option", None):
+        flags += ["--process-option", args.process_option]
     return [sys.executable, "-m", "common.commands.bench", "--worker", framework, *flags]
 
 
-def run_framework(framework: str, args, log=print) -> list[dict]:
-    """One framework's rows, from its own process, with the CPU that others used meanwhile."""
+def failed(framework: str, args, error: str) -> dict:
+    """The row of a worker process that gave none; in a process option's process (--tuned),
+    a row of the tuned table, like a speed option this build lacks."""
+    option = getattr(args, "process_option", None)
+    row = {"framework": framework, "phase": args.phase, "error": error}
+    return row | ({"config": option, "options": [option], "process_option": option}
+                  if option else {})
+
+
+def run_framework(framework: str, args, log=print, extra_env: dict | None = None) -> list[dict]:
+    """One framework's rows, from its own process (with `extra_env` added to this one's), with
+    the CPU that others used meanwhile."""
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env |= extra_env or {}
     busy0, ours0, wall0 = _busy_seconds(), _children_cpu(), time.perf_counter()
     try:
         done = subprocess.run(worker_command(framework, args), env=env, capture_output=True,
                               text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
-        return [{"framework": framework, "phase": args.phase,
-                 "error": f"expected to finish within --timeout {args.timeout:g} s, did not"}]
+        return [failed(framework, args,
+                       f"expected to finish within --timeout {args.timeout:g} s, did not")]
     wall = time.perf_counter() - wall0
     others = max(0.0, (_busy_seconds() - busy0) - (_children_cpu() - ours0))
     rows = [json.loads(line[len(MARK):]) for line in done.stdout.splitlines()
             if line.startswith(MARK)]
     if done.returncode != 0 or not rows:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        return [{"framework": framework, "phase": args.phase,
-                 "error": f"expected exit status 0, got {done.returncode}: {tail[0]}"}]
+        return [failed(framework, args,
+                       f"expected exit status 0, got {done.returncode}: {tail[0]}")]
     for row in rows:
         row["others_cpu_share"] = others / wall  # other processes' CPU, in cores, on average
     return rows
@@ -611,7 +706,8 @@ def tuned_rows(rows: list[dict]) -> list[list[object]]:
         within = r.get("within")
         out.append(head + [f"{1e3 * r['median_s']:.1f}" + moved(r.get("rounds_s", ())),
                            f"{r['img_per_s']:.1f}",
-                           _fmt(r.get("speedup"), ".2f"),
+                           _fmt(r.get("speedup"), ".2f")
+                           + (ACROSS if r.get("across_processes") else ""),
                            _fmt(100 * r["peak_share"] if "peak_share" in r else None, ".1f"),
                            _fmt(r.get("difference"), ".1e"),
                            ("yes, fastest" if r.get("best") else "yes") if within
@@ -622,6 +718,12 @@ def tuned_rows(rows: list[dict]) -> list[list[object]]:
 
 def _fmt(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
+
+
+def times(row: dict) -> str:
+    """A configuration's speedup, "1.05x", and where it was not interleaved with the default,
+    "1.05x (separate process, not interleaved)"."""
+    return f"{row['speedup']:.2f}x" + (ACROSS if row.get("across_processes") else "")
 
 
 def verdicts(rows: list[dict]) -> list[str]:
@@ -643,14 +745,14 @@ def verdicts(rows: list[dict]) -> list[str]:
         elif not best["options"]:
             line += f"the fp32 default is the fastest within {tolerance:g}"
         else:
-            line += (f"won: {best['config']}, {best['speedup']:.2f}x the fp32 default "
+            line += (f"won: {best['config']}, {times(best)} the fp32 default "
                      f"(logits within {best['difference']:.1e} of its scale, tolerance "
                      f"{tolerance:g})")
         if best is not None and "peak_share" in best:
             line += f", {100 * best['peak_share']:.1f}% of the FP32 peak"
         if beyond:
             line += "; beyond the tolerance, not crowned: " + ", ".join(
-                f"{r['config']} ({r['difference']:.1e}, {r['speedup']:.2f}x)" for r in beyond)
+                f"{r['config']} ({r['difference']:.1e}, {times(r)})" for r in beyond)
         if failed:
             line += "; failed: " + ", ".join(r["config"] for r in failed)
         again = max((r.get("rebuilt_difference", 0.0) for r in group), default=0.0)
@@ -701,8 +803,17 @@ def run(frameworks: Sequence[str], args, log=print) -> tuple[list[dict], list[st
     load0, rows = os.getloadavg(), []
     for fw in frameworks:
         log(f"== {NAMES[fw]}: {shlex.join(worker_command(fw, args)[1:])}")
-        rows += run_framework(fw, args, log)
-    return finish(rows), notes(rows, (load0, os.getloadavg()))
+        ran = run_framework(fw, args, log)
+        rows += ran
+        # --tuned: a process per process option, with its environment (its main process named
+        # them, so that this one need not import the framework).
+        named = {name: env for r in ran for name, env in r.get("process_options", {}).items()}
+        for name, env in named.items() if args.tuned else ():
+            at = argparse.Namespace(**vars(args) | {"process_option": name})
+            log(f"== {NAMES[fw]}, {name}: {' '.join(f'{k}={v}' for k, v in env.items())} "
+                f"{shlex.join(worker_command(fw, at)[1:])}")
+            rows += run_framework(fw, at, log, env)
+    return finish(judge_across(rows)), notes(rows, (load0, os.getloadavg()))
 
 
 @guarded

@@ -179,6 +179,9 @@ class Reference(Protocol):
     # bench --tuned: the framework's documented speed options, name -> make_step's keywords
     # (a keyword the protocol does not name is the package's own, with a default)
     SPEED_OPTIONS: dict[str, dict[str, Any]]
+    # bench --tuned: switches read when the framework is imported, name -> the environment of a
+    # process of their own ({} where there are none)
+    PROCESS_OPTIONS: dict[str, dict[str, str]]
 
     def network(self, spec: ResNetSpec) -> Any: ...
 
