@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 import numpy as np
 
@@ -104,7 +105,13 @@ def join(workers: int, rank: int, sync_bn: bool = False) -> Engine:
     # needs a GPU on every worker).
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+    # TensorFlow's coordination service replaces the SIGTERM handler with its own preemption
+    # notifier, which only records the signal: a worker told to stop trained on for 30 s and
+    # more, until the launcher's SIGKILL. SIGTERM goes back to what it was (the train
+    # script's: stop, as in the other frameworks).
+    before = signal.getsignal(signal.SIGTERM)
     strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
     if strategy.num_replicas_in_sync != workers:
         raise Error(f"MultiWorkerMirroredStrategy: expected one replica per worker "
                          f"({workers}), got {strategy.num_replicas_in_sync} replicas; give "

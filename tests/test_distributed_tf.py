@@ -265,3 +265,29 @@ def test_join_refuses_a_tf_config_that_disagrees(monkeypatch, config, message):
         monkeypatch.setenv("TF_CONFIG", json.dumps(config))
     with pytest.raises(ValueError, match=re.escape(message)):
         join(2, 0)
+
+
+def test_a_worker_sent_sigterm_stops_at_once_and_the_launch_names_it(tmp_path):
+    """TensorFlow's coordination service replaces the SIGTERM handler with one that only records
+    the signal (its preemption notifier): a worker told to stop trained on until SIGKILL. join
+    gives SIGTERM back to the train script, which stops with 143, as in the other frameworks."""
+    import signal
+    out = tmp_path / "run"
+    sent = []
+
+    def echo(name, line):  # at the first epoch line: SIGTERM to both workers, once
+        if "epoch 1/" in line and not sent:
+            sent.append(time.monotonic())
+            for proc in Path("/proc").iterdir():
+                if proc.name.isdigit() and str(out) in _cmdline(proc) \
+                        and "resnet_tf.train" in _cmdline(proc):
+                    os.kill(int(proc.name), signal.SIGTERM)
+    result = launch("tf", WORKERS, ["-m", "resnet_tf.train", "--arch", "cifar_resnet20",
+                                    "--dataset", "digits", "--limit", "64", "--resize", "0",
+                                    "--batch-size", "16", "--epochs", "5000", "--out", str(out)],
+                    deadline=150.0, echo=echo)
+    assert sent, result.outputs
+    stopped = time.monotonic() - sent[0]
+    assert result.returncode == 143, (result.failure, stopped)
+    assert re.match(r"worker-[01] failed \(exit status 143\)", result.failure), result.failure
+    assert stopped < 20, f"the launch ended {stopped:.1f} s after the SIGTERM"

@@ -3,6 +3,7 @@ deadline or Ctrl-C stops every process it started (children included), saying wh
 The engines' equivalence with one process is in tests/test_distributed_<fw>.py."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -153,7 +154,13 @@ def test_ctrl_c_stops_every_process_and_exits_130(tmp_path):
                           text=True, start_new_session=True) as parent:
         started = pids(tmp_path, 2)
         parent.send_signal(signal.SIGINT)
-        out, _ = parent.communicate(timeout=60)
+        try:
+            out, _ = parent.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # fail in 60 s, not when the workers' sleeps end
+            for pid in (parent.pid, *started):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            raise
     assert parent.returncode == 130 and "interrupted (Ctrl-C)" in out
     assert len(started) == 4 and not any(alive(p) for p in started)
 
