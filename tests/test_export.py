@@ -14,7 +14,7 @@ from common.commands import export
 from common.frameworks import FRAMEWORKS
 from common.core.init import init_weights
 from common.core.spec import get_spec
-from common.core.weights import save_weights
+from common.core.weights import canonical_layout, save_weights
 from tests.helpers import MODULES
 
 TOL = 1e-5  # max |diff| / max(1, max |logit|), common.commands.export.TOLERANCE
@@ -89,6 +89,16 @@ def test_every_file_takes_nchw_float32_named_input_and_returns_logits(exported):
                 ] == [export.OPSET], fw
     # The NCHW -> NHWC transpose before the Keras model is folded into the convolutions.
     assert Counter(n.op_type for n in out["tf"]["graph"].graph.node)["Transpose"] == 0
+
+
+def test_every_file_holds_one_conv_node_per_convolution_of_the_network(exported):
+    """No convolution is exported as something else: JAX's network computes convolutions with
+    at most 4 output positions as a matrix product (resnet_jax.model.Conv), its export keeps
+    nn.Conv; d2l_resnet18 at 33 px ends in 2x2 maps."""
+    spec, _, out = exported
+    kernels = sum(len(shape) == 4 for shape in canonical_layout(spec).values())
+    for fw in FRAMEWORKS:
+        assert Counter(n.op_type for n in out[fw]["graph"].graph.node)["Conv"] == kernels, fw
 
 
 def test_the_command_writes_a_file_of_the_given_weights(tmp_path):

@@ -13,7 +13,7 @@ out.
 - the network's two faster layers (resnet_jax.model): Conv's small-map matrix product equals
   XLA's convolution, value and gradient, and is taken only up to SMALL_MAP output positions;
   BatchNorm's values are nn.BatchNorm's bit for bit and its gradient the same to rounding; the
-  network on them equals the one on Flax's layers; the ONNX file holds convolutions.
+  network on them equals the one on Flax's layers(the ONNX file's Conv nodes: test_export).
 """
 from __future__ import annotations
 
@@ -414,7 +414,7 @@ def test_networks_batchnorm_gives_flaxs_values_bit_for_bit_and_its_gradient(dtyp
 
 
 def test_the_network_on_its_layers_equals_the_network_on_flaxs_layers():
-    """d2l's ResNet-18 at 32 px (2x2 and 1x1 maps in its last two stages): logits in both modes
+    """d2l's ResNet-18 at 16 px (4x4 maps in stage 1, 2x2 and 1x1 after): logits in both modes
     and float64 gradients, with resnet_jax.model's Conv and BatchNorm against nn.Conv and
     nn.BatchNorm(use_fast_variance=False)."""
     import jax
@@ -424,7 +424,7 @@ def test_the_network_on_its_layers_equals_the_network_on_flaxs_layers():
     from resnet_jax.model import build
     net = build("d2l_resnet18", num_classes=10, in_channels=1)
     flax_layers = net.module.clone(conv=nn.Conv, norm=nn.BatchNorm)
-    X = np.random.default_rng(0).random((4, 32, 32, 1))
+    X = np.random.default_rng(0).random((8, 16, 16, 1))
     for training in (False, True):
         a, b = (m.clone(training=training).apply(net.variables, jnp.asarray(X, jnp.float32),
                                                  mutable=["batch_stats"])[0]
@@ -432,7 +432,7 @@ def test_the_network_on_its_layers_equals_the_network_on_flaxs_layers():
         assert float(jnp.abs(a - b).max()) <= 1e-5, training
     with enable_x64():
         v64 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), net.variables)
-        y = jnp.arange(4) % 10
+        y = jnp.arange(8)
 
         def grads(module):
             def loss(params):
@@ -443,14 +443,3 @@ def test_the_network_on_its_layers_equals_the_network_on_flaxs_layers():
         ours, flax_ = grads(net.module), grads(flax_layers)
         scale = max(float(jnp.abs(g).max()) for g in flax_)  # conv biases' are rounding noise
         assert all(float(jnp.abs(a - b).max()) <= 1e-10 * scale for a, b in zip(ours, flax_))
-
-
-def test_the_onnx_file_holds_a_convolution_for_every_convolution_of_the_network():
-    from common.core.init import init_weights
-    from resnet_jax.export import onnx_graph
-    spec = get_spec("d2l_resnet18", num_classes=10, in_channels=1)
-    weights = init_weights(spec, 0)
-    graph = onnx_graph(spec, weights, 32)  # 2x2 and 1x1 maps at the end
-    ops = [node.op_type for node in graph.graph.node]
-    assert ops.count("Conv") == sum(w.ndim == 4 for w in weights.values()) == 20
-    assert ops.count("MatMul") + ops.count("Gemm") == 1  # the dense layer's
