@@ -209,3 +209,23 @@ def test_train_flags_reach_the_adapter(fw, tmp_path):
     change = max(float(np.abs(a[k] - b[k]).max()) for k in a)
     assert change > 1e-5, "bf16 training ended with the fp32 weights"
     assert np.isfinite(bf16["history"][0]["train_loss"])
+
+
+def test_compares_speed_settings_run_through_bench_for_every_framework(monkeypatch):
+    """compare's speed section calls bench.run with a settings namespace of its own (the tests
+    that train pass --bench-rounds 0): every framework gets one bench process with the runs'
+    network, size and batch, and none more (no --tuned process options)."""
+    from argparse import Namespace
+    from common.commands import bench
+    started = []
+
+    def fake_process(fw, args, log=print, extra_env=None):
+        started.append((fw, args.arch, args.input_size, args.batch_size, extra_env))
+        return [{"framework": fw, "phase": "train", "error": "not measured here"}]
+    monkeypatch.setattr(bench, "run_framework", fake_process)
+    run = {"arch": "cifar_resnet20", "input_size": 16, "in_channels": 3, "num_classes": 10}
+    args = Namespace(batch_size=32, precision="fp32", compile=False, device="auto", threads=1,
+                     bench_rounds=1)
+    rows, lines = compare.measure_speed({fw: run for fw in FRAMEWORKS}, args)
+    assert started == [(fw, "cifar_resnet20", 16, 32, None) for fw in FRAMEWORKS]
+    assert [r["framework"] for r in rows] == list(FRAMEWORKS) and lines

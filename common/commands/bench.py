@@ -808,7 +808,7 @@ def run(frameworks: Sequence[str], args, log=print) -> tuple[list[dict], list[st
         # --tuned: a process per process option, with its environment (its main process named
         # them, so that this one need not import the framework).
         named = {name: env for r in ran for name, env in r.get("process_options", {}).items()}
-        for name, env in named.items() if args.tuned else ():
+        for name, env in named.items() if getattr(args, "tuned", False) else ():
             at = argparse.Namespace(**vars(args) | {"process_option": name})
             log(f"== {NAMES[fw]}, {name}: {' '.join(f'{k}={v}' for k, v in env.items())} "
                 f"{shlex.join(worker_command(fw, at)[1:])}")
