@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.commands.train import CHECKPOINT
 from common.frameworks import FRAMEWORKS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -298,6 +299,11 @@ def test_a_host_stopped_mid_run_stops_the_other_and_both_resume_to_the_weights_o
     try:
         assert wait_for(logs / "host0.log", "epoch 1/50", DEADLINE), \
             (logs / "host0.log").read_text()[-3000:]
+        # The epoch line comes before its checkpoint is written: stop once there is one to
+        # resume from (on a loaded machine the SIGTERM once came between the two).
+        end = time.monotonic() + DEADLINE
+        while not (tmp_path / "run" / CHECKPOINT).exists() and time.monotonic() < end:
+            time.sleep(0.1)
         procs[1].send_signal(signal.SIGTERM)
         stopped = time.monotonic()
     finally:
