@@ -8,6 +8,7 @@ steps.
 - **Compiled always.** Every step is a `jax.jit` function (the forward pass, the gradient and
   the update in one program), traced on its first call for each batch shape; `compile=True`
   has nothing more to do and is accepted, so that the flag means the same in every framework.
+  So is `channels_last`: the network computes in NHWC (channels last) always.
 - **Optimisers written here**, in jax.numpy, as PyTorch computes them (the formulas of
   docs/framework-differences.md, "Optimiser updates in float64"): SGD with momentum and L2
   weight decay, and Adam with eps added to sqrt(v_hat); the learning rate is rounded to float32
@@ -175,8 +176,8 @@ class Adapter:
 
     def __init__(self, spec: ResNetSpec, weights: Weights, *, lr: float = 0.05,
                  optimizer: OptimizerConfig | None = None, dtype: str = "float32",
-                 precision: str = "fp32", compile: bool = False, device: str | Device = "auto",
-                 engine: Engine | None = None):
+                 precision: str = "fp32", compile: bool = False, channels_last: bool = False,
+                 device: str | Device = "auto", engine: Engine | None = None):
         self.spec = spec
         self.opt = optimizer or OptimizerConfig(lr=lr)  # checked before anything is built
         self.dtype = check_dtype(dtype)
@@ -189,6 +190,7 @@ class Adapter:
         self.device = select(device)
         self._device = engine.device if engine is not None else native(self.device)
         self.compiled = bool(compile)  # every step is jitted anyway (see the module's doc)
+        self.channels_last = True  # NHWC always (see the module's doc)
         self.trainable = [n for n in canonical_layout(spec) if not n.endswith(_STATS)]
         self.model = Network(spec, {})
         self.set_weights(weights)

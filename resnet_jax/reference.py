@@ -125,11 +125,12 @@ def _jax_device(device):
 
 
 def make_step(spec, phase, batch_size, input_size, precision="fp32", compile=False, lr=0.05,
-              device="cpu"):
-    """A no-argument function running one training step (forward, loss, backward, SGD step;
-    returns the loss and the correct count, as d2l's train_ch6 adds them up) or one inference
-    step (returns the logits), on a random batch made once, in NHWC, on `device`. JAX always
-    compiles (jax.jit); `compile` changes nothing. fp16 is refused, as by the adapter."""
+              device="cpu", channels_last=False):
+    """A no-argument function running one training step (forward, loss, backward, SGD step; returns
+    the loss and the correct count, as d2l's train_ch6 adds them up) or one inference step
+    (returns the logits), on a random batch made once, in NHWC, on `device`. JAX always compiles
+    (jax.jit); `compile` changes nothing. fp16 is refused, as by the adapter. channels_last
+    changes nothing (Flax computes NHWC always)."""
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision: expected fp32 or bf16 in JAX, got {precision!r}")
     dtype = jnp.bfloat16 if precision == "bf16" else jnp.float32

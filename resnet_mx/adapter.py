@@ -47,6 +47,9 @@ Options, all off by default so that the default step is a plain Gluon step:
   1.9's bfloat16 support was written for oneDNN, its CPU backend.
 - compile=True: `hybridize(static_alloc=True, static_shape=True)`: memory planned once and
   the graph assumed to keep its input shape, instead of the plain `hybridize()`.
+- channels_last: accepted, so that the option means the same in every framework, and changes
+  nothing: Gluon 1.9's CPU convolutions take NCHW, and its oneDNN backend already keeps
+  activations in oneDNN's own blocked layout between operators.
 
 engine= (resnet_mx.distributed.join): data-parallel training on a KVStore `dist_sync`. The
 Trainer pushes each worker's gradient and pulls the workers' sum (update_on_kvstore=False),
@@ -98,8 +101,8 @@ class Adapter:
 
     def __init__(self, spec: ResNetSpec, weights: Weights, *, lr: float = 0.05,
                  optimizer: OptimizerConfig | None = None, dtype: str = "float32",
-                 precision: str = "fp32", compile: bool = False, device: str | Device = "auto",
-                 engine: Engine | None = None):
+                 precision: str = "fp32", compile: bool = False, channels_last: bool = False,
+                 device: str | Device = "auto", engine: Engine | None = None):
         self.spec = spec
         self.opt = optimizer or OptimizerConfig(lr=lr)  # checked before anything is built
         self.dtype = check_dtype(dtype)
@@ -123,6 +126,7 @@ class Adapter:
                         f"on the CPU (its float16 Convolution fails with 'FP16 gemm on "
                         f"cpu not implemented!'): use fp16 on a GPU, or bf16 on the CPU")
         self.compiled = bool(compile)
+        self.channels_last = False  # NCHW in Gluon, oneDNN's blocked layout inside
         self.model = from_canonical(to_load(spec), weights)
         self.model.cast(self.dtype)
         # Built and loaded on the CPU, then moved (a copy of each Parameter and a fresh

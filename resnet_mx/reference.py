@@ -117,13 +117,14 @@ def count_params(net) -> tuple[int, int]:
 
 
 def make_step(spec, phase, batch_size, input_size, precision="fp32", compile=False, lr=0.05,
-              device="cpu"):
-    """A no-argument function running one training step (forward, loss, backward, SGD step;
-    returns the loss and the correct count, as d2l's train_ch6 adds them up) or one inference
-    step (returns the logits), on a random batch made once on the device, in NCHW. bf16 and
-    fp16 convert the block with MXNet's AMP (fp16 also scales the loss with AMP's dynamic loss
+              device="cpu", channels_last=False):
+    """A no-argument function running one training step (forward, loss, backward, SGD step; returns
+    the loss and the correct count, as d2l's train_ch6 adds them up) or one inference step
+    (returns the logits), on a random batch made once on the device, in NCHW. bf16 and fp16
+    convert the block with MXNet's AMP (fp16 also scales the loss with AMP's dynamic loss
     scaler, as amp.init_trainer would); compile=True hybridizes with static_alloc and
-    static_shape. device: "cpu" or "gpu:N"."""
+    static_shape. device: "cpu" or "gpu:N". channels_last changes nothing (Gluon's CPU
+    convolutions take NCHW, oneDNN keeps its blocked layout inside)."""
     mx.random.seed(0)
     ctx = context(device)
     net = network(spec, ctx)

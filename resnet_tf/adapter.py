@@ -24,6 +24,8 @@ Two options, both off by default so that the default step is a plain Keras step:
   counter travel in optimizer_state (`loss_scale`, `loss_scale.good_steps`).
 - compile=True: the adapter's tf.functions are compiled by XLA (`jit_compile=True`). The
   first call of each function and input shape pays the compilation.
+- channels_last: accepted, so that the option means the same in every framework, and changes
+  nothing: Keras's layers here compute in NHWC (channels last) always.
 
 engine= (resnet_tf.distributed.join): data-parallel training on MultiWorkerMirroredStrategy.
 The model and optimiser are made in the strategy's scope (mirrored variables) and train_step
@@ -68,13 +70,14 @@ class Adapter:
 
     def __init__(self, spec: ResNetSpec, weights: Weights, *, lr: float = 0.05,
                  optimizer: OptimizerConfig | None = None, dtype: str = "float32",
-                 precision: str = "fp32", compile: bool = False, device: str | Device = "auto",
-                 engine: Engine | None = None):
+                 precision: str = "fp32", compile: bool = False, channels_last: bool = False,
+                 device: str | Device = "auto", engine: Engine | None = None):
         self.spec = spec
         self.opt = optimizer or OptimizerConfig(lr=lr)  # checked before anything is built
         self.dtype = check_dtype(dtype)
         self.precision = check_precision(precision, self.dtype)
         self.compiled = bool(compile)
+        self.channels_last = True  # NHWC always (see the module's doc)
         self.engine = engine
         # One replica per worker (resnet_tf.distributed.join checks it).
         self.replicas = engine.strategy.num_replicas_in_sync if engine else 1

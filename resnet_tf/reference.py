@@ -103,15 +103,16 @@ def count_params(net) -> tuple[int, int]:
 
 
 def make_step(spec, phase, batch_size, input_size, precision="fp32", compile=False, lr=0.05,
-              device="cpu"):
-    """A no-argument function running one training step (forward, loss, backward, SGD step;
-    returns the loss and the correct count, as d2l's train_ch6 adds them up) or one inference
-    step (returns the logits), on a random batch made once, in NHWC. bf16 and fp16 use Keras's
+              device="cpu", channels_last=False):
+    """A no-argument function running one training step (forward, loss, backward, SGD step; returns
+    the loss and the correct count, as d2l's train_ch6 adds them up) or one inference step
+    (returns the logits), on a random batch made once, in NHWC. bf16 and fp16 use Keras's
     mixed_bfloat16 and mixed_float16 policies (fp16 with a LossScaleOptimizer, as Keras's
-    mixed-precision guide writes it); compile=True compiles the step with XLA. device: where
-    the network, the batch and the step live ("cpu", "gpu:N" or a TensorFlow name such as
-    "/GPU:0"; the CPU by default, as in the other frameworks' reference steps); None leaves it
-    to TensorFlow (its first GPU if it has one)."""
+    mixed-precision guide writes it); compile=True compiles the step with XLA. device: where the
+    network, the batch and the step live ("cpu", "gpu:N" or a TensorFlow name such as "/GPU:0";
+    the CPU by default, as in the other frameworks' reference steps); None leaves it to
+    TensorFlow (its first GPU if it has one). channels_last changes nothing (Keras's layers
+    compute NHWC always)."""
     if precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"precision: expected fp32, bf16 or fp16, got {precision!r}")
     place = contextlib.nullcontext if device is None else lambda: tf.device(_tf_name(device))

@@ -27,6 +27,11 @@ Options, all off by default so that the default step is a plain PyTorch step:
 - compile=True: the steps run `torch.compile(self.model)`; `self.model` stays the plain module
   (same parameters), so weights, optimiser and checkpoints do not see the compiled wrapper. The
   first step of each mode (train, eval) pays the compilation.
+- channels_last=True: the model's 4-d parameters and every batch in `torch.channels_last`
+  memory format (NHWC in memory, NCHW in shape), oneDNN's preferred layout: fewer reorders
+  between operators. Same arithmetic as the default (logits within float32 rounding, tested);
+  the fastest fp32 option of `resnet-bench --tuned` for PyTorch on the CPU
+  (docs/performance.md). Weights, gradients and optimiser state come back as NCHW NumPy.
 
 Data-parallel (`engine=resnet_torch.distributed.join(...)`): the model sits on the engine's
 device (the CPU, or this worker's GPU), with synchronised BatchNorm if the engine says so, and
@@ -65,8 +70,8 @@ class Adapter:
 
     def __init__(self, spec: ResNetSpec, weights: Weights, *, lr: float = 0.05,
                  optimizer: OptimizerConfig | None = None, dtype: str = "float32",
-                 precision: str = "fp32", compile: bool = False, device: str | Device = "auto",
-                 engine: Engine | None = None):
+                 precision: str = "fp32", compile: bool = False, channels_last: bool = False,
+                 device: str | Device = "auto", engine: Engine | None = None):
         self.spec = spec
         self.opt = optimizer or OptimizerConfig(lr=lr)  # checked before anything is built
         self.dtype = check_dtype(dtype)
@@ -82,6 +87,9 @@ class Adapter:
                           "precision, fp16 the GPU's)", RuntimeWarning, stacklevel=2)
         self.model = from_canonical(ResNet(spec), weights).to(self._device,
                                                               getattr(torch, self.dtype))
+        self.channels_last = bool(channels_last)
+        if self.channels_last:  # before the optimiser and the engine see the parameters
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.compiled = bool(compile)
         if engine:  # before the optimiser: it may swap the BatchNorm layers (same parameters)
             self.model = engine.prepare(self.model, self.compiled)
@@ -116,7 +124,8 @@ class Adapter:
         return t
 
     def _tensor(self, x: np.ndarray, training: bool) -> torch.Tensor:
-        return self._to_device(torch.from_numpy(batch_as(x, self.dtype, self.spec, training)))
+        X = self._to_device(torch.from_numpy(batch_as(x, self.dtype, self.spec, training)))
+        return X.contiguous(memory_format=torch.channels_last) if self.channels_last else X
 
     def _autocast(self, net):
         """net itself in full precision; under bf16/fp16, net under autocast, returning

@@ -670,8 +670,8 @@ ROWS: dict[str, Row] = {
                                "expected a positive integer, got '0'",
                                for_framework(bench.main, "--latency", "--latency-calls", "0")),
     "bench-tuned-precision": Row("resnet-bench --tuned --precision bf16", "--tuned: expected none "
-                                 "of --latency, --compile, --precision with it (it tries the "
-                                 "speed options itself), got --precision bf16",
+                                 "of --latency, --compile, --channels-last, --precision with "
+                                 "it (it tries the speed options itself), got --precision bf16",
                                  for_framework(bench.main, "--tuned", "--precision", "bf16")),
     "bench-memory": Row("resnet-bench --batch-size 256 --input-size 5000",
                         MEMORY + "a training step of d2l_resnet18 at --batch-size 256, "

@@ -97,8 +97,9 @@ class Recorder:
         outer = self
 
         class Adapter:
-            def __init__(self, spec, weights, precision="fp32", compile=False, device="auto"):
-                outer.calls.append(("init", precision, compile))
+            def __init__(self, spec, weights, precision="fp32", compile=False,
+                         channels_last=False, device="auto"):
+                outer.calls.append(("init", precision, compile, channels_last))
                 self.device = device  # the bench runs the reference where the adapter runs
 
             def train_step(self, x, y):
@@ -111,8 +112,9 @@ class Recorder:
 
         self.Adapter = Adapter
 
-    def make_step(self, spec, phase, b, s, precision="fp32", compile=False, device="cpu"):
-        self.calls.append(("reference on", device))
+    def make_step(self, spec, phase, b, s, precision="fp32", compile=False, device="cpu",
+                  channels_last=False):
+        self.calls.append(("reference on", device, channels_last))
         return lambda: self.calls.append("B")
 
     def sync(self):
@@ -122,9 +124,10 @@ class Recorder:
 def test_bench_alternates_project_and_reference_steps():
     fake = Recorder()
     args = Namespace(batch_size=2, input_size=8, precision="bf16", compile=True, device="cpu",
-                     warmup=1, rounds=3, steps=2)
+                     channels_last=True, warmup=1, rounds=3, steps=2)
     row = bench.measure(fake, fake, get_spec("cifar_resnet20"), "train", args)
-    assert fake.calls[:2] == [("init", "bf16", True), ("reference on", "cpu")]
+    # the speed options reach both sides
+    assert fake.calls[:2] == [("init", "bf16", True, True), ("reference on", "cpu", True)]
     assert row["device"] == "cpu"
     # first steps (each waited for), one warm-up pair, then rounds of A A | B B |
     assert "".join(c for c in fake.calls[2:]) == "A|B|" + "AB|" + "AA|BB|" * 3
@@ -161,7 +164,8 @@ class Timed(Recorder):
         super().__init__()
         self.Adapter.train_step = lambda adapter, x, y: (sleep_for(self.STEP), (0.0, 0))[1]
 
-    def make_step(self, spec, phase, b, s, precision="fp32", compile=False, device="cpu"):
+    def make_step(self, spec, phase, b, s, precision="fp32", compile=False, device="cpu",
+                  channels_last=False):
         return lambda: spin_for(self.STEP)
 
 
@@ -170,7 +174,8 @@ def test_cpu_figures_come_from_cpu_time_not_wall_time():
     almost no CPU (far more images per CPU-second than per second), one that spins for 20 ms
     of CPU time costs exactly that (b / 0.02 images per CPU-second, whatever the load makes of
     its wall time). Computed from wall time, both would equal img/s."""
-    args = Namespace(batch_size=4, input_size=8, precision="fp32", compile=False, device="cpu",
+    args = Namespace(batch_size=4, input_size=8, precision="fp32", compile=False,
+                     channels_last=False, device="cpu",
                      warmup=0, rounds=3, steps=2)
     row = bench.measure(Timed(), Timed(), get_spec("cifar_resnet20"), "train", args)
     ours, ref = row["ours"], row["ref"]
@@ -251,7 +256,8 @@ def test_latency_times_single_image_calls_after_warm_up():
     """One real framework: the first call apart, the warm-up untimed, then each timed call of
     one image through the adapter, with the framework's per-call mode."""
     from common.frameworks import load
-    args = Namespace(input_size=8, precision="fp32", compile=False, device="cpu", warmup=0,
+    args = Namespace(input_size=8, precision="fp32", compile=False, channels_last=False,
+                     device="cpu", warmup=0,
                      latency_calls=30)
     row = bench.latency(load("torch"), REFERENCES["torch"], get_spec("cifar_resnet20"), args)
     assert row["calls"] == 30 and row["batch_size"] == 1 and row["phase"] == "latency"
@@ -314,7 +320,8 @@ class Options:
     def __init__(self):
         self.built, self.calls = [], []
 
-    def make_step(self, spec, phase, b, s, precision="fp32", compile=False, device="cpu"):
+    def make_step(self, spec, phase, b, s, precision="fp32", compile=False, device="cpu",
+                  channels_last=False):
         self.built.append((phase, b, s, precision, compile))
         if compile and precision == "bf16":
             raise RuntimeError("no bf16 compiler here\nsecond line")

@@ -147,11 +147,13 @@ def test_each_engine_class_provides_the_engine_methods(fw):
 def test_the_signature_check_sees_a_changed_default():
     """The check itself: a package whose Adapter defaults differ is caught."""
     def __init__(self, spec, weights, *, lr=0.1, optimizer=None, dtype="float32",
-                 precision="fp32", compile=False, device="auto", engine=None):
+                 precision="fp32", compile=False, channels_last=False, device="auto",
+                 engine=None):
         pass
 
     def positional(self, spec, weights, lr=0.05, optimizer=None, dtype="float32",
-                   precision="fp32", compile=False, device="auto", engine=None):
+                   precision="fp32", compile=False, channels_last=False, device="auto",
+                   engine=None):
         pass
     assert mismatches(protocols.Adapter.__init__, __init__, True) == [
         "lr: expected default 0.05, got 0.1"]

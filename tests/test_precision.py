@@ -192,3 +192,47 @@ def test_compiled_adapter_computes_what_the_plain_one_does(fw):
     worst = max((rel_max(b[n], a[n]), n) for n in a if np.abs(a[n]).max() > 0)
     assert worst[0] <= 1e-5, worst
     assert not np.array_equal(b["stem.conv.weight"], w["stem.conv.weight"])
+
+
+def _channels_last_in_memory(a, x) -> bool:
+    """PyTorch: every 4-d parameter and the batch laid out as torch.channels_last."""
+    import torch
+    weights = [p for p in a.model.parameters() if p.dim() == 4]
+    return (all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+            and a._tensor(x, False).is_contiguous(memory_format=torch.channels_last))
+
+
+def test_channels_last_adapter_computes_what_the_default_does(fw):
+    """channels_last=True (resnet-bench --tuned's fastest fp32 option for PyTorch) puts
+    PyTorch's parameters and batches in torch.channels_last memory format; TensorFlow and JAX
+    compute channels-last anyway, MXNet in NCHW, and the adapter says which. The same
+    arithmetic: float32 logits within 1e-5; in float64 (where a change of meaning cannot hide
+    in rounding), the gradients, three SGD-with-momentum steps' losses, and the weights and
+    optimiser state after them within 1e-9, as canonical (NCHW) arrays of the default's shapes."""
+    from common.core.optim import OptimizerConfig
+    w, (x, y) = init_weights(SPEC, 0), batch(16, seed=2)
+    plain, last = fw.Adapter(SPEC, w, lr=LR), fw.Adapter(SPEC, w, lr=LR, channels_last=True)
+    in_memory = {"torch": (False, True), "tf": (True, True), "jax": (True, True),
+                 "mx": (False, False)}[plain.framework]
+    assert (plain.channels_last, last.channels_last) == in_memory
+    if plain.framework == "torch":
+        assert _channels_last_in_memory(last, x) and not _channels_last_in_memory(plain, x)
+    assert rel_max(last.logits(x), plain.logits(x)) <= 1e-5
+
+    opt = OptimizerConfig(lr=LR, momentum=0.9, weight_decay=5e-4)
+    plain, last = (fw.Adapter(SPEC, w, optimizer=opt, dtype="float64", channels_last=c)
+                   for c in (False, True))
+    if plain.framework == "torch":
+        assert _channels_last_in_memory(last, x)
+    (loss, grads), (last_loss, last_grads) = plain.loss_and_grads(x, y), last.loss_and_grads(x, y)
+    assert abs(last_loss - loss) <= 1e-12 * loss
+    assert max(rel_max(last_grads[n], grads[n]) for n in grads if np.abs(grads[n]).max() > 0) \
+        <= 1e-9
+    for _ in range(3):
+        loss, last_loss = plain.train_step(x, y)[0], last.train_step(x, y)[0]
+        assert abs(last_loss - loss) <= 1e-12 * loss
+    for a, b in ((plain.get_weights(), last.get_weights()),
+                 (plain.optimizer_state(), last.optimizer_state())):
+        assert a and a.keys() == b.keys() and all(a[n].shape == b[n].shape for n in a)
+        worst = max((rel_max(b[n], a[n]), n) for n in a if np.abs(a[n]).max() > 0)
+        assert worst[0] <= 1e-9, worst

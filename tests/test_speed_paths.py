@@ -60,12 +60,35 @@ def test_step_clock_keeps_the_first_step_apart(monkeypatch):
 
 
 def test_compare_passes_the_speed_flags_to_every_train_script(tmp_path):
-    args = parser("x").parse_args(["--compile", "--precision", "bf16", "--threads", "1"])
+    args = parser("x").parse_args(["--compile", "--precision", "bf16", "--threads", "1",
+                                   "--channels-last"])
     flags = compare.train_flags(args, tmp_path)
     assert "--compile" in flags and flags[flags.index("--compile") + 1].startswith("--")
+    assert "--channels-last" in flags
     assert flags[flags.index("--precision") + 1] == "bf16"
     assert flags[flags.index("--threads") + 1] == "1"
     assert "--compile" not in compare.train_flags(parser("x").parse_args([]), tmp_path)
+    assert "--channels-last" not in compare.train_flags(parser("x").parse_args([]), tmp_path)
+
+
+@pytest.mark.parametrize("given", [[], ["--channels-last"]])
+def test_train_speed_flags_reach_the_adapters_constructor(given):
+    """The train script's --compile, --precision and --channels-last are the Adapter's
+    keywords (the adapters' tests check what each keyword does)."""
+    from types import SimpleNamespace
+    from common.commands.train import make_adapter
+    seen = {}
+
+    def adapter(spec, weights, **kwargs):
+        seen.update(kwargs, spec=spec, weights=weights)
+        return SimpleNamespace()
+    args = parser("x").parse_args(["--compile", "--precision", "bf16", *given])
+    run = SimpleNamespace(package=SimpleNamespace(Adapter=adapter), spec=get_spec("resnet18"),
+                          args=args, engine=None)
+    make_adapter(run, {"w": 1}, {})
+    assert (seen["compile"], seen["precision"], seen["channels_last"]) == (
+        True, "bf16", bool(given))
+    assert seen["weights"] == {"w": 1} and seen["spec"] is run.spec
 
 
 def test_compare_speed_section_puts_each_figure_in_its_column():
@@ -224,7 +247,8 @@ def test_compares_speed_settings_run_through_bench_for_every_framework(monkeypat
         return [{"framework": fw, "phase": "train", "error": "not measured here"}]
     monkeypatch.setattr(bench, "run_framework", fake_process)
     run = {"arch": "cifar_resnet20", "input_size": 16, "in_channels": 3, "num_classes": 10}
-    args = Namespace(batch_size=32, precision="fp32", compile=False, device="auto", threads=1,
+    args = Namespace(batch_size=32, precision="fp32", compile=False, channels_last=False,
+                     device="auto", threads=1,
                      bench_rounds=1)
     rows, lines = compare.measure_speed({fw: run for fw in FRAMEWORKS}, args)
     assert started == [(fw, "cifar_resnet20", 16, 32, None) for fw in FRAMEWORKS]

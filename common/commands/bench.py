@@ -107,6 +107,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="arithmetic")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile, XLA (jit_compile), Gluon static_alloc/static_shape")
+    p.add_argument("--channels-last", action="store_true",
+                   help="both steps channels-last in memory (PyTorch's torch.channels_last; "
+                        "TensorFlow and JAX are always, MXNet never)")
     add_threads_flag(p)
     add_device_flag(p)
     p.add_argument("--steps", type=positive_int, default=2, help="steps per side in each round")
@@ -122,11 +125,12 @@ def parser() -> argparse.ArgumentParser:
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, ...]:
     frameworks = frameworks_arg(p, args.frameworks, FRAMEWORKS)
-    if args.tuned and (args.latency or args.compile or args.precision != "fp32"):
-        given = [f for f, on in (("--latency", args.latency), ("--compile", args.compile),
-                                 (f"--precision {args.precision}", args.precision != "fp32")) if on]
-        p.error(f"--tuned: expected none of --latency, --compile, --precision with it (it tries "
-                f"the speed options itself), got {' '.join(given)}")
+    given = [f for f, on in (("--latency", args.latency), ("--compile", args.compile),
+                             ("--channels-last", args.channels_last),
+                             (f"--precision {args.precision}", args.precision != "fp32")) if on]
+    if args.tuned and given:
+        p.error(f"--tuned: expected none of --latency, --compile, --channels-last, --precision "
+                f"with it (it tries the speed options itself), got {' '.join(given)}")
     if args.latency and args.batch_sizes:
         p.error(f"--latency: expected no --batch-sizes with it (latency is one image a call), "
                 f"got --batch-sizes {','.join(map(str, args.batch_sizes))}")
@@ -188,11 +192,12 @@ def measure(package, reference, spec, phase: str, args) -> dict:
     x = rng.random((b, spec.in_channels, s, s), dtype=np.float32)
     y = rng.integers(0, spec.num_classes, b)
     adapter = package.Adapter(spec, init_weights(spec, 0), precision=args.precision,
-                              compile=args.compile, device=args.device)
+                              compile=args.compile, channels_last=args.channels_last,
+                              device=args.device)
     ours = (lambda: adapter.train_step(x, y)) if phase == "train" else (lambda: adapter.eval_step(x))
     # The reference on the same device, fed NumPy-made batches as the adapter is.
     ref = reference.make_step(spec, phase, b, s, precision=args.precision, compile=args.compile,
-                              device=str(adapter.device))
+                              channels_last=args.channels_last, device=str(adapter.device))
     sides = {"ours": ours, "ref": ref}
     # reference.sync() waits for work a framework leaves running when a step returns (MXNet's
     # backward pass and update), so that none of it is charged to the other side.
@@ -235,7 +240,8 @@ def latency(package, reference, spec, args) -> dict:
     x = np.random.default_rng(0).random((1, spec.in_channels, args.input_size, args.input_size),
                                         dtype=np.float32)
     adapter = package.Adapter(spec, init_weights(spec, 0), precision=args.precision,
-                              compile=args.compile, device=args.device)
+                              compile=args.compile, channels_last=args.channels_last,
+                              device=args.device)
     first = _timed(lambda: adapter.eval_step(x))
     for _ in range(max(args.warmup, LATENCY_WARMUP)):
         adapter.eval_step(x)
@@ -521,6 +527,7 @@ def worker_command(framework: str, args) -> list[str]:
              "--threads", str(args.threads), "--steps", str(args.steps), "--warmup",
              str(args.warmup), "--rounds", str(args.rounds), "--device", args.device]
     flags += ["--compile"] if args.compile else []
+    flags += ["--channels-last"] if args.channels_last else []
     if getattr(args, "batch_sizes", None):
         flags += ["--batch-sizes", ",".join(map(str, args.batch_sizes))]
     if getattr(args, "latency", False):
@@ -786,7 +793,8 @@ def markdown(rows: list[dict], args, info: dict, lines: list[str], command: str)
               f"{args.rounds} rounds of {args.steps} steps per side after {args.warmup} warm-up")
     settings = (f"{args.arch}, {args.input_size} px, batch "
                 f"{','.join(map(str, batch_sizes(args)))}, {args.precision}"
-                f"{', compiled' if args.compile else ''}, {args.threads} thread(s), {timing}"
+                f"{', compiled' if args.compile else ''}"
+                f"{', channels-last' if args.channels_last else ''}, {args.threads} thread(s), {timing}"
                 + (f"; --tuned: every combination of each framework's speed options, logits "
                    f"within {args.tolerance:g} of the fp32 default's scale" if args.tuned else ""))
     frameworks = list(dict.fromkeys(r["framework"] for r in rows))

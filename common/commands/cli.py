@@ -251,6 +251,10 @@ def train_flag_table() -> Flags:
                         "float32")
     f.add_argument("--compile", action="store_true",
                    help="torch.compile, XLA (jit_compile), Gluon static_alloc/static_shape")
+    f.add_argument("--channels-last", action="store_true",
+                   help="PyTorch: model and batches in torch.channels_last memory format "
+                        "(resnet-bench --tuned's fastest fp32 option on the CPU); TensorFlow "
+                        "and JAX compute channels-last always, MXNet NCHW: no change there")
     f.add_argument("--out", type=path_arg, default=None, help="run folder; None: runs/<framework>")
     f.add_argument("--resume", action="store_true", help="continue the run in --out")
     add_device_flag(f)

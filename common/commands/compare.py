@@ -82,7 +82,8 @@ def measure_speed(runs: dict[str, dict], args) -> tuple[list[dict], list[str]]:
     settings = argparse.Namespace(
         arch=first["arch"], input_size=first["input_size"], batch_size=args.batch_size,
         in_channels=first["in_channels"], num_classes=first["num_classes"], phase="both",
-        precision=args.precision, compile=args.compile, device=args.device,
+        precision=args.precision, compile=args.compile, channels_last=args.channels_last,
+        device=args.device,
         threads=args.threads, steps=2,
         warmup=1, rounds=args.bench_rounds, timeout=1800)
     return bench.run(tuple(runs), settings)

@@ -404,6 +404,7 @@ def make_adapter(run: Run, weights: Weights, optimizer_state: dict):
     kwargs = {"engine": run.engine} if run.engine is not None else {}
     adapter = run.package.Adapter(run.spec, weights, optimizer=optimizer_config(run.args),
                                   precision=run.args.precision, compile=run.args.compile,
+                                  channels_last=run.args.channels_last,
                                   device=run.args.device, **kwargs)
     if optimizer_state:
         adapter.set_optimizer_state(optimizer_state)
@@ -580,7 +581,8 @@ def summarise(run: Run, adapter, history: list[dict], train_clock: StepClock,
             "train_examples_per_sec": train_clock.rate(),
             "infer_examples_per_sec": eval_clock.rate(),
             "threads": run.package.get_threads(), "precision": args.precision,
-            "compile": args.compile, "device": str(adapter.device),
+            "compile": args.compile, "channels_last": adapter.channels_last,
+            "device": str(adapter.device),
             "workers": run.workers.count, "sync_bn": args.sync_bn, "config": run.config}
 
 

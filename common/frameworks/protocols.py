@@ -41,11 +41,14 @@ class Adapter(Protocol):
     framework: str  # the registry's key
     device: Device  # the resolved device the model lives on
     model: Any  # the framework's own model (its `param_counts` reads it)
+    # Whether activations are channels-last in memory: PyTorch as `channels_last=` asks;
+    # TensorFlow and JAX always (NHWC); MXNet never (NCHW, oneDNN's blocked layout inside).
+    channels_last: bool
 
     def __init__(self, spec: ResNetSpec, weights: Weights, *, lr: float = 0.05,
                  optimizer: OptimizerConfig | None = None, dtype: str = "float32",
-                 precision: str = "fp32", compile: bool = False, device: str | Device = "auto",
-                 engine: Engine | None = None) -> None: ...
+                 precision: str = "fp32", compile: bool = False, channels_last: bool = False,
+                 device: str | Device = "auto", engine: Engine | None = None) -> None: ...
 
     def logits(self, x: np.ndarray, training: bool = False) -> np.ndarray: ...
 
@@ -190,9 +193,10 @@ class Reference(Protocol):
 
     def make_step(self, spec: ResNetSpec, phase: str, batch_size: int, input_size: int,
                   precision: str = "fp32", compile: bool = False, lr: float = 0.05,
-                  device: Any = "cpu") -> Callable[[], Any]:
+                  device: Any = "cpu", channels_last: bool = False) -> Callable[[], Any]:
         """A no-argument function running one training or inference step ("train", "infer")
-        on random tensors already in the framework's layout, on `device`."""
+        on random tensors already in the framework's layout, on `device` (channels_last: as
+        the adapter's)."""
 
     def sync(self) -> None:
         """Wait for work the framework leaves running when a step returns."""
