@@ -177,6 +177,49 @@ def test_guarded_answers_sigterm_with_143_and_says_terminated(capsys):
     assert issubclass(Terminated, KeyboardInterrupt)  # code that stops children on Ctrl-C
 
 
+SIGTERM_CHILD = """
+import signal, sys, threading, time
+from common.commands.cli import guarded, sigterm_to_the_main_thread
+sigterm_to_the_main_thread()
+mask = {}
+later = threading.Thread(target=lambda: mask.update(
+    blocked=signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+later.start(); later.join()
+handled = sys.argv[1] == "handled"
+
+def main():
+    print(mask["blocked"], flush=True)
+    try:
+        while True:
+            time.sleep(0.01)
+    finally:
+        print("finally", flush=True)
+sys.exit(guarded(main)() if handled else main())
+"""
+
+
+@pytest.mark.parametrize("handled", ["handled", "default"])
+def test_sigterm_to_the_main_thread_blocks_it_in_later_threads_and_still_ends_the_script(
+        handled):
+    """cli.sigterm_to_the_main_thread (JAX's train script): a thread started after it blocks
+    SIGTERM; the signal still reaches the main thread's handler (guarded: Terminated, its
+    finally blocks, 143), or, with no handler, ends the process as by default (-15)."""
+    import signal
+    child = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD, handled], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "True\n"  # the later thread blocks SIGTERM
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+        child.wait(30)
+    if handled == "handled":
+        assert (child.returncode, out, err) == (143, "finally\n", "terminated (SIGTERM)\n")
+    else:
+        assert child.returncode == -signal.SIGTERM and out == "", (child.returncode, out, err)
+
+
 @pytest.mark.parametrize("argv, name", [
     (["train", "--framework", "torch", "--out", ""], "--out"),
     (["train", "--framework", "tf", "--weights", ""], "--weights"),
