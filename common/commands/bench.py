@@ -794,7 +794,8 @@ def markdown(rows: list[dict], args, info: dict, lines: list[str], command: str)
     settings = (f"{args.arch}, {args.input_size} px, batch "
                 f"{','.join(map(str, batch_sizes(args)))}, {args.precision}"
                 f"{', compiled' if args.compile else ''}"
-                f"{', channels-last' if args.channels_last else ''}, {args.threads} thread(s), {timing}"
+                f"{', channels-last' if args.channels_last else ''}, {args.threads} thread(s), "
+                f"{timing}"
                 + (f"; --tuned: every combination of each framework's speed options, logits "
                    f"within {args.tolerance:g} of the fp32 default's scale" if args.tuned else ""))
     frameworks = list(dict.fromkeys(r["framework"] for r in rows))
