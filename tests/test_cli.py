@@ -188,8 +188,8 @@ later.start(); later.join()
 handled = sys.argv[1] == "handled"
 
 def main():
-    print(mask["blocked"], flush=True)
-    try:
+    try:  # the signal may come as soon as the line is out
+        print(mask["blocked"], flush=True)
         while True:
             time.sleep(0.01)
     finally:
