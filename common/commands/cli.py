@@ -123,9 +123,8 @@ def sigterm_to_the_main_thread() -> None:
     With no Python handler set, SIGTERM ends the process as by default. Not for a process that
     starts other programs: they would inherit the blocked signal.
 
-    JAX's train script calls it: when the kernel delivered SIGTERM to one of XLA's threads, the
-    script aborted in glibc ("corrupted size vs. prev_size") in 4 of 10 runs instead of exiting
-    143 (docs/testing.md, test_run_faults)."""
+    JAX's train script calls it: SIGTERM delivered to one of XLA's threads could make the
+    script abort in glibc instead of exiting 143 (measured in docs/testing.md, test_run_faults)."""
     held = {signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, held)
 
