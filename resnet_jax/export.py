@@ -42,7 +42,7 @@ def onnx_graph(spec: ResNetSpec, weights: Weights, size: int):
     import tf2onnx
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)
     variables = from_canonical(Network(spec, {}), weights).variables
-    net = ResNet(spec, training=False, conv=nn.Conv)  # Conv nodes, not small-map products
+    net = ResNet(spec, training=False, conv=nn.Conv, pool=nn.max_pool)  # Conv and MaxPool nodes
 
     def nchw_logits(X):  # the Flax network takes NHWC; the file takes NCHW like the others
         return net.apply(variables, jnp.transpose(X, (0, 2, 3, 1)))

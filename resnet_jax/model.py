@@ -9,6 +9,7 @@ and the adapter take. Batches are NHWC, Flax's layout.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Sequence
 
@@ -119,12 +120,73 @@ class Conv(nn.Conv):
     conv_general_dilated: Any = small_map_conv
 
 
+def _windows(Xp, window: tuple[int, int], strides: tuple[int, int], out_hw: tuple[int, int]):
+    """Each tap (i, j) of the windows over the padded Xp, in row-major order: a strided slice
+    holding that tap of every window."""
+    n, _, _, c = Xp.shape
+    (kh, kw), (sh, sw), (ho, wo) = window, strides, out_hw
+    return [((i, j), lax.slice(Xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+                               (1, sh, sw, 1))) for i in range(kh) for j in range(kw)]
+
+
+def _pool_geometry(X, window_shape, strides, padding):
+    pads = ((0, 0), (0, 0)) if padding == "VALID" else tuple(tuple(p) for p in padding)
+    Xp = jnp.pad(X, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+    (kh, kw), (sh, sw) = window_shape, strides
+    return Xp, pads, ((Xp.shape[1] - kh) // sh + 1, (Xp.shape[2] - kw) // sw + 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(X, window_shape, strides, padding):
+    Xp, _, hw = _pool_geometry(X, window_shape, strides, padding)
+    return functools.reduce(jnp.maximum, (t for _, t in _windows(Xp, window_shape, strides, hw)))
+
+
+def _max_pool_fwd(X, window_shape, strides, padding):
+    out = _max_pool(X, window_shape, strides, padding)
+    return out, (X, out)
+
+
+def _max_pool_bwd(window_shape, strides, padding, residuals, g):
+    """Each window's gradient to its first maximum (row-major), as XLA's select-and-scatter
+    (Flax's max_pool), PyTorch, TensorFlow and MXNet give it: tied maxima are common after a
+    ReLU on a constant background, and splitting the gradient among them (jnp.maximum's rule)
+    would make another function's gradient."""
+    X, out = residuals
+    Xp, pads, hw = _pool_geometry(X, window_shape, strides, padding)
+    (sh, sw), (ho, wo) = strides, hw
+    taken, dXp = jnp.zeros(out.shape, bool), jnp.zeros(Xp.shape, g.dtype)
+    for (i, j), tap in _windows(Xp, window_shape, strides, hw):
+        first = (tap == out) & ~taken
+        taken = taken | first
+        dXp = dXp + lax.pad(jnp.where(first, g, jnp.zeros((), g.dtype)), jnp.zeros((), g.dtype),
+                            ((0, 0, 0), (i, Xp.shape[1] - i - sh * (ho - 1) - 1, sh - 1),
+                             (j, Xp.shape[2] - j - sw * (wo - 1) - 1, sw - 1), (0, 0, 0)))
+    (top, bottom), (left, right) = pads
+    return (dXp[:, top:Xp.shape[1] - bottom, left:Xp.shape[2] - right, :],)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def max_pool(X, window_shape, strides=None, padding="VALID"):
+    """nn.max_pool (NHWC, padding "VALID" or ((top, bottom), (left, right)) of -inf), computed
+    as the maximum of the windows' taps (strided slices), with a gradient that goes to each
+    window's first maximum, as nn.max_pool's does: the same function and gradient. XLA's CPU
+    runtime computes nn.max_pool's gradient (select-and-scatter) slowly; in the training step
+    of d2l's ResNet-18 at 32 px it took a tenth of the step (docs/performance.md)."""
+    strides = tuple(strides or (1,) * len(window_shape))
+    return _max_pool(X, tuple(window_shape), strides,
+                     padding if padding == "VALID" else tuple(tuple(p) for p in padding))
+
+
 class Stem(nn.Module):
     """d2l's b1: [input_bn], conv, [bn, relu], [3x3/2 max-pool], named as the canonical weights."""
     spec: ResNetSpec
     training: bool = True
     conv: Any = Conv
     norm: Any = BatchNorm
+    pool: Any = max_pool
 
     @nn.compact
     def __call__(self, X):
@@ -138,9 +200,9 @@ class Stem(nn.Module):
         if st.norm:
             X = nn.relu(batch_norm(spec, self.training, self.norm, name="bn")(X))
         if st.pool and st.pool_zeros:  # Keras's ResNetV2: zeros around a map that may be < 0
-            X = nn.max_pool(jnp.pad(X, ((0, 0), (1, 1), (1, 1), (0, 0))), (3, 3), (2, 2))
+            X = self.pool(jnp.pad(X, ((0, 0), (1, 1), (1, 1), (0, 0))), (3, 3), (2, 2))
         elif st.pool:  # Flax pads a max-pool with -inf
-            X = nn.max_pool(X, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            X = self.pool(X, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         return X
 
 
@@ -191,15 +253,17 @@ class ResNet(nn.Module):
     """stem (d2l's b1), stage1..stageN (b2..b5), head: named parts, so that variables read
     params["stage2"]["0"]["conv1"]["kernel"]. `training`, as in d2l's JAX tab: batch statistics
     (and, with mutable=["batch_stats"], updated running ones) or the running ones. `conv`,
-    `norm`: the layer classes (this module's Conv and BatchNorm; Flax's nn.Conv and
-    nn.BatchNorm compute the same functions, more slowly; the ONNX export takes nn.Conv)."""
+    `norm`, `pool`: the layer classes and the stem's pooling function (this module's Conv,
+    BatchNorm and max_pool; Flax's nn.Conv, nn.BatchNorm and nn.max_pool compute the same
+    functions, more slowly; the ONNX export takes nn.Conv and nn.max_pool)."""
     spec: ResNetSpec
     training: bool = True
     conv: Any = Conv
     norm: Any = BatchNorm
+    pool: Any = max_pool
 
     def setup(self):
-        self.stem = Stem(self.spec, self.training, self.conv, self.norm)
+        self.stem = Stem(self.spec, self.training, self.conv, self.norm, self.pool)
         for i in range(1, len(self.spec.stages) + 1):
             setattr(self, f"stage{i}", Stage(self.spec, i, self.training, self.conv, self.norm))
         self.head = Head(self.spec, self.training, self.norm)

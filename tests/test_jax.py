@@ -379,6 +379,53 @@ def test_small_map_conv_multiplies_matrices_up_to_four_output_positions_only():
         assert "conv_general_dilated" in text and "dot_general" not in text, (side, groups)
 
 
+@pytest.mark.parametrize("case", [((9, 9), (3, 3), (2, 2), ((1, 1), (1, 1))),
+                                  ((16, 16), (3, 3), (2, 2), ((1, 1), (1, 1))),
+                                  ((10, 7), (3, 2), (2, 1), ((0, 2), (1, 0))),
+                                  ((8, 8), (3, 3), (2, 2), "VALID")])
+def test_max_pool_equals_flaxs_in_value_and_gradient_with_tied_maxima(case):
+    """resnet_jax.model.max_pool against nn.max_pool in float64, on integers, so that most
+    windows hold tied maxima: the same values, and each window's gradient on its first
+    maximum, as XLA's select-and-scatter gives it (not split among the ties)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
+    from jax.experimental import enable_x64
+    from resnet_jax.model import max_pool
+    hw, window, strides, padding = case
+    rng = np.random.default_rng(0)
+    x = np.round(rng.normal(size=(2, *hw, 3)))  # ties in most windows
+    w = rng.normal(size=nn.max_pool(jnp.asarray(x), window, strides, padding).shape)
+    with enable_x64():
+        x, w = jnp.asarray(x), jnp.asarray(w)
+        ours = lambda x: max_pool(x, window, strides, padding)  # noqa: E731
+        flax_ = lambda x: nn.max_pool(x, window, strides, padding)  # noqa: E731
+        assert np.array_equal(ours(x), flax_(x))
+        ga, gb = (jax.grad(lambda x, f=f: (f(x) * w).sum())(x) for f in (ours, flax_))
+        assert ga.dtype == jnp.float64
+        assert float(jnp.abs(ga - gb).max()) <= 1e-12
+        split = jax.grad(lambda x: (jnp.maximum(x[:, :-1], x[:, 1:]) * 1.0).sum())(x)
+        assert not np.array_equal(split, jnp.round(split))  # jnp.maximum splits ties: 0.5
+
+
+def test_the_networks_training_step_has_no_select_and_scatter():
+    """The stem's max-pool of the network goes through max_pool, whose gradient is slices and
+    pads; nn.max_pool's is XLA's select-and-scatter (the Flax reference keeps it)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
+    from resnet_jax.model import build
+    net = build("d2l_resnet18", num_classes=10, in_channels=1)
+    X = jnp.zeros((2, 32, 32, 1))
+
+    def grad_text(module):
+        loss = lambda p: module.clone(training=True).apply(  # noqa: E731
+            {**net.variables, "params": p}, X, mutable=["batch_stats"])[0].sum()
+        return str(jax.make_jaxpr(jax.grad(loss))(net.variables["params"]))
+    assert "select_and" not in grad_text(net.module)
+    assert "select_and" in grad_text(net.module.clone(pool=nn.max_pool))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_networks_batchnorm_gives_flaxs_values_bit_for_bit_and_its_gradient(dtype):
     import jax
@@ -415,15 +462,15 @@ def test_networks_batchnorm_gives_flaxs_values_bit_for_bit_and_its_gradient(dtyp
 
 def test_the_network_on_its_layers_equals_the_network_on_flaxs_layers():
     """d2l's ResNet-18 at 16 px (4x4 maps in stage 1, 2x2 and 1x1 after): logits in both modes
-    and float64 gradients, with resnet_jax.model's Conv and BatchNorm against nn.Conv and
-    nn.BatchNorm(use_fast_variance=False)."""
+    and float64 gradients, with resnet_jax.model's Conv, BatchNorm and max_pool against nn.Conv,
+    nn.BatchNorm(use_fast_variance=False) and nn.max_pool."""
     import jax
     import jax.numpy as jnp
     from flax import linen as nn
     from jax.experimental import enable_x64
     from resnet_jax.model import build
     net = build("d2l_resnet18", num_classes=10, in_channels=1)
-    flax_layers = net.module.clone(conv=nn.Conv, norm=nn.BatchNorm)
+    flax_layers = net.module.clone(conv=nn.Conv, norm=nn.BatchNorm, pool=nn.max_pool)
     X = np.random.default_rng(0).random((8, 16, 16, 1))
     for training in (False, True):
         a, b = (m.clone(training=training).apply(net.variables, jnp.asarray(X, jnp.float32),
