@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--target", type=accuracy_arg, default=None,
                    help="a test accuracy in (0, 1]: report the epochs and training seconds each "
                         "framework took to first reach it (DAWNBench's time to accuracy)")
-    p.add_argument("--bench-rounds", type=non_negative_int, default=5,
+    p.add_argument("--bench-rounds", type=non_negative_int, default=3,
                    help="rounds of resnet-bench for the speed section (0: no speed section)")
     args = p.parse_args(argv)
     check_args(p, args)
