@@ -51,6 +51,10 @@ class Part(keras.layers.Layer):
     def __len__(self) -> int:
         return len(self.order)
 
+    def build(self, input_shape):
+        """Nothing to create: each layer builds on its first call (see ResNet.build)."""
+        self.built = True
+
     def call(self, X):
         for key in self.order:
             X = getattr(self, key)(X)
@@ -149,6 +153,9 @@ class ResNet(keras.Model):
         # statistics move) creates them all now. Any size works with symmetric padding.
         size = max(8, min_input_size(spec))
         self(tf.zeros((1, size, size, spec.in_channels)), training=False)
+
+    def build(self, input_shape):
+        self.built = True
 
     def __call__(self, X, *args, **kwargs):
         # Checked here, before Keras converts the batch, so the message is ours alone.

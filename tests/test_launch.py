@@ -221,17 +221,24 @@ def launched(framework: str, out: Path, *flags: str) -> subprocess.CompletedProc
     return run
 
 
-@pytest.mark.parametrize("framework", ["torch", "tf", "mx", "jax"])
-def test_a_launched_run_is_written_once_by_the_first_worker(framework, tmp_path):
+@pytest.fixture(scope="module", params=["torch", "tf", "mx", "jax"])
+def launched_run(request, tmp_path_factory) -> tuple[str, Path, subprocess.CompletedProcess]:
+    """One launched run per framework, shared by the two tests below: 2 workers, one epoch of
+    one global batch of 32 (one step)."""
+    out = tmp_path_factory.mktemp(f"launched-{request.param}") / "run"
+    return request.param, out, launched(request.param, out, "--epochs", "1", "--limit", "32")
+
+
+def test_a_launched_run_is_written_once_by_the_first_worker(launched_run):
     """The first worker alone writes the run folder and speaks: one line per epoch. (Resuming
     a launched run, stopped mid-run, to the uninterrupted weights: tests/test_two_hosts.py, in
     every framework.)"""
-    full = launched(framework, tmp_path / "full", "--epochs", "2")
-    assert {p.name for p in (tmp_path / "full").iterdir()} == RUN_FILES
-    assert full.stdout.count("epoch 2/2: loss") == 1
-    run = json.loads((tmp_path / "full" / "run.json").read_text())
-    assert run["workers"] == 2 and run["sync_bn"] is False
-    assert [(r["examples"], r["test_examples"]) for r in run["history"]] == [(128, 359)] * 2
+    _, out, run = launched_run
+    assert {p.name for p in out.iterdir()} == RUN_FILES
+    assert run.stdout.count("epoch 1/1: loss") == 1
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["workers"] == 2 and summary["sync_bn"] is False
+    assert [(r["examples"], r["test_examples"]) for r in summary["history"]] == [(32, 359)]
 
 
 def test_compare_runs_each_framework_on_its_engine_with_workers(tmp_path):
@@ -249,8 +256,7 @@ def test_compare_runs_each_framework_on_its_engine_with_workers(tmp_path):
     assert "-m common.commands.launch --framework torch --workers 2 --" in run.stdout
 
 
-@pytest.mark.parametrize("framework", ["torch", "tf", "mx", "jax"])
-def test_a_launched_runs_metrics_are_the_single_process_figures(framework, tmp_path):
+def test_a_launched_runs_metrics_are_the_single_process_figures(launched_run):
     """metrics.jsonl of 2 workers against one process on the same data: one global batch of 32
     (one step), and digits' 359 test examples, which 2 workers cannot split evenly. The train
     loss is the mean over the 32 examples of the loss each worker's share gives from the shared
@@ -263,8 +269,8 @@ def test_a_launched_runs_metrics_are_the_single_process_figures(framework, tmp_p
     from common.core.spec import get_spec
     from common.core.weights import load_weights
     from tests.helpers import MODULES
-    launched(framework, tmp_path / "run", "--epochs", "1", "--limit", "32")
-    row = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()][-1]
+    framework, out, _ = launched_run
+    row = [json.loads(line) for line in (out / "metrics.jsonl").open()][-1]
     data = load_dataset("digits").limit(32)
     spec = get_spec("cifar_resnet20", in_channels=data.in_channels, num_classes=data.num_classes)
     (xb, yb), = batches(data.train_x, data.train_y, 32, None, seed=0, epoch=0)
@@ -276,5 +282,5 @@ def test_a_launched_runs_metrics_are_the_single_process_figures(framework, tmp_p
     assert row["examples"] == 32 and row["test_examples"] == 359
     assert row["train_loss"] == pytest.approx(float(np.mean(losses)), rel=1e-5, abs=1e-6)
     assert row["train_acc"] == correct / 32
-    final = MODULES[framework].Adapter(spec, load_weights(tmp_path / "run" / "weights.safetensors"))
+    final = MODULES[framework].Adapter(spec, load_weights(out / "weights.safetensors"))
     assert row["test_acc"] == evaluate(final, data.test_x, data.test_y, 32, None)

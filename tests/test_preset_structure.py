@@ -247,8 +247,10 @@ def framework_bn_channels(fw: str, layer) -> int:
 def jax_net(model) -> Net:
     """A Flax network's layers, as framework_net reads the others': Flax modules exist only
     while applied, so each module is caught as it is called (flax.linen.intercept_methods),
-    with its output's shape, and read by its path."""
+    with its output's shape, and read by its path; applied under jax.eval_shape, which traces
+    the network without computing it."""
     import flax.linen as nn
+    import jax
     seen = {}
 
     def catch(call, args, kwargs, context):
@@ -259,7 +261,8 @@ def jax_net(model) -> Net:
 
     spec = model.spec
     with nn.intercept_methods(catch):
-        model.module.apply(model.variables, np.zeros((1, 33, 33, spec.in_channels), np.float32))
+        jax.eval_shape(model.module.apply, model.variables,
+                       jax.ShapeDtypeStruct((1, 33, 33, spec.in_channels), np.float32))
 
     def conv(path) -> Conv:
         m = seen[path][0]
