@@ -119,7 +119,7 @@ class ResNet(nn.HybridBlock):
 def build(name_or_spec: str | ResNetSpec = "d2l_resnet18", *, init: str = "common",
           seed: int = 0, **overrides) -> ResNet:
     """The network of a preset name or spec, initialised. `init="common"` loads the seeded
-    NumPy initialisation shared by all three frameworks; `init="framework"` keeps Gluon's own,
+    NumPy initialisation shared by all four frameworks; `init="framework"` keeps Gluon's own,
     Xavier as d2l's train_ch6 (BatchNorm: gamma 1, beta 0, running mean 0, running var 1),
     drawn after `mx.random.seed(seed)`: MXNet's global generator, which it cannot save and
     restore (d2l seeds it the same way)."""

@@ -13,7 +13,7 @@ host-to-device copy; overlapping it with the previous step would take tf.data's
 loss and the correct count, computed on the device: two scalars come back to the host, not the
 logits.
 
-Two options, both off by default so that the default step is a plain Keras step:
+Three options, all off by default so that the default step is a plain Keras step:
 - precision="bf16" or "fp16": the layers are made under Keras's `mixed_bfloat16` or
   `mixed_float16` dtype policy, so they compute in bfloat16 or float16 and keep float32
   variables; the loss is taken on logits cast to float32 (the last Dense layer returns the

@@ -8,7 +8,7 @@ d2l's behaviour:
   that keep one);
 - `shortcut_bn`: BatchNorm after the 1x1 projection (torchvision), d2l has none;
 - `pad_shortcut`: the ResNet paper's CIFAR shortcut (option A): subsample, zero-pad channels;
-- `bn_eps`, `bn_momentum`: the same BatchNorm in all three frameworks of this project.
+- `bn_eps`, `bn_momentum`: the same BatchNorm in all four frameworks of this project.
 Two departures from d2l's TensorFlow code, each for the same numbers as PyTorch and Gluon:
 - padding is symmetric, as PyTorch's (`PaddedConv2D(..., padding=1)`): Keras's padding='same'
   where it is symmetric (stride 1); strided convolutions pad explicitly, or in training run

@@ -171,7 +171,7 @@ class ResNet(keras.Model):
 def build(name_or_spec: str | ResNetSpec = "d2l_resnet18", *, init: str = "common",
           seed: int = 0, **overrides) -> ResNet:
     """The network of a preset name or spec, with every weight created. `init="common"` loads
-    the seeded NumPy initialisation shared by all three frameworks; `init="framework"` keeps
+    the seeded NumPy initialisation shared by all four frameworks; `init="framework"` keeps
     Keras's own (Glorot uniform kernels, zero biases, BatchNorm gamma 1, beta 0, mean 0, var 1),
     seeded with `seed`: Keras gives each initialiser a seed from Python's `random` when a layer
     is made, so that module is seeded here and its state restored afterwards."""

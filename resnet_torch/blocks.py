@@ -10,7 +10,7 @@ project's additions, with defaults that keep d2l's behaviour:
   that keep one);
 - `shortcut_bn`: BatchNorm after the 1x1 projection (torchvision), d2l has none;
 - `pad_shortcut`: the ResNet paper's CIFAR shortcut (option A): subsample, zero-pad channels;
-- `bn_eps`, `bn_momentum`: the same BatchNorm in all three frameworks of this project.
+- `bn_eps`, `bn_momentum`: the same BatchNorm in all four frameworks of this project.
 `Bottleneck` (exercise 3, ResNeXt with `groups`), `PreActResidual` and `PreActBottleneck`
 (exercise 4: BN, ReLU, then convolution) follow the same pattern.
 """

@@ -72,7 +72,7 @@ class ResNet(nn.Sequential):
 def build(name_or_spec: str | ResNetSpec = "d2l_resnet18", *, init: str = "common",
           seed: int = 0, **overrides) -> ResNet:
     """The network of a preset name or spec. `init="common"` loads the seeded NumPy
-    initialisation shared by all three frameworks; `init="framework"` keeps PyTorch's own,
+    initialisation shared by all four frameworks; `init="framework"` keeps PyTorch's own,
     drawn from a generator seeded with `seed` (PyTorch's global one is left as it was)."""
     spec = build_spec(name_or_spec, init, **overrides)
     with torch.random.fork_rng(devices=[]):

@@ -1,4 +1,4 @@
-"""pytest's hooks and fixtures. Importing tests.helpers imports all three frameworks: one that
+"""pytest's hooks and fixtures. Importing tests.helpers imports all four frameworks: one that
 fails to import fails the run (collection error); nothing is ever skipped for a missing
 framework."""
 from __future__ import annotations

@@ -94,7 +94,7 @@ def test_crosscheck_says_where_each_framework_computed(capsys):
     assert "on torch cpu, tf cpu, mx cpu" in capsys.readouterr().out
 
 
-# On a GPU: the three frameworks' eval logits agree within 1e-4 with each other and with the
+# On a GPU: the four frameworks' eval logits agree within 1e-4 with each other and with the
 # CPU's, with each framework's deterministic algorithms and no TensorFloat-32. In a child
 # process, so that MXNet's switches are set before it loads.
 GPU_CHILD = """

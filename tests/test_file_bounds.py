@@ -27,7 +27,7 @@ def peak_rss_of(code: str, timeout: float = 60) -> tuple[dict, float]:
     """Run `code` in a child Python (the repository first on its path) that sets `said` to a
     dict; returns that dict and the child's peak resident memory in MiB."""
     # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across exec, so a child of this
-    # pytest process (which holds three frameworks) would report the parent's peak.
+    # pytest process (which holds four frameworks) would report the parent's peak.
     script = (f"import json, sys\nsys.path.insert(0, {str(ROOT)!r})\nsaid = {{}}\n{code}\n"
               f"hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
               f"said['peak_mib'] = int(hwm.split()[1]) / 1024\nprint(json.dumps(said))\n")

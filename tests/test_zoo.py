@@ -1,6 +1,6 @@
 """Files of the Gluon model zoo and of Keras applications, offline: the libraries' own networks
 are built with random weights and random BatchNorm statistics, their files saved, read into
-canonical weights and run in all three frameworks, which must reproduce the library's logits;
+canonical weights and run in all four frameworks, which must reproduce the library's logits;
 then our weights are written back in the library's format and its own network loads them."""
 import numpy as np
 import pytest

@@ -5,7 +5,7 @@ frameworks and not this project.
     python -m common.commands.bench                                   # d2l_resnet18, 96 px, batch 64
     python -m common.commands.bench --input-size 32 --batch-size 128 --threads 1 --phase train
 
-Like timm's benchmark.py, for three frameworks. Each framework runs in its own process. In it,
+Like timm's benchmark.py, for four frameworks. Each framework runs in its own process. In it,
 the project's step (the `Adapter` that training and `compare` drive: a NumPy NCHW batch in,
 NumPy out) and a reference step (`resnet_<fw>/reference.py`: plain framework code, random
 tensors already in the framework's layout) alternate, A B A B ..., `--steps` steps at a time,

@@ -1,4 +1,4 @@
-"""Train all three frameworks from the same initial weights on the same data in the same order,
+"""Train all four frameworks from the same initial weights on the same data in the same order,
 and write one report: results side by side, the per-stage shape table, three learning curves.
 
     resnet3 compare --dataset digits --epochs 4 --resize 32 --batch-size 64

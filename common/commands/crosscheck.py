@@ -1,4 +1,4 @@
-"""Load one weights file into all three frameworks, run the same input, and print the largest
+"""Load one weights file into all four frameworks, run the same input, and print the largest
 differences of logits (eval and train mode), losses and gradients, for every pair.
 
     python -m common.commands.crosscheck --weights model.safetensors --input-size 96

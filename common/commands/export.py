@@ -1,4 +1,4 @@
-"""Export a network to ONNX from any of the three frameworks, from canonical weights.
+"""Export a network to ONNX from any of the four frameworks, from canonical weights.
 
     python -m common.commands.export --framework torch --arch d2l_resnet18 --input-size 96 resnet18.onnx
     python -m common.commands.export --framework tf --arch resnet50 --weights w.safetensors \\

@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("common.commands.bench:main",
               "each framework's steps against a plain step written in that framework"),
     "convert": ("common.commands.convert:main",
-                "convert a weights file between formats (three frameworks, torchvision, timm)"),
+                "convert a weights file between formats (four frameworks, torchvision, timm)"),
     "crosscheck": ("common.commands.crosscheck:main",
                    "one weights file in every framework: largest differences of their outputs"),
     "export": ("common.commands.export:main", "export a network to ONNX from any framework"),

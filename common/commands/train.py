@@ -1,4 +1,4 @@
-"""One training loop for three frameworks, driving a small adapter per framework.
+"""One training loop for four frameworks, driving a small adapter per framework.
 
     python -m resnet_torch.train --dataset digits --epochs 3 --resize 32
     python -m resnet_tf.train    --dataset digits --epochs 3 --resize 32   (same flags)

@@ -1,4 +1,4 @@
-"""Input checks shared by the three frameworks, so that bad input reads the same everywhere."""
+"""Input checks shared by the four frameworks, so that bad input reads the same everywhere."""
 from __future__ import annotations
 
 from typing import Sequence

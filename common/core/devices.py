@@ -1,5 +1,5 @@
 """Which device a framework computes on: `--device {auto,cpu,gpu,gpu:N}` and `device=`, written
-once for the three frameworks.
+once for the four frameworks.
 
 `auto` (the default) takes the framework's first GPU when it sees one, else the CPU; `gpu` is
 `gpu:0`; `gpu:N` is the framework's N-th GPU. Asking for a GPU the framework does not see is an

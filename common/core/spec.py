@@ -1,6 +1,6 @@
 """The ResNet architecture as data.
 
-A `ResNetSpec` says everything the three frameworks need to build the same network: the stem,
+A `ResNetSpec` says everything the four frameworks need to build the same network: the stem,
 the stages, the block kind, the head, conv bias on or off, BatchNorm settings, input channels
 and classes. A new variant is a new line in `common/core/presets.py`, not new code in three
 packages.

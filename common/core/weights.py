@@ -1,7 +1,7 @@
 """Canonical weights: one flat, ordered mapping from framework-neutral names to NumPy arrays.
 
 Names come from the spec (`stem.conv.weight`, `stage2.0.bn1.gamma`, `head.fc.bias`) and are the
-same in all three frameworks. Layout: convolution kernels (out, in, kh, kw); dense weights
+same in all four frameworks. Layout: convolution kernels (out, in, kh, kw); dense weights
 (out, in); BatchNorm `gamma`, `beta`, `running_mean`, `running_var`, each (channels,). All
 arrays are float32. Files are `.safetensors` or `.npz` (read with `allow_pickle=False`), so
 loading a weights file never runs code.
