@@ -58,6 +58,27 @@ def test_resnet3_command_help(argv):
     assert done.stdout.startswith("usage: ") and "--dataset" in done.stdout
 
 
+@pytest.mark.parametrize("name", sorted(resnet3.COMMANDS))
+def test_every_commands_help_gives_its_docstrings_whole_first_paragraph(name, capsys):
+    """The description of `resnet3 <command> --help` is the first paragraph of the command
+    module's docstring, whole: a docstring's first line alone stopped mid-sentence ("... and
+    print the largest")."""
+    import importlib
+    import re
+    argv = [name, *(["--framework", "torch"] if name == "train" else []), "--help"]
+    with pytest.raises(SystemExit) as done:
+        resnet3.main(argv)
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    module = resnet3.COMMANDS[name][0].split(":")[0]
+    if name == "train":
+        module = "common.commands.train"
+    doc = importlib.import_module(module).__doc__
+    first = " ".join(doc.split("\n\n", 1)[0].split())
+    assert re.search(r"[.:)]$", first), first
+    assert first in text, (first, text[:600])
+
+
 def test_resnet3_refuses_an_unknown_command_with_a_suggestion():
     done = run(sys.executable, "-m", "common", "comapre")
     assert done.returncode == 2

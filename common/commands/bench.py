@@ -35,8 +35,8 @@ from typing import Sequence
 
 import numpy as np
 
-from common.commands.cli import (Parser, add_threads_flag, guarded, frameworks_arg, non_negative_int,
-                                 path_arg, positive_float, positive_int)
+from common.commands.cli import (Parser, add_threads_flag, description, frameworks_arg, guarded,
+                                 non_negative_int, path_arg, positive_float, positive_int)
 from common.core.checks import PRECISIONS
 from common.core.data import batches
 from common.core.devices import add_device_flag, check_memory, cpu
@@ -80,7 +80,7 @@ def batch_sizes(args) -> tuple[int, ...]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = Parser(prog="resnet-bench", description=__doc__.splitlines()[0])
+    p = Parser(prog="resnet-bench", description=description(__doc__))
     p.add_argument("--arch", default="d2l_resnet18", choices=sorted(PRESETS), help="preset")
     p.add_argument("--input-size", type=positive_int, default=96, help="image side in pixels")
     p.add_argument("--in-channels", type=positive_int, default=None, help="None: the preset's")

@@ -18,6 +18,12 @@ from common.core.devices import add_device_flag
 from common.core.errors import Error
 
 
+def description(doc: str) -> str:
+    """A command module's docstring, its first paragraph on one line: the command's --help
+    description (a docstring's first line alone may end mid-sentence)."""
+    return " ".join(doc.split("\n\n", 1)[0].split())
+
+
 def suggestion(value: str, options) -> str:
     """"; did you mean 'x'?" for the options closest to value, or "" if none is close."""
     options = [str(o) for o in options]

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Sequence
 
 from common.commands import bench
-from common.commands.cli import (Terminated, add_frameworks_flag, frameworks_arg, guarded,
-                                 non_negative_int, positive_int, train_flag_table)
+from common.commands.cli import (Terminated, add_frameworks_flag, description, frameworks_arg,
+                                 guarded, non_negative_int, positive_int, train_flag_table)
 from common.commands.launch import Process, stop
 from common.core.files import atomic_path, lock_folder, writable_dir
 from common.frameworks import FRAMEWORKS, NAMES, record
@@ -198,7 +198,7 @@ def report(runs: dict[str, dict], args, out: Path, speed: str = "",
 @guarded
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser("resnet-compare")
-    p.description = __doc__.splitlines()[0]
+    p.description = description(__doc__)
     p.set_defaults(out="reports/compare")
     add_frameworks_flag(p)
     p.add_argument("--workers", type=positive_int, default=1,

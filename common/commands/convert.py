@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from common.commands.cli import Parser, add_spec_flags, guarded, path_arg, spec_of
+from common.commands.cli import Parser, add_spec_flags, description, guarded, path_arg, spec_of
 from common.formats import libraries
 from common.formats.libraries import Format, head_bias
 from common.core.conventions import (CONVENTIONS, Convention, get_convention, metadata,
@@ -216,7 +216,7 @@ def write_with_meta(weights: Weights, path: str | Path, spec: ResNetSpec, fmt: s
 
 @guarded
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="resnet-convert", description=__doc__.splitlines()[0],
+    parser = Parser(prog="resnet-convert", description=description(__doc__),
                     epilog="formats: " + "; ".join(f"{name}: {fmt.what} ({', '.join(fmt.suffixes)})"
                                                    for name, fmt in FORMATS.items()))
     parser.add_argument("src", type=path_arg, help="weights file to read")

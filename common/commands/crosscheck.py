@@ -12,8 +12,8 @@ import sys
 import numpy as np
 
 from common.core.checks import DTYPES, check_geometry, parts_and_blocks
-from common.commands.cli import (Parser, add_spec_flags, guarded, non_negative_int, path_arg, positive_int,
-                        spec_of)
+from common.commands.cli import (Parser, add_spec_flags, description, guarded, non_negative_int,
+                                 path_arg, positive_int, spec_of)
 from common.core.devices import add_device_flag, check_memory
 from common.frameworks import FRAMEWORKS, NAMES, load, module
 from common.core.init import init_weights
@@ -137,7 +137,7 @@ def before_gpu_crosscheck() -> None:
 
 @guarded
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="resnet-crosscheck", description=__doc__.splitlines()[0])
+    parser = Parser(prog="resnet-crosscheck", description=description(__doc__))
     parser.add_argument("--weights", type=path_arg, help="weights file in any format resnet-convert reads "
                         "(.safetensors, .npz, .pt, .weights.h5, .params, torchvision/timm .pth, "
                         ".bin), found from its contents; default: the shared seeded "

@@ -25,7 +25,8 @@ import numpy as np
 
 from common.core.checks import check_geometry
 from common.core.errors import Error
-from common.commands.cli import Parser, add_spec_flags, guarded, non_negative_int, path_arg, positive_int, spec_of
+from common.commands.cli import (Parser, add_spec_flags, description, guarded, non_negative_int,
+                                 path_arg, positive_int, spec_of)
 from common.core.files import atomic_path
 from common.frameworks import FRAMEWORKS, NAMES, load, module
 from common.core.init import init_weights
@@ -189,7 +190,7 @@ def _version(package: str) -> str:
 
 @guarded
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="resnet-export", description=__doc__.splitlines()[0])
+    parser = Parser(prog="resnet-export", description=description(__doc__))
     parser.add_argument("output", type=path_arg, help="the file to write, ending in .onnx")
     parser.add_argument("--framework", required=True, choices=FRAMEWORKS,
                         help="whose model and converter build the graph")

@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from common.commands.cli import Parser, Terminated, guarded, positive_float, positive_int
+from common.commands.cli import (Parser, Terminated, description, guarded, positive_float,
+                                 positive_int)
 from common.commands.hosts import Watch, check_hosts, interface_to
 from common.core.devices import usable_cores
 from common.core.errors import Error
@@ -297,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     train = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[:argv.index("--")] if "--" in argv else argv
-    p = Parser(prog="python -m common.commands.launch", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m common.commands.launch", description=description(__doc__))
     p.add_argument("--framework", required=True, choices=FRAMEWORKS)
     p.add_argument("--workers", type=positive_int, default=2, help="worker processes in all")
     p.add_argument("--hosts", default="", help="comma-separated machines; empty: this one")

@@ -13,12 +13,12 @@ import importlib
 import sys
 from typing import Sequence
 
-from common.commands.cli import Parser
+from common.commands.cli import Parser, description
 
 # name: (the function that runs it, "module:function", taking the command's argv; one line)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("common.commands.main:train",
-              "train one framework (--framework torch, tf or mx) on a data set"),
+              "train one framework (--framework torch, tf, mx or jax) on a data set"),
     "compare": ("common.commands.compare:main",
                 "train every framework from the same weights on the same data; one report"),
     "bench": ("common.commands.bench:main",
@@ -35,14 +35,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "summary": ("common.commands.summary:main",
                 "per part, output shape and parameters of every framework's model"),
     "side-by-side": ("common.commands.side_by_side:main",
-                     "(re)write docs/side-by-side.md: the three blocks.py files aligned"),
+                     "(re)write docs/side-by-side.md: the four blocks.py files aligned"),
 }
 
 
 def parser() -> argparse.ArgumentParser:
     width = max(map(len, COMMANDS))
     listing = "\n".join(f"  {name:<{width}}  {line}" for name, (_, line) in COMMANDS.items())
-    p = Parser(prog="resnet3", description=__doc__.splitlines()[0],
+    p = Parser(prog="resnet3", description=description(__doc__),
                formatter_class=argparse.RawDescriptionHelpFormatter,
                epilog=f"commands:\n{listing}\n\nresnet3 <command> --help: the command's flags")
     p.add_argument("command", choices=COMMANDS, metavar="command", help="one of the commands below")

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from common.commands import convert
-from common.commands.cli import (Parser, add_spec_flags, guarded, path_arg, positive_int,
-                                 spec_of)
+from common.commands.cli import (Parser, add_spec_flags, description, guarded, path_arg,
+                                 positive_int, spec_of)
 from common.core.conventions import Convention, ConventionError, load_image, normalise
 from common.core.devices import add_device_flag
 from common.core.errors import Error
@@ -95,7 +95,7 @@ def report(paths: list[str], probs: dict[str, np.ndarray], k: int,
 
 
 def parser() -> argparse.ArgumentParser:
-    p = Parser(prog="resnet-predict", description=__doc__.splitlines()[0])
+    p = Parser(prog="resnet-predict", description=description(__doc__))
     p.add_argument("images", nargs="+", type=path_arg, metavar="IMAGE",
                    help="JPEG or PNG files")
     p.add_argument("--weights", required=True, type=path_arg,

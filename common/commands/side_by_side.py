@@ -20,6 +20,7 @@ from typing import Sequence
 
 from common.core.files import atomic_path
 from common.frameworks import RECORDS
+from common.commands.cli import description
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: common/commands/ is two below it
 DOC = ROOT / "docs" / "side-by-side.md"
@@ -167,7 +168,7 @@ def current() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m common.commands.side_by_side", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m common.commands.side_by_side", description=description(__doc__))
     p.add_argument("--check", action="store_true", help=f"exit 1 if {DOC.name} is out of date")
     args = p.parse_args(argv)
     text = current()

@@ -11,7 +11,8 @@ import numpy as np
 
 from common.core.checks import check_geometry
 from common.core.devices import check_memory
-from common.commands.cli import Parser, add_spec_flags, frameworks_arg, guarded, positive_int, spec_of
+from common.commands.cli import (Parser, add_spec_flags, description, frameworks_arg, guarded,
+                                 positive_int, spec_of)
 from common.frameworks import FRAMEWORKS, NAMES, load, shape_as_nchw, to_layout
 from common.core.oracle import ParamCounts, part_table
 from common.core.spec import ResNetSpec
@@ -61,7 +62,7 @@ def summary(spec: ResNetSpec, input_size: int = 224, frameworks=FRAMEWORKS,
 
 @guarded
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="resnet-summary", description=__doc__.splitlines()[0])
+    parser = Parser(prog="resnet-summary", description=description(__doc__))
     add_spec_flags(parser)
     parser.add_argument("--input-size", type=positive_int, default=224, help="height = width (default 224)")
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS),

@@ -57,8 +57,8 @@ ADDED_LATER = {"weights": None, "new_head": False, "sync_bn": False, "adapt_stem
 
 def parser(prog: str) -> argparse.ArgumentParser:
     """The flags shared by every train script and by compare (common.commands.cli's table)."""
-    from common.commands.cli import train_flag_table
-    return train_flag_table().add_to(Parser(prog=prog, description=__doc__.splitlines()[0]))
+    from common.commands.cli import description, train_flag_table
+    return train_flag_table().add_to(Parser(prog=prog, description=description(__doc__)))
 
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
