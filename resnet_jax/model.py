@@ -125,7 +125,8 @@ def _windows(Xp, window: tuple[int, int], strides: tuple[int, int], out_hw: tupl
     holding that tap of every window."""
     n, _, _, c = Xp.shape
     (kh, kw), (sh, sw), (ho, wo) = window, strides, out_hw
-    return [((i, j), lax.slice(Xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+    return [((i, j), lax.slice(Xp, (0, i, j, 0),
+                               (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
                                (1, sh, sw, 1))) for i in range(kh) for j in range(kw)]
 
 
