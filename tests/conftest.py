@@ -24,15 +24,20 @@ from common.frameworks import FRAMEWORKS, module  # noqa: E402 - after the cache
 from tests.helpers import MODULES  # noqa: E402
 
 
-# The test files that take longest, longest first (from `--durations`; about a minute or more
-# each on 2 cores). pytest-xdist hands out whole files (--dist loadfile) in collection order
+# The test files that take longest, with their summed seconds from `--durations=0` (2 cores,
+# Intel Xeon with AMX, 2026-12-05, commit 0b42cca); the others take under 25 s each.
+# pytest-xdist hands out whole files (--dist loadfile) in collection order
 # (--no-loadscope-reorder): starting with the long ones keeps both workers busy to the end,
-# where alphabetical order left one idle while the other ran the last long file.
-LONGEST_FIRST = ("test_bad_inputs.py", "test_two_hosts.py", "test_preset_structure.py", "test_fidelity.py",
-                 "test_launch.py", "test_run_faults.py", "test_zoo.py", "test_jax.py",
-                 "test_commands.py", "test_notebooks.py", "test_training.py", "test_export.py",
-                 "test_mx_modes.py", "test_convert.py",
-                 "test_distributed_tf.py", "test_speed_paths.py", "test_metrics.py")
+# where a long file left late (test_precision.py, 92 s, had dropped off this list) ran on one
+# worker while the other sat idle.
+SECONDS = {"test_preset_structure.py": 134, "test_two_hosts.py": 131, "test_fidelity.py": 118,
+           "test_precision.py": 92, "test_zoo.py": 92, "test_commands.py": 87,
+           "test_notebooks.py": 80, "test_bad_inputs.py": 77, "test_launch.py": 69,
+           "test_speed_paths.py": 67, "test_bench.py": 63, "test_training.py": 61,
+           "test_export.py": 57, "test_run_faults.py": 52, "test_convert.py": 48,
+           "test_mx_modes.py": 42, "test_jax.py": 37, "test_ecosystem.py": 36,
+           "test_metrics.py": 31, "test_distributed_tf.py": 29}
+LONGEST_FIRST = sorted(SECONDS, key=SECONDS.get, reverse=True)
 
 
 def _longest_first(item) -> int:
@@ -45,6 +50,10 @@ def pytest_collection_modifyitems(config, items):
     Tests marked gpu("torch") (or tf, mx) run where that framework sees a GPU, and are
     skipped with that reason elsewhere: the one skip this suite allows (a framework that does
     not import fails the run instead)."""
+    stale = [name for name in SECONDS if not (Path(__file__).parent / name).is_file()]
+    if stale:  # a renamed file would silently lose its place
+        raise pytest.UsageError(f"tests/conftest.py SECONDS: expected test files, got {stale} "
+                                f"that do not exist")
     items.sort(key=_longest_first)
     seen = {}
     for item in items:
