@@ -27,8 +27,8 @@ SPEC = get_spec("cifar_resnet20")  # 3 channels, 10 classes, 19 convolutions
 BATCH, LR = 4, 0.05
 # For compile=True: SPEC with one block per stage, every layer kind of SPEC (stem, BatchNorm,
 # a plain block and a stride-2 one with option A's padded shortcut, the head) in 7 convolutions.
-# torch.compile's Inductor takes about a second per layer on a CPU with a cold cache; a compiler
-# bug is no more likely to hide in the 19th convolution than in the 7th.
+# torch.compile's Inductor compiles each layer anew on a cold cache; a compiler bug is no more
+# likely to hide in the 19th convolution than in the 7th.
 COMPILED_SPEC = SPEC.with_overrides(stages=tuple(replace(s, blocks=1) for s in SPEC.stages))
 
 

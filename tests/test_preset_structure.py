@@ -340,7 +340,7 @@ def test_every_preset_builds_the_references_layers_and_the_oracles_shapes_and_co
     spec = PRESETS[preset]
     # Each framework's quickest build (the values are not read): its own init, but in JAX the
     # shared NumPy one, as Flax's init runs the network op by op and compiles each op on its
-    # first use (d2l_resnet50: 5.5 s in a fresh process, against 0.5 s).
+    # first use (the commit that made this change has the figures).
     model = module.build(preset, init="common" if fw == "jax" else "framework", seed=1)
     assert describe(framework_net(fw, model)) == expected(preset)
     x = np.zeros((1, spec.in_channels, 33, 33), np.float32)
