@@ -37,11 +37,13 @@ def measure(spec: ResNetSpec, weights: Weights, x: np.ndarray, y: np.ndarray,
         if chosen.is_gpu:
             devices.set_deterministic()
         Adapter, options = load(fw).Adapter, {"dtype": dtype, "device": str(chosen)}
-        # A fresh adapter for each: a train-mode pass updates BatchNorm's running statistics.
-        loss, grads = Adapter(spec, weights, **options).loss_and_grads(x, y)
-        out[fw] = {"eval logits": Adapter(spec, weights, **options).logits(x, training=False),
-                   "train logits": Adapter(spec, weights, **options).logits(x, training=True),
-                   "loss": np.array(loss), "gradients": grads, "device": str(chosen)}
+        # One adapter, eval first: a train-mode pass moves BatchNorm's running statistics,
+        # which the eval logits read and the train-mode ones (batch statistics) do not.
+        adapter = Adapter(spec, weights, **options)
+        logits = {"eval logits": adapter.logits(x, training=False),
+                  "train logits": adapter.logits(x, training=True)}
+        loss, grads = adapter.loss_and_grads(x, y)
+        out[fw] = logits | {"loss": np.array(loss), "gradients": grads, "device": str(chosen)}
     return out
 
 
