@@ -23,6 +23,14 @@ if MX_NUMPY:
     npx.set_np()
 
 
+def blocks_per_stage(spec, n: int = 1):
+    """`spec` with `n` blocks in every stage: every layer kind of the preset (stem, each block
+    kind, the strided and projecting first blocks, the head) in fewer convolutions, for tests
+    whose claim does not depend on depth and whose frameworks compile each layer."""
+    from dataclasses import replace
+    return spec.with_overrides(stages=tuple(replace(s, blocks=n) for s in spec.stages))
+
+
 def mx_array(x: np.ndarray):
     """x as an MXNet array of the mode the tests run in (mx.np after npx.set_np())."""
     from resnet_mx.modes import array

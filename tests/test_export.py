@@ -4,7 +4,6 @@ import itertools
 import subprocess
 import sys
 from collections import Counter
-from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -15,7 +14,7 @@ from common.frameworks import FRAMEWORKS
 from common.core.init import init_weights
 from common.core.spec import get_spec
 from common.core.weights import canonical_layout, save_weights
-from tests.helpers import MODULES
+from tests.helpers import MODULES, blocks_per_stage
 
 TOL = 1e-5  # max |diff| / max(1, max |logit|), common.commands.export.TOLERANCE
 
@@ -39,8 +38,8 @@ def trained_like(spec, seed: int) -> dict:
 # differ from the others' symmetric padding.
 RESNET50 = get_spec("resnet50")
 CASES = {"d2l_resnet18": (get_spec("d2l_resnet18"), 33),
-         "resnet50_one_block_per_stage": (RESNET50.with_overrides(
-             stages=tuple(replace(s, blocks=1) for s in RESNET50.stages), num_classes=10), 35)}
+         "resnet50_one_block_per_stage": (
+             blocks_per_stage(RESNET50).with_overrides(num_classes=10), 35)}
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import pytest
 
 from common.core.init import init_weights
 from common.core.spec import get_spec
-from tests.helpers import bf16_refused_here, fw_name
+from tests.helpers import bf16_refused_here, blocks_per_stage, fw_name
 
 SPEC = get_spec("cifar_resnet20")  # 3 channels, 10 classes, 19 convolutions
 BATCH, LR = 4, 0.05
@@ -29,7 +28,7 @@ BATCH, LR = 4, 0.05
 # a plain block and a stride-2 one with option A's padded shortcut, the head) in 7 convolutions.
 # torch.compile's Inductor compiles each layer anew on a cold cache; a compiler bug is no more
 # likely to hide in the 19th convolution than in the 7th.
-COMPILED_SPEC = SPEC.with_overrides(stages=tuple(replace(s, blocks=1) for s in SPEC.stages))
+COMPILED_SPEC = blocks_per_stage(SPEC)
 
 
 def batch(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
