@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 
 import numpy as np
 
@@ -65,10 +66,13 @@ class Engine:
     def close(self) -> None:
         """Leave the group: a last barrier, so that no worker exits while another still waits
         on a collective operation (idempotent). TensorFlow has no call that dissolves the
-        group; the process's exit does."""
-        if not self.closed:
+        group; the process's exit does. While an exception propagates (an error, SIGTERM's
+        Terminated) there is no barrier: the other workers may be inside another collective
+        or gone, and the barrier's own failure would replace the exception that says why the
+        worker stops (a SIGTERMed worker then exited 1, not 143)."""
+        if not self.closed and sys.exc_info()[1] is None:
             self.barrier()
-            self.closed = True
+        self.closed = True
 
 
 def _cluster() -> tuple[list[str], int]:

@@ -291,3 +291,29 @@ def test_a_worker_sent_sigterm_stops_at_once_and_the_launch_names_it(tmp_path):
     assert result.returncode == 143, (result.failure, stopped)
     assert re.match(r"worker-[01] failed \(exit status 143\)", result.failure), result.failure
     assert stopped < 20, f"the launch ended {stopped:.1f} s after the SIGTERM"
+
+
+def test_close_meets_the_others_only_when_the_run_ended_normally():
+    """close's last barrier is a collective operation: while an exception propagates (SIGTERM's
+    Terminated, an error), the other workers may never reach it, and its failure would replace
+    the exception that says why the worker stops. In CI a SIGTERMed worker exited 1 (its
+    barrier aborted) instead of 143."""
+    from common.commands.cli import Terminated
+    from resnet_tf.distributed import Engine
+
+    met = []
+    engine = Engine(None, 2, 0, False)
+    engine.barrier = lambda: met.append(True)
+    try:
+        raise Terminated
+    except Terminated:
+        engine.close()
+    assert met == [] and engine.closed
+    engine.close()  # closed: nothing more
+    assert met == []
+
+    engine = Engine(None, 2, 0, False)
+    engine.barrier = lambda: met.append(True)
+    engine.close()
+    engine.close()
+    assert met == [True] and engine.closed
