@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -163,6 +164,30 @@ def test_ctrl_c_stops_every_process_and_exits_130(tmp_path):
             raise
     assert parent.returncode == 130 and "interrupted (Ctrl-C)" in out
     assert len(started) == 4 and not any(alive(p) for p in started)
+
+
+def test_stop_ends_a_worker_whose_popen_lock_a_ctrl_c_left_taken(tmp_path):
+    """A Ctrl-C that lands inside Popen.poll, between its lock's acquire and its try, leaves
+    the lock taken for good; a launch that then waited on Popen.wait hung (the Ctrl-C test
+    above timed out so once). stop reads from /proc whether the processes still run."""
+    from common.commands.launch import Process, stop
+    (tmp_path / "w.py").write_text(SCRIPT)
+    env = {**os.environ, "RESNET3_RANK": "0"}
+    popen = subprocess.Popen([sys.executable, str(tmp_path / "w.py"), str(tmp_path), "none"],
+                             env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+    started = pids(tmp_path, 1)
+    assert popen._waitpid_lock.acquire(False)  # as the interrupted poll leaves it
+    done = threading.Thread(target=stop, args=([Process("worker-0", popen)],), daemon=True)
+    done.start()
+    done.join(45)
+    alive_after = [p for p in started if alive(p)]
+    for pid in started:  # a failed run leaves nothing behind
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    popen._waitpid_lock.release()
+    popen.wait()
+    assert not done.is_alive(), "stop waited on the taken lock"
+    assert len(started) == 2 and not alive_after
 
 
 def test_the_command_reports_a_failed_train_script_as_one_error_line(capsys):

@@ -154,24 +154,24 @@ def stop(processes: Sequence[Process], grace: float = 5.0) -> None:
     orphaned by a worker that died is still found) and its descendants (which may have made
     groups of their own, as torchrun's workers); SIGKILL what remains after `grace` seconds;
     reap them, and return only when none of them runs any more (a signal is delivered
-    asynchronously: a busy machine may take a moment to end a process that was sent one)."""
+    asynchronously: a busy machine may take a moment to end a process that was sent one).
+    Whether one runs is read from /proc, never waited for with Popen.wait: a Ctrl-C that lands
+    inside Popen.poll, between its lock's acquire and its try, leaves that lock taken, and a
+    wait without a timeout then blocks for ever (a Ctrl-C'd launch hung once so)."""
     groups = [p.popen.pid for p in processes]
     pids = [pid for p in processes if p.popen.poll() is None
             for pid in (p.popen.pid, *_children(p.popen.pid))]
     _signal(pids, groups, signal.SIGTERM)
     end = time.monotonic() + grace
-    for p in processes:
-        try:
-            p.popen.wait(max(0.0, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
+    while _running(pids, groups) and time.monotonic() < end:
+        time.sleep(0.05)
     _signal(pids, groups, signal.SIGKILL)
-    for p in processes:
-        p.popen.wait()
     end = time.monotonic() + 30  # SIGKILL cannot be ignored: this is only delivery time
     while (left := _running(pids, groups)) and time.monotonic() < end:
         _signal(left, [], signal.SIGKILL)
         time.sleep(0.05)
+    for p in processes:
+        p.popen.poll()  # reaps the ended (a zombie ends only when its parent reaps it)
 
 
 def _read(p: Process, echo) -> None:
