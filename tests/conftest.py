@@ -25,18 +25,19 @@ from tests.helpers import MODULES  # noqa: E402
 
 
 # The test files that take longest, with their summed seconds from `--durations=0` (2 cores,
-# Intel Xeon with AMX, 2026-12-05, commit 0b42cca); the others take under 25 s each.
+# Intel Xeon with AMX, 2026-12-05, commit 03e2048, less what later commits cut); the others
+# take under 25 s each.
 # pytest-xdist hands out whole files (--dist loadfile) in collection order
 # (--no-loadscope-reorder): starting with the long ones keeps both workers busy to the end,
 # where a long file left late (test_precision.py, 92 s, had dropped off this list) ran on one
 # worker while the other sat idle.
-SECONDS = {"test_preset_structure.py": 134, "test_two_hosts.py": 131, "test_fidelity.py": 118,
-           "test_precision.py": 92, "test_zoo.py": 92, "test_commands.py": 87,
-           "test_notebooks.py": 80, "test_bad_inputs.py": 77, "test_launch.py": 69,
-           "test_speed_paths.py": 67, "test_bench.py": 63, "test_training.py": 61,
-           "test_export.py": 57, "test_run_faults.py": 52, "test_convert.py": 48,
-           "test_mx_modes.py": 42, "test_jax.py": 37, "test_ecosystem.py": 36,
-           "test_metrics.py": 31, "test_distributed_tf.py": 29}
+SECONDS = {"test_two_hosts.py": 153, "test_preset_structure.py": 133, "test_fidelity.py": 109,
+           "test_zoo.py": 96, "test_precision.py": 92, "test_commands.py": 89,
+           "test_notebooks.py": 87, "test_launch.py": 75, "test_bench.py": 74,
+           "test_export.py": 64, "test_bad_inputs.py": 59, "test_run_faults.py": 56,
+           "test_speed_paths.py": 52, "test_training.py": 51, "test_jax.py": 48,
+           "test_convert.py": 47, "test_mx_modes.py": 44, "test_distributed_tf.py": 36,
+           "test_ecosystem.py": 33, "test_metrics.py": 32}
 LONGEST_FIRST = sorted(SECONDS, key=SECONDS.get, reverse=True)
 
 
