@@ -147,8 +147,13 @@ def test_the_deadline_stops_every_process_and_their_children(tmp_path):
 
 
 def test_ctrl_c_stops_every_process_and_exits_130(tmp_path):
+    """The launcher takes SIGINT as Ctrl-C at a terminal, where the shell gives a foreground
+    job SIGINT's default. A pytest started in the background by a script (`cmd &`) ignores
+    SIGINT, its children inherit that, and Python then never raises KeyboardInterrupt (this
+    test timed out so): the child puts the default back first."""
     (tmp_path / "w.py").write_text(SCRIPT)
-    code = ("import sys; from common.commands.launch import launch; "
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from common.commands.launch import launch; "
             f"r = launch('tf', 2, [{str(tmp_path / 'w.py')!r}, {str(tmp_path)!r}, 'none']); "
             "print(r.failure); sys.exit(r.returncode)")
     with subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
