@@ -173,8 +173,8 @@ def test_ctrl_c_stops_every_process_and_exits_130(tmp_path):
 
 def test_stop_ends_a_worker_whose_popen_lock_a_ctrl_c_left_taken(tmp_path):
     """A Ctrl-C that lands inside Popen.poll, between its lock's acquire and its try, leaves
-    the lock taken for good; a launch that then waited on Popen.wait hung (the Ctrl-C test
-    above timed out so once). stop reads from /proc whether the processes still run."""
+    the lock taken for good; a launch that then waited on Popen.wait without a timeout would
+    hang. stop reads from /proc whether the processes still run."""
     from common.commands.launch import Process, stop
     (tmp_path / "w.py").write_text(SCRIPT)
     env = {**os.environ, "RESNET3_RANK": "0"}

@@ -157,7 +157,7 @@ def stop(processes: Sequence[Process], grace: float = 5.0) -> None:
     asynchronously: a busy machine may take a moment to end a process that was sent one).
     Whether one runs is read from /proc, never waited for with Popen.wait: a Ctrl-C that lands
     inside Popen.poll, between its lock's acquire and its try, leaves that lock taken, and a
-    wait without a timeout then blocks for ever (a Ctrl-C'd launch hung once so)."""
+    wait without a timeout then blocks for ever (CPython's lock is taken before the try)."""
     groups = [p.popen.pid for p in processes]
     pids = [pid for p in processes if p.popen.poll() is None
             for pid in (p.popen.pid, *_children(p.popen.pid))]
