@@ -165,7 +165,9 @@ class Engine(Protocol):
     def barrier(self) -> None: ...
 
     def close(self) -> None:
-        """Leave the group; idempotent."""
+        """Leave the group; idempotent. The training loop calls it also while an exception
+        propagates (an error, SIGTERM): then it must not wait for the other workers, who may
+        never arrive (TensorFlow's and MXNet's close do nothing then)."""
 
 
 class Distributed(Protocol):
